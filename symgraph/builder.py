@@ -1,0 +1,336 @@
+"""`GraphBuilder`: encoders add node and edge blocks here; `finalize()` makes a `NeuralGraph`.
+
+Edges are added as *blocks* whose contents are written straight into preallocated tensors at finalize
+time (``fill(src, dst, color)`` on views of the final arrays), so building a 25M-edge graph allocates each
+edge tensor once. A block that carries a parameter copies it flat into ``edge_weight``; its edges must
+therefore be emitted in the parameter's own flat order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import SymgraphError
+from .graph import NeuralGraph, NodeGroup, ParamSlot
+
+__all__ = ["GraphBuilder", "Features", "SymmetryDecl"]
+
+FillFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Features:
+    """How a traced tensor's feature axis maps onto graph nodes.
+
+    ``nodes[f]`` is the node carrying feature index ``f`` along ``axis``; ``pos[f]`` (0..num_pos-1) is the
+    position that feature had before a flatten merged spatial positions into the feature axis (a linear
+    layer after ``flatten`` gets one edge colour per position, so that a channel permutation moves a whole
+    block of columns). ``owned`` says the nodes were created for this value alone (an activation may then be
+    recorded on them in place).
+    """
+
+    nodes: torch.Tensor
+    shape: tuple[int, ...]
+    axis: int = -1
+    pos: torch.Tensor | None = None
+    num_pos: int = 1
+    owned: bool = False
+
+    @property
+    def size(self) -> int:
+        return int(self.nodes.numel())
+
+    def unique_nodes(self) -> torch.Tensor:
+        if self.num_pos == 1:
+            return self.nodes
+        return torch.unique_consecutive(self.nodes)
+
+
+@dataclass(frozen=True)
+class SymmetryDecl:
+    """An encoder's declaration of the analytic permutation symmetry of its layer.
+
+    kind:
+      - ``"perm"``: the nodes ``nodes`` may be permuted arbitrarily among themselves (S_n), as a set.
+      - ``"tie"``: ``nodes`` and ``other`` (same length) must be permuted by the same permutation
+        (residual streams, norms applied in place).
+      - ``"blocks"``: ``nodes`` is [B, n]: B blocks permutable as wholes (heads, norm groups); the
+        permutation within blocks is declared separately.
+    """
+
+    kind: str
+    nodes: torch.Tensor
+    label: str
+    other: torch.Tensor | None = None
+    module: str = ""
+
+
+@dataclass
+class _EdgeBlock:
+    count: int
+    fill: FillFn
+    weight: torch.Tensor | None  # flat values, or None for parameter-free edges (weight 1)
+    slot_name: str | None
+    start: int = 0
+
+
+@dataclass
+class _NodeBlock:
+    role: str
+    kind: str
+    count: int
+    name: str
+    module: str
+    extra: tuple = ()
+
+
+@dataclass
+class GraphBuilder:
+    """Accumulates nodes, edges, parameter slots and symmetry declarations."""
+
+    kind: str = "parameter"
+    _node_blocks: list[_NodeBlock] = field(default_factory=list)
+    _edge_blocks: list[_EdgeBlock] = field(default_factory=list)
+    _edge_color_ids: dict[tuple, int] = field(default_factory=dict)
+    _slots: dict[str, ParamSlot] = field(default_factory=dict)
+    _node_values: list[tuple[torch.Tensor, int, torch.Tensor]] = field(default_factory=list)
+    _node_columns: list[str] = field(default_factory=list)
+    _extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    symmetries: list[SymmetryDecl] = field(default_factory=list)
+    num_nodes: int = 0
+    num_edges: int = 0
+    _act: list[tuple] = field(default_factory=list)  # per node: tuple of activation names
+    _level: list[int] = field(default_factory=list)
+    _roles: list[str] = field(default_factory=list)
+    _weight_dtype: torch.dtype | None = None
+
+    # ------------------------------------------------------------------ nodes
+    def add_nodes(
+        self, count: int, role: str, kind: str, name: str, module: str = "", level: int = 0, extra: tuple = ()
+    ) -> torch.Tensor:
+        """Add ``count`` nodes of one role/kind; returns their ids (a contiguous range)."""
+        if count <= 0:
+            raise SymgraphError(f"Expected a positive node count for '{name}' (got {count})")
+        start = self.num_nodes
+        self._node_blocks.append(_NodeBlock(role, kind, count, name, module, extra))
+        self.num_nodes += count
+        self._act.extend([()] * count)
+        self._level.extend([level] * count)
+        self._roles.extend([role] * count)
+        return torch.arange(start, start + count)
+
+    def level_of(self, nodes: torch.Tensor) -> int:
+        """Largest layer index among ``nodes``."""
+        if nodes.numel() == 0:
+            return 0
+        return max(self._level[i] for i in torch.unique(nodes).tolist())
+
+    def set_level(self, nodes: torch.Tensor, level: int) -> None:
+        for i in nodes.tolist():
+            self._level[i] = level
+
+    def role(self, node: int) -> str:
+        return self._roles[node]
+
+    def add_activation(self, nodes: torch.Tensor, act: str) -> None:
+        for i in torch.unique(nodes).tolist():
+            self._act[i] = self._act[i] + (act,)
+
+    def activation(self, node: int) -> tuple:
+        return self._act[node]
+
+    def set_role(self, nodes: torch.Tensor, role: str) -> None:
+        for i in torch.unique(nodes).tolist():
+            self._roles[i] = role
+
+    # ------------------------------------------------------------------ colours
+    def edge_color(self, key: tuple) -> int:
+        """Id of an edge colour key (assigned in order of first use: deterministic per traversal)."""
+        cid = self._edge_color_ids.get(key)
+        if cid is None:
+            cid = len(self._edge_color_ids)
+            self._edge_color_ids[key] = cid
+        return cid
+
+    def edge_colors(self, keys: list[tuple]) -> torch.Tensor:
+        return torch.tensor([self.edge_color(k) for k in keys], dtype=torch.int32)
+
+    # ------------------------------------------------------------------ edges
+    def add_edge_block(
+        self,
+        count: int,
+        fill: FillFn,
+        param: torch.Tensor | None = None,
+        param_name: str | None = None,
+        is_buffer: bool = False,
+    ) -> range:
+        """Add ``count`` edges whose src/dst/colour ``fill`` writes into given int64/int64/int32 views.
+
+        With ``param``, edge ``k`` of the block carries ``param.flatten()[k]`` and the block becomes the
+        parameter's slot (so the block must enumerate the parameter in flat order).
+        """
+        if param is not None:
+            if param.numel() != count:
+                raise SymgraphError(
+                    f"Expected {param.numel()} edges for parameter '{param_name}' (got {count})"
+                )
+            self._claim(param_name)
+            self._slots[param_name] = ParamSlot(
+                param_name, "edge", self.num_edges, count, tuple(param.shape), param.dtype, is_buffer=is_buffer
+            )
+            self._note_dtype(param.dtype)
+        start = self.num_edges
+        flat = None if param is None else param.detach().reshape(-1)
+        self._edge_blocks.append(_EdgeBlock(count, fill, flat, param_name, start))
+        self.num_edges += count
+        return range(start, start + count)
+
+    def add_edges(
+        self,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        color: torch.Tensor | int,
+        param: torch.Tensor | None = None,
+        param_name: str | None = None,
+        is_buffer: bool = False,
+    ) -> range:
+        """Add explicit edges (tensors already built); ``color`` is an id or a per-edge id tensor."""
+        src = torch.as_tensor(src, dtype=torch.long).reshape(-1)
+        dst = torch.as_tensor(dst, dtype=torch.long).reshape(-1)
+        if src.shape != dst.shape:
+            raise SymgraphError(f"Expected src and dst of equal length (got {src.numel()} and {dst.numel()})")
+        col = color
+
+        def fill(s, d, c):
+            s.copy_(src)
+            d.copy_(dst)
+            if isinstance(col, int):
+                c.fill_(col)
+            else:
+                c.copy_(torch.as_tensor(col, dtype=torch.int32).expand(src.shape))
+
+        return self.add_edge_block(src.numel(), fill, param, param_name, is_buffer)
+
+    def add_dense(
+        self, src_map: torch.Tensor, dst_nodes: torch.Tensor, color: torch.Tensor | int, param, param_name: str
+    ) -> range:
+        """Edges for a dense [out, in] weight: edge (o, i) goes src_map[i] -> dst_nodes[o], in flat order.
+
+        ``color`` is an id or a per-column [in] id tensor (positions after a flatten).
+        """
+        n_out, n_in = dst_nodes.numel(), src_map.numel()
+
+        def fill(s, d, c):
+            s.view(n_out, n_in).copy_(src_map.view(1, n_in).expand(n_out, n_in))
+            d.view(n_out, n_in).copy_(dst_nodes.view(n_out, 1).expand(n_out, n_in))
+            if isinstance(color, int):
+                c.fill_(color)
+            else:
+                c.view(n_out, n_in).copy_(color.to(torch.int32).view(1, n_in).expand(n_out, n_in))
+
+        return self.add_edge_block(n_out * n_in, fill, param, param_name)
+
+    # ------------------------------------------------------------------ node-stored parameters
+    def node_column(self, name: str) -> int:
+        if name not in self._node_columns:
+            self._node_columns.append(name)
+        return self._node_columns.index(name)
+
+    def add_node_param(self, nodes: torch.Tensor, column: str, param: torch.Tensor, name: str, is_buffer=False):
+        """Store ``param`` (flat order) on ``nodes`` (contiguous ids) in node_weight column ``column``."""
+        nodes = torch.as_tensor(nodes, dtype=torch.long)
+        if param.numel() != nodes.numel():
+            raise SymgraphError(f"Expected {nodes.numel()} values for '{name}' (got {param.numel()})")
+        if nodes.numel() and not torch.equal(nodes, torch.arange(int(nodes[0]), int(nodes[0]) + nodes.numel())):
+            raise SymgraphError(f"node-stored parameter '{name}' needs contiguous nodes")
+        self._claim(name)
+        col = self.node_column(column)
+        self._slots[name] = ParamSlot(
+            name, "node", int(nodes[0]) if nodes.numel() else 0, param.numel(), tuple(param.shape), param.dtype,
+            column=col, is_buffer=is_buffer,
+        )
+        self._note_dtype(param.dtype)
+        self._node_values.append((nodes, col, param.detach().reshape(-1)))
+
+    def add_extra(self, name: str, value: torch.Tensor, is_buffer: bool = True) -> None:
+        """Keep a state entry that has no place in the graph (e.g. ``num_batches_tracked``) verbatim."""
+        self._claim(name)
+        self._slots[name] = ParamSlot(name, "extra", 0, value.numel(), tuple(value.shape), value.dtype,
+                                      is_buffer=is_buffer)
+        self._extras[name] = value.detach().clone()
+
+    def has_slot(self, name: str) -> bool:
+        return name in self._slots
+
+    def _claim(self, name: str | None) -> None:
+        if name is None:
+            raise SymgraphError("a parameter block needs a name")
+        if name in self._slots:
+            raise SymgraphError(
+                f"parameter '{name}' is used twice (weight sharing or a module called twice); "
+                "parameter graphs need each parameter exactly once"
+            )
+
+    def _note_dtype(self, dtype: torch.dtype) -> None:
+        if not dtype.is_floating_point:
+            return
+        self._weight_dtype = dtype if self._weight_dtype is None else torch.promote_types(self._weight_dtype, dtype)
+
+    def declare(self, decl: SymmetryDecl) -> None:
+        self.symmetries.append(decl)
+
+    # ------------------------------------------------------------------ finalize
+    def finalize(self, state_keys: tuple[str, ...], spec=None, meta=None) -> NeuralGraph:
+        E, N = self.num_edges, self.num_nodes
+        dtype = self._weight_dtype or torch.get_default_dtype()
+        edge_index = torch.empty((2, E), dtype=torch.long)
+        edge_color = torch.empty(E, dtype=torch.int32)
+        edge_weight = torch.empty(E, dtype=dtype)
+        for blk in self._edge_blocks:
+            sl = slice(blk.start, blk.start + blk.count)
+            blk.fill(edge_index[0, sl], edge_index[1, sl], edge_color[sl])
+            if blk.weight is None:
+                edge_weight[sl] = 1.0
+            else:
+                edge_weight[sl].copy_(blk.weight)
+        ncols = max(len(self._node_columns), 1)
+        node_weight = torch.zeros((N, ncols), dtype=dtype)
+        for nodes, col, vals in self._node_values:
+            node_weight[nodes, col] = vals.to(dtype)
+        # node colours: (role, kind, activations, *extra), ids in order of first appearance
+        key_ids: dict[tuple, int] = {}
+        node_color = torch.empty(N, dtype=torch.long)
+        groups = []
+        i = 0
+        for blk in self._node_blocks:
+            for j in range(i, i + blk.count):
+                key = (self._roles[j], blk.kind, self._act[j], *blk.extra)
+                cid = key_ids.setdefault(key, len(key_ids))
+                node_color[j] = cid
+            groups.append(NodeGroup(blk.name, self._roles[i], i, blk.count, blk.module, blk.kind))
+            i += blk.count
+        node_layer = torch.tensor(self._level, dtype=torch.long) if N else torch.zeros(0, dtype=torch.long)
+        missing = [k for k in state_keys if k not in self._slots]
+        if missing:
+            raise SymgraphError(f"internal: state entries without a place in the graph: {missing[:5]}")
+        return NeuralGraph(
+            edge_index=edge_index,
+            edge_weight=edge_weight,
+            edge_color=edge_color,
+            node_color=node_color,
+            node_weight=node_weight,
+            node_layer=node_layer,
+            edge_color_keys=tuple(self._edge_color_ids),
+            node_color_keys=tuple(key_ids),
+            node_groups=tuple(groups),
+            slots=tuple(self._slots[k] for k in state_keys),
+            state_keys=tuple(state_keys),
+            extras=dict(self._extras),
+            node_weight_columns=tuple(self._node_columns),
+            kind=self.kind,
+            spec=spec,
+            meta=dict(meta or {}, symmetries=list(self.symmetries)),
+        )

@@ -1,0 +1,72 @@
+"""``nn.Conv1d/2d/3d``: one node per output channel, parallel edges per kernel position (paper Fig. 3).
+
+``W[o, i, *k]`` is the edge ``in_channel(g * in_per_group + i) -> out_channel(o)`` (``g`` the group of
+``o``), coloured by the kernel position ``k`` *and* the layer's stride, padding, dilation, groups and padding
+mode, so that convolutions differing in any of them never give the same coloured graph. Grouped
+convolutions only connect channels within a group.
+
+Analytic symmetry: output channels may be permuted (S_out) when groups == 1; with groups > 1, channels are
+permuted within groups and groups as wholes (the groups of the next layer constrain this further).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn as nn
+
+from ..builder import Features, SymmetryDecl
+from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..registry import register_encoder
+from .linear import add_bias
+
+
+def _conv_key(module: nn.Module, ndim: int) -> tuple:
+    pad = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+    return (f"conv{ndim}d", tuple(module.kernel_size), tuple(module.stride), pad, tuple(module.dilation),
+            module.groups, module.padding_mode)
+
+
+@register_encoder(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def encode_conv(ctx, op, module, args):
+    ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)] if type(module) in (
+        nn.Conv1d, nn.Conv2d, nn.Conv3d) else len(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        raise UnsupportedModuleError(op.target, "transposed convolutions are not encoded yet")
+    x = ctx.features(args[0], axis=1)
+    b = ctx.builder
+    w = module.weight
+    c_out, c_in_g = w.shape[:2]
+    groups = module.groups
+    if x.axis != 1 or x.num_pos != 1:
+        raise ShapeMismatchError(f"a channels-first input for {type(module).__name__}",
+                                 f"features on axis {x.axis}", ctx.where())
+    if x.size != c_in_g * groups:
+        raise ShapeMismatchError(f"{c_in_g * groups} input channels", f"{x.size}", ctx.where())
+    kind = f"conv{ndim}d"
+    out = ctx.new_hidden(c_out, kind, f"{op.target} output channels", x.nodes)
+    key = _conv_key(module, ndim)
+    kpos = list(itertools.product(*[range(k) for k in module.kernel_size]))
+    lut = b.edge_colors([("conv", *key, k) for k in kpos])
+    K = len(kpos)
+    out_per_g = c_out // groups
+    # flat order of W: (o, i, k)
+    o = torch.arange(c_out)
+    src_ch = (o // out_per_g).view(c_out, 1) * c_in_g + torch.arange(c_in_g).view(1, c_in_g)  # [c_out, c_in_g]
+    src_nodes = x.nodes[src_ch]  # [c_out, c_in_g]
+
+    def fill(s, d, c):
+        s.view(c_out, c_in_g, K).copy_(src_nodes.view(c_out, c_in_g, 1).expand(c_out, c_in_g, K))
+        d.view(c_out, c_in_g, K).copy_(out.view(c_out, 1, 1).expand(c_out, c_in_g, K))
+        c.view(c_out, c_in_g, K).copy_(lut.view(1, 1, K).expand(c_out, c_in_g, K))
+
+    b.add_edge_block(w.numel(), fill, w, f"{op.target}.weight")
+    if module.bias is not None:
+        add_bias(ctx, out, module.bias, f"{op.target}.bias", kind)
+    if groups == 1:
+        b.declare(SymmetryDecl("perm", out, f"S_{c_out} on {op.target} output channels", module=op.target))
+    else:
+        b.declare(SymmetryDecl("blocks", out.view(groups, out_per_g),
+                               f"groups of {op.target} output channels", module=op.target))
+    return Features(out, op.shape, axis=1, owned=op.num_users == 1)

@@ -1,0 +1,56 @@
+"""Residual additions: parameter-free edges of weight 1 into new 'sum' nodes (paper Sec. 2.1.2, Fig. 3).
+
+``a + b`` of two encoded values with the same feature nodes layout makes one new node per feature and
+edges ``a[f] -> sum[f]`` and ``b[f] -> sum[f]`` coloured 'residual'. An automorphism must then permute
+``a``, ``b`` and the sum by the same permutation: the stream's neurons are tied. Adding a constant is an
+elementwise op.
+
+Analytic symmetry: a tie between the operands' nodes and the sum nodes.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from ..builder import Features, SymmetryDecl
+from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..registry import register_function
+from ..trace import LazyInput, ParamRef, split_kwargs
+from .activation import apply_elementwise
+
+
+@register_function(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub")
+def encode_add(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    a, b = args[0], args[1]
+    sub = op.target in (operator.sub, torch.sub, "sub")
+    if isinstance(a, int | float) or isinstance(b, int | float):
+        x, c = (a, b) if not isinstance(a, int | float) else (b, a)
+        x = x if isinstance(x, Features) else ctx.features(x, axis=-1)
+        return apply_elementwise(ctx, x, f"{'sub' if sub else 'add'}({float(c):g})")
+    if isinstance(a, ParamRef) or isinstance(b, ParamRef):
+        raise UnsupportedModuleError(op.name, "adding a parameter tensor (e.g. a positional embedding) needs "
+                                     "the embedding encoder")
+    if isinstance(a, LazyInput) and isinstance(b, Features):
+        a = ctx.features(a, axis=b.axis)
+    if isinstance(b, LazyInput) and isinstance(a, Features):
+        b = ctx.features(b, axis=a.axis)
+    a = ctx.features(a, axis=-1)
+    b = ctx.features(b, axis=a.axis)
+    if a.size != b.size or a.num_pos != b.num_pos:
+        raise ShapeMismatchError(f"operands with {a.size} features", f"{b.size}", ctx.where())
+    if a.num_pos != 1:
+        raise UnsupportedModuleError(op.name, "residual addition of flattened values is not encoded yet")
+    out = ctx.new_hidden(a.size, "sum", f"{op.name} (residual sum)", torch.cat([a.nodes, b.nodes]))
+    bld = ctx.builder
+    shared = bool(torch.isin(a.nodes, b.nodes).any())
+    key_a = ("residual", 0) if shared else ("residual",)
+    key_b = ("residual", "sub" if sub else 1) if (shared or sub) else ("residual",)
+    ctx.identity_edges(a.nodes, out, key_a)
+    ctx.identity_edges(b.nodes, out, key_b)
+    bld.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {op.name}", other=b.nodes))
+    bld.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {op.name}", other=out))
+    axis = a.axis if len(op.shape) == len(a.shape) else -1
+    return Features(out, tuple(op.shape), axis, None, 1, owned=op.num_users == 1)

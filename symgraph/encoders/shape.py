@@ -1,0 +1,142 @@
+"""Parameter-free reshaping: flatten, view/reshape to (batch, -1), dropout and identity, concatenation.
+
+Flattening a channels-first value (B, C, *S) merges the spatial positions into the feature axis: feature
+``c * P + p`` stays on channel node ``c`` with position ``p`` (P = prod(S)), so the linear layer that reads
+it gets one edge colour per position. Concatenation along the feature axis concatenates the node lists.
+
+Analytic symmetry: none of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..builder import Features
+from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..registry import register_encoder, register_function
+from ..trace import LazyInput, split_kwargs
+
+
+def flatten_value(ctx, x, start_dim: int, end_dim: int, out_shape):
+    if isinstance(x, LazyInput):
+        return LazyInput(tuple(out_shape), x.name)
+    if not isinstance(x, Features):
+        raise ShapeMismatchError("a tensor to flatten", type(x).__name__, ctx.where())
+    rank = len(x.shape)
+    s, e = start_dim % rank, end_dim % rank
+    ax = x.axis % rank
+    if not (s <= ax <= e):
+        # the feature axis is untouched: only the shape changes
+        new_ax = ax if ax < s else ax - (e - s)
+        return Features(x.nodes, tuple(out_shape), new_ax, x.pos, x.num_pos, x.owned)
+    if ax != s:
+        raise UnsupportedModuleError(ctx.where(), f"flatten of dims {s}..{e} with the features on axis {ax}")
+    if x.num_pos != 1:
+        raise UnsupportedModuleError(ctx.where(), "flattening an already flattened value")
+    P = math.prod(x.shape[s + 1 : e + 1])
+    new_ax = s
+    if P == 1:
+        return Features(x.nodes, tuple(out_shape), new_ax, None, 1, x.owned)
+    C = x.size
+    nodes = x.nodes.repeat_interleave(P)
+    pos = torch.arange(P).repeat(C)
+    return Features(nodes, tuple(out_shape), new_ax, pos, P, x.owned and ctx.op.num_users == 1)
+
+
+@register_encoder(nn.Flatten)
+def encode_flatten_module(ctx, op, module, args):
+    return flatten_value(ctx, args[0], module.start_dim, module.end_dim, op.shape)
+
+
+@register_function(torch.flatten, "flatten")
+def encode_flatten(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
+    end = args[2] if len(args) > 2 else kw.get("end_dim", -1)
+    return flatten_value(ctx, args[0], start, end, op.shape)
+
+
+@register_function("view", "reshape", torch.reshape)
+def encode_view(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    x = args[0]
+    in_shape = x.shape
+    out = tuple(op.shape)
+    if in_shape == out:
+        return x
+    # (B, d1, ..., dk) -> (B, d1*...*dk): a flatten from dim 1
+    if len(out) == 2 and out[0] == in_shape[0] and out[1] == math.prod(in_shape[1:]):
+        return flatten_value(ctx, x, 1, -1, out)
+    if isinstance(x, LazyInput):
+        return LazyInput(out, x.name)
+    raise UnsupportedModuleError(
+        op.name, f"reshape {tuple(in_shape)} -> {out} is not a flatten; attention head reshapes are handled by "
+        "the attention encoders"
+    )
+
+
+@register_encoder(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+def encode_identity_module(ctx, op, module, args):
+    return _passthrough(ctx, op, args[0])
+
+
+@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous", "clone", "detach")
+def encode_identity_function(ctx, op, module, args):
+    args, _ = split_kwargs(args)
+    return _passthrough(ctx, op, args[0])
+
+
+def _passthrough(ctx, op, x):
+    if isinstance(x, Features):
+        return Features(x.nodes, tuple(op.shape or x.shape), x.axis, x.pos, x.num_pos,
+                        x.owned and op.num_users == 1)
+    if isinstance(x, LazyInput):
+        return LazyInput(tuple(op.shape or x.shape), x.name)
+    return x
+
+
+@register_function(torch.cat, torch.concat, torch.concatenate)
+def encode_cat(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    xs = list(args[0])
+    dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+    feats = [ctx.features(v, axis=dim) for v in xs]
+    rank = len(feats[0].shape)
+    if any(f.axis % rank != dim % rank for f in feats):
+        raise UnsupportedModuleError(op.name, "concatenation along a non-feature axis is not encoded yet")
+    if any(f.num_pos != 1 for f in feats):
+        raise UnsupportedModuleError(op.name, "concatenation of flattened values is not encoded yet")
+    nodes = torch.cat([f.nodes for f in feats])
+    return Features(nodes, tuple(op.shape), dim % rank, None, 1, owned=False)
+
+
+@register_function("size", "dim")
+def encode_size(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    x = args[0]
+    shape = x.shape
+    if op.target == "dim":
+        return len(shape)
+    d = args[1] if len(args) > 1 else kw.get("dim")
+    return tuple(shape) if d is None else shape[d]
+
+
+@register_function(getattr)
+def encode_getattr(ctx, op, module, args):
+    x, attr = args[0], args[1]
+    if attr == "shape":
+        return tuple(x.shape)
+    raise UnsupportedModuleError(op.name, f"attribute '{attr}' of a traced value")
+
+
+@register_function(operator.getitem)
+def encode_getitem(ctx, op, module, args):
+    x, idx = args[0], args[1]
+    if isinstance(x, tuple | list):
+        return x[idx]
+    raise UnsupportedModuleError(op.name, "indexing a tensor is not encoded yet")

@@ -1,0 +1,79 @@
+"""Encoder registries: module types and functional targets -> encoder functions.
+
+An encoder has the signature ``encode(ctx, op, module, args) -> value`` where ``ctx`` is the
+:class:`symgraph.trace.EncodeContext`, ``op`` the :class:`symgraph.trace.OpSpec`, ``module`` the
+``nn.Module`` for ``call_module`` ops (else ``None``) and ``args`` the already-encoded input values
+(:class:`symgraph.builder.Features`, :class:`symgraph.trace.LazyInput`, :class:`symgraph.trace.ParamRef`
+or plain Python constants). It returns the encoded output value.
+
+Users add their own with::
+
+    @symgraph.register_encoder(MyLayer)
+    def encode_my_layer(ctx, op, module, args):
+        x = ctx.features(args[0], axis=-1)
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+__all__ = ["register_encoder", "register_function", "encoder_for_module", "encoder_for_function",
+           "registered_module_types"]
+
+_MODULE_ENCODERS: dict[type, Callable] = {}
+_FUNCTION_ENCODERS: dict[Any, Callable] = {}
+
+
+def register_encoder(*module_types: type, leaf: bool = True):
+    """Decorator registering an encoder for one or more ``nn.Module`` types.
+
+    Registered modules are traced as leaves: fx does not look inside them, the encoder sees the module.
+    """
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"Expected an nn.Module subclass (got {t!r})")
+
+    def deco(fn: Callable) -> Callable:
+        for t in module_types:
+            _MODULE_ENCODERS[t] = fn
+        fn.leaf = leaf
+        return fn
+
+    return deco
+
+
+def register_function(*targets: Any):
+    """Decorator registering an encoder for ``call_function``/``call_method`` targets.
+
+    Targets are callables (``torch.relu``, ``operator.add``) or method names as strings (``"relu"``).
+    """
+
+    def deco(fn: Callable) -> Callable:
+        for t in targets:
+            _FUNCTION_ENCODERS[t] = fn
+        return fn
+
+    return deco
+
+
+def encoder_for_module(module: nn.Module) -> Callable | None:
+    for t in type(module).__mro__:
+        fn = _MODULE_ENCODERS.get(t)
+        if fn is not None:
+            return fn
+    return None
+
+
+def encoder_for_function(target: Any) -> Callable | None:
+    try:
+        return _FUNCTION_ENCODERS.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+def registered_module_types() -> list[type]:
+    return list(_MODULE_ENCODERS)

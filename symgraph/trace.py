@@ -1,0 +1,307 @@
+"""torch.fx tracing of any ``nn.Module`` into a :class:`ModelSpec`, and the encoding walk.
+
+``trace_model(model, example_input)`` symbolically traces the model (modules with a registered encoder are
+leaves), propagates shapes with the example input, and records every op as a frozen :class:`OpSpec`.
+``encode_model`` then walks the ops in order, calling the registered encoder of each one with the encoded
+values of its inputs; encoders add nodes and edges to a :class:`~symgraph.builder.GraphBuilder`.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .builder import Features, GraphBuilder
+from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from .registry import encoder_for_function, encoder_for_module
+
+__all__ = ["ModelSpec", "OpSpec", "LazyInput", "ParamRef", "EncodeContext", "trace_model", "encode_model",
+           "resolve_example_input"]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One traced operation: fx node name, opcode, target, argument references and the output shape."""
+
+    name: str
+    op: str  # placeholder | call_module | call_function | call_method | get_attr | output
+    target: Any
+    args: tuple
+    kwargs: tuple  # sorted (key, value) pairs
+    shape: tuple[int, ...] | None
+    dtype: torch.dtype | None
+    num_users: int
+
+    @property
+    def kw(self) -> dict:
+        return dict(self.kwargs)
+
+    def describe(self) -> str:
+        t = self.target if isinstance(self.target, str) else getattr(self.target, "__name__", repr(self.target))
+        return f"{self.op} {t}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The wiring of a traced model: its ops (in topological order) and the input shape used."""
+
+    ops: tuple[OpSpec, ...]
+    input_shape: tuple[int, ...]
+    model_type: str
+    state_keys: tuple[str, ...]
+
+    def modules(self) -> list[str]:
+        return [o.target for o in self.ops if o.op == "call_module"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Reference to the value produced by another op (by fx node name)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LazyInput:
+    """A model input (or a parameter-free reshaping of it) whose input nodes are not created yet."""
+
+    shape: tuple[int, ...]
+    name: str
+    flatten_from: int | None = None  # the input was flattened from this dim on
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A parameter or buffer reached through ``get_attr``."""
+
+    name: str
+    tensor: torch.Tensor
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if encoder_for_module(m) is not None and getattr(encoder_for_module(m), "leaf", True):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def resolve_example_input(model: nn.Module, example_input=None, input_shape=None) -> torch.Tensor:
+    """The example input: given, built from ``input_shape``, or inferred for models whose first layer says."""
+    if example_input is not None:
+        return example_input
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    if input_shape is not None:
+        return torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
+    shape = getattr(model, "example_input_shape", None)
+    if shape is not None:
+        return torch.zeros(tuple(shape), dtype=dtype)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return torch.zeros((1, m.in_features), dtype=dtype)
+        if isinstance(m, nn.Flatten | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            break
+    raise ShapeMismatchError(
+        "an example input or input_shape for a model whose first layer is not nn.Linear",
+        f"neither for {type(model).__name__}",
+    )
+
+
+def _to_ref(a):
+    if isinstance(a, fx.Node):
+        return Ref(a.name)
+    if isinstance(a, tuple | list):
+        return type(a)(_to_ref(x) for x in a)
+    if isinstance(a, dict):
+        return tuple(sorted((k, _to_ref(v)) for k, v in a.items()))
+    if isinstance(a, slice):
+        return slice(_to_ref(a.start), _to_ref(a.stop), _to_ref(a.step))
+    return a
+
+
+def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple[ModelSpec, fx.GraphModule]:
+    """Trace ``model`` with torch.fx and propagate shapes; returns the spec and the GraphModule."""
+    x = resolve_example_input(model, example_input, input_shape)
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many types; users get one clear error
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Data-dependent control flow or an unsupported "
+            "construct: make the offending submodule a leaf with @symgraph.register_encoder(ItsType)."
+        ) from None
+    gm = fx.GraphModule(model, graph)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    except Exception as exc:
+        raise ShapeMismatchError(
+            "an input the model accepts", f"{type(exc).__name__} with input shape {tuple(x.shape)}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    finally:
+        model.train(was_training)
+    ops = []
+    for n in gm.graph.nodes:
+        meta = n.meta.get("tensor_meta")
+        shape = tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+        dtype = meta.dtype if meta is not None and hasattr(meta, "dtype") else None
+        ops.append(
+            OpSpec(
+                name=n.name,
+                op=n.op,
+                target=n.target,
+                args=_to_ref(tuple(n.args)),
+                kwargs=_to_ref(dict(n.kwargs)),
+                shape=shape,
+                dtype=dtype,
+                num_users=len(n.users),
+            )
+        )
+    spec = ModelSpec(tuple(ops), tuple(x.shape), type(model).__name__, tuple(model.state_dict().keys()))
+    return spec, gm
+
+
+@dataclass
+class EncodeContext:
+    """What encoders see: the builder, the model, the encoded values, and helpers."""
+
+    builder: GraphBuilder
+    model: nn.Module
+    spec: ModelSpec
+    values: dict[str, Any] = field(default_factory=dict)
+    op: OpSpec | None = None
+
+    # -------------------------------------------------------------- helpers for encoders
+    def features(self, value, axis: int = -1) -> Features:
+        """The value's feature nodes along ``axis``; creates input nodes for a model input on first use."""
+        if isinstance(value, Features):
+            return value
+        if isinstance(value, LazyInput):
+            shape = value.shape
+            ax = axis % len(shape)
+            n = shape[ax]
+            nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]", level=0)
+            return Features(nodes, shape, axis=ax, owned=False)
+        raise SymgraphError(f"Expected a tensor value at {self.where()} (got {type(value).__name__})")
+
+    def param(self, module_path: str, attr: str) -> tuple[str, torch.Tensor]:
+        name = f"{module_path}.{attr}" if module_path else attr
+        return name, getattr(self.model.get_submodule(module_path) if module_path else self.model, attr)
+
+    def where(self) -> str:
+        if self.op is None:
+            return "<model>"
+        if self.op.op == "call_module":
+            return f"'{self.op.target}'"
+        return f"op '{self.op.name}' ({self.op.describe()})"
+
+    def module_path(self) -> str:
+        return self.op.target if self.op is not None and self.op.op == "call_module" else ""
+
+    def new_hidden(self, n: int, kind: str, name: str, src_nodes: torch.Tensor | None = None, extra=()) -> torch.Tensor:
+        level = (self.builder.level_of(src_nodes) + 1) if src_nodes is not None else 1
+        return self.builder.add_nodes(n, "hidden", kind, name, module=self.module_path(), level=level, extra=extra)
+
+    def identity_edges(self, src: torch.Tensor, dst: torch.Tensor, key: tuple) -> None:
+        """Parameter-free edges of weight 1 (residual connections, structural ties)."""
+        self.builder.add_edges(src, dst, self.builder.edge_color(key))
+
+
+def _resolve(ctx: EncodeContext, a):
+    if isinstance(a, Ref):
+        return ctx.values[a.name]
+    if isinstance(a, tuple | list):
+        return type(a)(_resolve(ctx, x) for x in a)
+    if isinstance(a, slice):
+        return slice(_resolve(ctx, a.start), _resolve(ctx, a.stop), _resolve(ctx, a.step))
+    return a
+
+
+def _mark_outputs(ctx: EncodeContext, value) -> None:
+    b = ctx.builder
+    if isinstance(value, tuple | list):
+        for v in value:
+            _mark_outputs(ctx, v)
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            _mark_outputs(ctx, v)
+        return
+    if isinstance(value, LazyInput):
+        value = ctx.features(value, -1)
+    if not isinstance(value, Features):
+        return
+    nodes = value.unique_nodes()
+    if any(b.role(int(i)) != "hidden" for i in nodes.tolist()):
+        # outputs that are inputs (or already outputs): give them their own output nodes
+        new = b.add_nodes(nodes.numel(), "output", "output", "output", level=b.level_of(nodes) + 1)
+        ctx.identity_edges(nodes, new, ("identity", "output"))
+        return
+    b.set_role(nodes, "output")
+
+
+def encode_model(model: nn.Module, spec: ModelSpec, builder: GraphBuilder) -> EncodeContext:
+    """Walk the traced ops, dispatching each to its encoder."""
+    from . import encoders  # noqa: F401  (registers the built-in encoders)
+
+    ctx = EncodeContext(builder, model, spec)
+    for op in spec.ops:
+        ctx.op = op
+        if op.op == "placeholder":
+            ctx.values[op.name] = LazyInput(op.shape, op.name) if op.shape is not None else None
+            continue
+        if op.op == "get_attr":
+            t = _get_attr(model, op.target)
+            ctx.values[op.name] = ParamRef(op.target, t) if isinstance(t, torch.Tensor) else t
+            continue
+        if op.op == "output":
+            _mark_outputs(ctx, _resolve(ctx, op.args[0]))
+            continue
+        args = _resolve(ctx, op.args)
+        if op.kwargs:
+            kwargs = {k: _resolve(ctx, v) for k, v in op.kwargs}
+            args = tuple(args) + (kwargs,)
+        if op.op == "call_module":
+            module = model.get_submodule(op.target)
+            fn = encoder_for_module(module)
+            if fn is None:
+                raise UnsupportedModuleError(op.target, f"no encoder for module type {type(module).__module__}."
+                                             f"{type(module).__qualname__}")
+        else:
+            module = None
+            fn = encoder_for_function(op.target)
+            if fn is None:
+                name = op.target if isinstance(op.target, str) else getattr(op.target, "__name__", repr(op.target))
+                raise UnsupportedModuleError(
+                    op.name, f"no encoder for the operation '{name}' ({op.op})",
+                    "Wrap the code that uses it in a module and register an encoder for that module with "
+                    "@symgraph.register_encoder(YourModuleType), or register the function with "
+                    "@symgraph.register_function(fn).",
+                )
+        ctx.values[op.name] = fn(ctx, op, module, args)
+    return ctx
+
+
+def _get_attr(model: nn.Module, target: str):
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def split_kwargs(args: tuple) -> tuple[tuple, dict]:
+    """Encoders receive kwargs as a trailing dict; split them off."""
+    if args and isinstance(args[-1], dict):
+        return tuple(args[:-1]), args[-1]
+    return tuple(args), {}
+
+
+_ = operator  # operator targets are registered in encoders
