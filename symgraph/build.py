@@ -17,6 +17,7 @@ def parameter_graph(
     model: nn.Module,
     example_input: torch.Tensor | None = None,
     input_shape: tuple[int, ...] | None = None,
+    encoding: str = "sound",
 ) -> NeuralGraph:
     """The parameter graph of ``model``: every parameter (and buffer) is one edge or one node feature.
 
@@ -27,6 +28,9 @@ def parameter_graph(
     example_input, input_shape
         Needed where shapes matter (convolutions followed by flatten, transformers). For models whose
         first layer is ``nn.Linear`` the input shape is inferred.
+    encoding : {"sound", "paper"}
+        ``"paper"`` builds the paper's original encodings (identical Q/K/V edges, GroupNorm without group
+        nodes, indistinguishable DeepSets edges) so that reports can show where they are unsound.
 
     Example
     -------
@@ -42,12 +46,14 @@ def parameter_graph(
     state = model.state_dict(keep_vars=True)
     if not state:
         raise ShapeMismatchError("a model with parameters", f"{type(model).__name__} with none")
+    if encoding not in ("sound", "paper"):
+        raise ShapeMismatchError("encoding 'sound' or 'paper'", repr(encoding))
     spec, _ = trace_model(model, example_input, input_shape)
-    builder = GraphBuilder(kind="parameter")
+    builder = GraphBuilder(kind="parameter", encoding=encoding)
     encode_model(model, spec, builder)
     unencoded = [k for k in state if not builder.has_slot(k)]
     for k in unencoded:
         builder.add_extra(k, state[k].detach(), is_buffer=k not in dict(model.named_parameters()))
     g = builder.finalize(tuple(state.keys()), spec=spec, meta={"model_type": type(model).__name__,
-                                                             "unencoded": unencoded})
+                                                             "unencoded": unencoded, "encoding": encoding})
     return g

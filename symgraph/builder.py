@@ -92,6 +92,10 @@ class GraphBuilder:
     """Accumulates nodes, edges, parameter slots and symmetry declarations."""
 
     kind: str = "parameter"
+    #: "sound" (default: our encodings, whose automorphisms all preserve the function) or "paper" (the
+    #: paper's original drawings: identical Q/K/V edges, GroupNorm without group nodes, DeepSets edges of one
+    #: colour), kept to show where those are unsound. Encoders read it.
+    encoding: str = "sound"
     _node_blocks: list[_NodeBlock] = field(default_factory=list)
     _edge_blocks: list[_EdgeBlock] = field(default_factory=list)
     _edge_color_ids: dict[tuple, int] = field(default_factory=dict)
