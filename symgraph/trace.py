@@ -8,6 +8,7 @@ values of its inputs; encoders add nodes and edges to a :class:`~symgraph.builde
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,43 @@ def resolve_example_input(model: nn.Module, example_input=None, input_shape=None
     )
 
 
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm`` whose parameters and buffers live on the meta device (no data copied)."""
+    memo: dict[int, Any] = {}
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(gm, memo)
+
+
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, x: torch.Tensor) -> None:
+    """Shapes of every traced value. Tried on the meta device first (no arithmetic: a deep CNN's forward pass
+    would dominate the build time), then for real if some op has no meta kernel."""
+    was_training = model.training
+    try:
+        model.eval()
+        try:
+            meta_gm = _meta_copy(gm)
+            meta_gm.eval()
+            with torch.no_grad():
+                ShapeProp(meta_gm).propagate(x.to("meta"))
+            for n, mn in zip(gm.graph.nodes, meta_gm.graph.nodes):
+                if "tensor_meta" in mn.meta:
+                    n.meta["tensor_meta"] = mn.meta["tensor_meta"]
+            return
+        except Exception:  # noqa: BLE001 - fall back to a real forward pass below
+            pass
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    except Exception as exc:
+        raise ShapeMismatchError(
+            "an input the model accepts", f"{type(exc).__name__} with input shape {tuple(x.shape)}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def _to_ref(a):
     if isinstance(a, fx.Node):
         return Ref(a.name)
@@ -136,18 +174,7 @@ def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple
             "construct: make the offending submodule a leaf with @symgraph.register_encoder(ItsType)."
         ) from None
     gm = fx.GraphModule(model, graph)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            ShapeProp(gm).propagate(x)
-    except Exception as exc:
-        raise ShapeMismatchError(
-            "an input the model accepts", f"{type(exc).__name__} with input shape {tuple(x.shape)}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    finally:
-        model.train(was_training)
+    _propagate_shapes(gm, model, x)
     ops = []
     for n in gm.graph.nodes:
         meta = n.meta.get("tensor_meta")

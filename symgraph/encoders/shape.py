@@ -85,7 +85,8 @@ def encode_identity_module(ctx, op, module, args):
     return _passthrough(ctx, op, args[0])
 
 
-@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous", "clone", "detach")
+@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous", "clone", "detach", "float",
+                   "half", "double", "bfloat16", "to", "type_as")
 def encode_identity_function(ctx, op, module, args):
     args, _ = split_kwargs(args)
     return _passthrough(ctx, op, args[0])
