@@ -1,0 +1,199 @@
+"""Model zoos: data without download, Table 5 sampling, vmapped training, splits, resumable generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from gmn.zoo.data import load_data
+from gmn.zoo.families import SMALLEST_HIDDEN, hidden_of, sample_config
+from gmn.zoo.generate import load_zoo, plan_chunks
+from gmn.zoo.splits import make_split
+from gmn.zoo.train_many import HParams, train_group
+from symgraph.errors import ModelLoadError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def test_digits_load_without_download_and_split_is_fixed():
+    a, b = load_data("digits"), load_data("digits")
+    assert a.image_shape == (1, 8, 8) and a.num_classes == 10
+    assert len(a.y_train) + len(a.y_test) == 1797
+    assert torch.equal(a.y_test, b.y_test)
+    assert float(a.x_train.max()) <= 1.0
+
+
+def _write_cifar_dir(root: Path, n: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    for name in ["data_batch_1", "data_batch_2", "test_batch"]:
+        obj = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), b"labels": list(range(n))}
+        (root / name).write_bytes(pickle.dumps(obj))
+
+
+def test_cifar10_python_batches_load_from_a_local_directory(tmp_path):
+    _write_cifar_dir(tmp_path)
+    d = load_data(f"cifar10:{tmp_path}")
+    assert d.x_train.shape == (12, 3, 32, 32) and d.x_test.shape == (6, 3, 32, 32)
+    assert d.y_train.tolist() == list(range(6)) * 2
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch MARKER_SHOULD_NOT_EXIST",))
+
+
+def test_cifar10_loader_refuses_pickles_that_would_run_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_cifar_dir(tmp_path)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Evil(), b"labels": [0]}))
+    with pytest.raises(ModelLoadError, match="CIFAR-10"):
+        load_data(f"cifar10:{tmp_path}")
+    assert not (tmp_path / "MARKER_SHOULD_NOT_EXIST").exists()
+
+
+def test_bad_data_spec_and_missing_dir_give_clear_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="Expected data"):
+        load_data("mnist")
+    with pytest.raises(ModelLoadError, match="CIFAR-10 directory"):
+        load_data(f"cifar10:{tmp_path / 'nope'}")
+
+
+def test_sampling_is_deterministic_and_follows_table5_ranges():
+    cfgs = [sample_config("diverse", i, seed=3) for i in range(200)]
+    assert cfgs == [sample_config("diverse", i, seed=3) for i in range(200)]
+    assert {c.arch for c in cfgs} == set(SMALLEST_HIDDEN)
+    for c in cfgs:
+        assert 1e-3 <= c.lr <= 1e-1 and 1e-5 <= c.weight_decay <= 1e-2 and 0 <= c.label_smoothing <= 0.2
+        assert c.optimizer in ("sgd", "adam", "rmsprop")
+    assert {c.arch for c in (sample_config("varying-cnn", i, 0) for i in range(30))} == {"cnn2d"}
+
+
+def test_chunks_partition_the_networks_and_group_equal_architectures():
+    cfgs = [sample_config("diverse", i, seed=0) for i in range(120)]
+    chunks = plan_chunks(cfgs, group_size=4)
+    idx = [c.index for ch in chunks for c in ch]
+    assert sorted(idx) == list(range(120))
+    assert all(len({c.group_key() for c in ch}) == 1 and len(ch) <= 4 for ch in chunks)
+
+
+def test_vmapped_training_equals_sequential_training():
+    data = load_data("digits")
+    hps = [HParams(10 ** -(1 + s / 3), 1e-4, 0.05 * s, opt, s) for s, opt in enumerate(["adam"] * 4)]
+    a = train_group(_tiny_mlp, hps, data, epochs=1, vectorize=True)
+    b = train_group(_tiny_mlp, hps, data, epochs=1, vectorize=False)
+    for ra, rb in zip(a, b):
+        for k in ra.state_dict:
+            assert torch.allclose(ra.state_dict[k], rb.state_dict[k], atol=1e-5, rtol=1e-4)
+        assert abs(ra.test_acc - rb.test_acc) < 0.02
+    # negative control: different hyperparameters give different networks
+    assert not torch.allclose(a[0].state_dict["1.weight"], a[3].state_dict["1.weight"], atol=1e-3)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam", "rmsprop"])
+def test_each_optimizer_learns_digits(opt):
+    data = load_data("digits")
+    res = train_group(_tiny_mlp, [HParams(1e-2 if opt != "sgd" else 1e-1, 1e-4, 0.0, opt, 0)], data, epochs=3)
+    assert res[0].test_acc > 0.6  # chance is 0.1
+
+
+def test_mixed_optimizers_in_one_group_are_refused():
+    with pytest.raises(ValueError, match="one optimizer"):
+        train_group(_tiny_mlp, [HParams(1e-2, 0, 0, "sgd", 0), HParams(1e-2, 0, 0, "adam", 1)], load_data("digits"))
+
+
+def _fake_records():
+    recs = []
+    for i, c in enumerate(sample_config("diverse", j, 0) for j in range(300)):
+        recs.append({"index": i, "arch": c.arch, "kwargs": dict(c.kwargs), "test_acc": 0.5})
+    return recs
+
+
+@pytest.mark.parametrize("split", ["50", "5", "ood"])
+def test_splits_are_disjoint_and_cover_the_right_networks(split):
+    recs = _fake_records()
+    s = make_split(recs, split, seed=1)
+    tr, va, te = set(s["train"]), set(s["val"]), set(s["test"])
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    if split == "ood":
+        small = {i for i, r in enumerate(recs) if hidden_of(r["kwargs"]) == SMALLEST_HIDDEN[r["arch"]]}
+        assert tr | va == small and te == set(range(len(recs))) - small
+    else:
+        frac = len(tr) / len(recs)
+        assert abs(frac - (0.5 if split == "50" else 0.05)) < 0.01
+        assert tr | va | te == set(range(len(recs)))
+
+
+# ----------------------------------------------------------------------------------------------- generation
+def _gen_cmd(out: Path, n: int) -> list[str]:
+    return [sys.executable, "-m", "gmn.zoo", "generate", "--family", "varying-cnn", "--n", str(n), "--out",
+            str(out), "--epochs", "1", "--group-size", "2", "--train-subset", "128", "--json"]
+
+
+def _registry_has(name: str) -> bool:
+    try:
+        from symgraph.models import list_models
+    except ImportError:
+        return False
+    return name in list_models()
+
+
+needs_cnn2d = pytest.mark.skipif(not _registry_has("cnn2d"), reason="symgraph.models has no cnn2d")
+
+
+@needs_cnn2d
+def test_generated_zoo_records_architecture_hyperparameters_and_accuracy(tmp_path):
+    from gmn.zoo.generate import generate_zoo
+
+    out = generate_zoo(tmp_path / "z", "varying-cnn", n=3, epochs=1, group_size=2, progress=False, train_subset=128)
+    recs = load_zoo(out)
+    assert [r["index"] for r in recs] == [0, 1, 2]
+    for r in recs:
+        assert r["arch"] == "cnn2d" and 0 <= r["test_acc"] <= 1 and "state_dict" in r and "lr" in r
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["networks_done"] == 3
+    # a restart with other settings is refused instead of mixing two zoos
+    with pytest.raises(ValueError, match="settings this zoo was started with"):
+        generate_zoo(out, "varying-cnn", n=4, epochs=1, group_size=2, progress=False, train_subset=128)
+
+
+@pytest.mark.slow
+@needs_cnn2d
+def test_ci_slow_zoo_generation_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
+    out = tmp_path / "zoo"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(_gen_cmd(out, 6), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("shard_*.pt"))) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = sorted(p.name for p in out.glob("shard_*.pt"))
+    assert first, "the generator wrote no shard before the kill"
+    # a temp file of the killed write may remain: it is never named like a shard, so it is never read as one
+    assert all(p.name.startswith("shard_") and p.suffix == ".pt" for p in out.glob("shard_*"))
+    done = subprocess.run(_gen_cmd(out, 6), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    recs = load_zoo(out)
+    assert [r["index"] for r in recs] == list(range(6))
+    # determinism: the interrupted-then-resumed zoo equals a fresh one network by network
+    fresh = tmp_path / "fresh"
+    subprocess.run(_gen_cmd(fresh, 6), cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=True)
+    for a, b in zip(recs, load_zoo(fresh)):
+        assert a["test_acc"] == b["test_acc"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
