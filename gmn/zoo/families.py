@@ -42,8 +42,9 @@ class NetConfig:
         return d
 
     def group_key(self) -> tuple:
-        """Networks with equal keys are trained together (same shapes, same optimizer type)."""
-        return (self.arch, self.kwargs, self.optimizer)
+        """Networks with equal keys are trained together: same parameter shapes (dropout rates and
+        optimizers may differ within a group)."""
+        return (self.arch, tuple((k, v) for k, v in self.kwargs if k != "dropout"))
 
 
 def _arch(rng: random.Random, name: str, image_shape, num_classes: int) -> dict:

@@ -56,7 +56,8 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def plan_chunks(configs: list[NetConfig], group_size: int) -> list[list[NetConfig]]:
-    """Deterministic chunks: same group key, at most ``group_size`` networks, ordered by first index."""
+    """Deterministic chunks: same group key (parameter shapes), at most ``group_size`` networks, ordered by
+    first index."""
     groups: dict[tuple, list[NetConfig]] = defaultdict(list)
     for c in configs:
         groups[c.group_key()].append(c)
@@ -118,7 +119,7 @@ def generate_zoo(
         chunk = chunks[k]
         t0 = time.perf_counter()
         hps = [HParams(c.lr, c.weight_decay, c.label_smoothing, c.optimizer, c.seed) for c in chunk]
-        results = train_group(lambda c=chunk[0]: _build(c), hps, ds, epochs=epochs, batch_size=batch_size,
+        results = train_group([lambda c=c: _build(c) for c in chunk], hps, ds, epochs=epochs, batch_size=batch_size,
                               device=device, vectorize=vectorize, data_seed=seed * 1_000_003 + k)
         records = [
             dict(c.to_dict(), state_dict=r.state_dict, train_acc=r.train_acc, test_acc=r.test_acc,

@@ -1,12 +1,13 @@
 """Train many networks of one architecture at once with ``torch.func`` (vmap over stacked parameters).
 
-Every network of a group has the same architecture and optimizer type; learning rate, weight decay, label
-smoothing and initialisation differ per network. Parameters and buffers are stacked along a leading model
-axis; one vmapped ``grad`` call computes all gradients, and the optimizers (SGD with momentum, Adam, RMSprop,
-all with coupled L2 weight decay as in ``torch.optim``) are written as tensor updates over the stack.
-BatchNorm running statistics are stacked buffers updated in place under vmap, dropout draws different
-masks per network (``randomness="different"``). Learning rate: linear warm-up over the first 10% of steps,
-then linear decay to zero (paper E.1.1). All networks of a group see the same mini-batch order.
+Every network of a group has the same parameter shapes; optimizer kind (SGD/Adam/RMSprop), learning rate,
+weight decay, label smoothing, dropout rate and initialisation may differ per network. Parameters and
+buffers are stacked along a leading model axis; one vmapped ``grad`` call computes all gradients, and the
+optimizers (SGD with momentum, Adam, RMSprop, all with coupled L2 weight decay as in ``torch.optim``) are
+tensor updates over the stack. BatchNorm running statistics are stacked buffers updated in place under
+vmap; dropout rates are stacked buffers too, with different masks per network (``randomness="different"``).
+Learning rate: linear warm-up over the first 10% of steps, then linear decay to zero (paper E.1.1). All
+networks of a group see the same mini-batch order.
 
 ``train_group(..., vectorize=False)`` runs the same arithmetic one network at a time (the sequential
 baseline of ``benchmarks/zoo_throughput.py``; with dropout 0 it gives the same result up to float round-off).
@@ -15,7 +16,7 @@ baseline of ``benchmarks/zoo_throughput.py``; with dropout 0 it gives the same r
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,49 +59,90 @@ def _schedule(step: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warm))
 
 
+_OPT_IDS = {"sgd": 0, "adam": 1, "rmsprop": 2}
+
+
 class _StackedOptimizer:
-    def __init__(self, kind: str, params: dict, lr: torch.Tensor, wd: torch.Tensor):
-        if kind not in ("sgd", "adam", "rmsprop"):
-            raise ValueError(f"Expected optimizer sgd, adam or rmsprop (got {kind!r})")
-        self.kind, self.lr, self.wd, self.t = kind, lr, wd, 0
-        self.s1 = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.s2 = {k: torch.zeros_like(v) for k, v in params.items()} if kind == "adam" else None
+    """SGD (momentum 0.9), Adam and RMSprop over a stack, each network with its own kind, lr and weight decay.
+
+    The three updates are computed for the whole stack and each network keeps its own (a masked select): a
+    group then only needs equal shapes, which makes vmapped groups of a diverse zoo several times larger.
+    """
+
+    def __init__(self, kinds: list[str], params: dict, lr: torch.Tensor, wd: torch.Tensor):
+        bad = sorted(set(kinds) - set(_OPT_IDS))
+        if bad:
+            raise ValueError(f"Expected optimizers among sgd, adam, rmsprop (got {bad})")
+        self.kind = torch.tensor([_OPT_IDS[k] for k in kinds], device=lr.device)
+        self.lr, self.wd, self.t = lr, wd, 0
+        self.mom = {k: torch.zeros_like(v) for k, v in params.items()}  # SGD momentum / Adam first moment
+        self.sq = {k: torch.zeros_like(v) for k, v in params.items()}  # Adam / RMSprop second moment
+        self.present = {i for i in range(3) if bool((self.kind == i).any())}
 
     def step(self, params: dict, grads: dict, scale: float) -> dict:
         self.t += 1
         out = {}
+        b1, b2 = 0.9, 0.999
         for k, p in params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
-            lr, wd = self.lr.view(shape) * scale, self.wd.view(shape)
+            lr, wd, kind = self.lr.view(shape) * scale, self.wd.view(shape), self.kind.view(shape)
             g = grads[k] + wd * p
-            if self.kind == "sgd":
-                self.s1[k] = 0.9 * self.s1[k] + g
-                out[k] = p - lr * self.s1[k]
-            elif self.kind == "adam":
-                b1, b2 = 0.9, 0.999
-                self.s1[k] = b1 * self.s1[k] + (1 - b1) * g
-                self.s2[k] = b2 * self.s2[k] + (1 - b2) * g * g
-                mhat = self.s1[k] / (1 - b1**self.t)
-                vhat = self.s2[k] / (1 - b2**self.t)
-                out[k] = p - lr * mhat / (vhat.sqrt() + 1e-8)
-            else:
-                self.s1[k] = 0.99 * self.s1[k] + 0.01 * g * g
-                out[k] = p - lr * g / (self.s1[k].sqrt() + 1e-8)
+            sgd_m = 0.9 * self.mom[k] + g
+            adam_m = b1 * self.mom[k] + (1 - b1) * g
+            adam_v = b2 * self.sq[k] + (1 - b2) * g * g
+            rms_v = 0.99 * self.sq[k] + 0.01 * g * g
+            new = p
+            if 0 in self.present:
+                new = torch.where(kind == 0, p - lr * sgd_m, new)
+            if 1 in self.present:
+                step = (adam_m / (1 - b1**self.t)) / ((adam_v / (1 - b2**self.t)).sqrt() + 1e-8)
+                new = torch.where(kind == 1, p - lr * step, new)
+            if 2 in self.present:
+                new = torch.where(kind == 2, p - lr * g / (rms_v.sqrt() + 1e-8), new)
+            self.mom[k] = torch.where(kind == 0, sgd_m, torch.where(kind == 1, adam_m, self.mom[k]))
+            self.sq[k] = torch.where(kind == 1, adam_v, torch.where(kind == 2, rms_v, self.sq[k]))
+            out[k] = new
         return out
 
 
-def _train_stack(make_model, hps, data, epochs, batch_size, device, data_seed) -> list[TrainResult]:
+class _BufferDropout(nn.Module):
+    """Dropout whose rate is a buffer, so that stacked networks of one group can have different rates."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.register_buffer("p", torch.tensor(float(p)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = (torch.rand_like(x) < keep).to(x.dtype)
+        return x * mask / keep
+
+
+def _with_buffer_dropout(model: nn.Module) -> nn.Module:
+    for name, child in list(model.named_children()):
+        if type(child) is nn.Dropout:
+            setattr(model, name, _BufferDropout(child.p))
+        else:
+            _with_buffer_dropout(child)
+    return model
+
+
+def _train_stack(makers, hps, data, epochs, batch_size, device, data_seed) -> list[TrainResult]:
     models = []
-    for hp in hps:
+    for make, hp in zip(makers, hps):
         torch.manual_seed(hp.seed)
-        models.append(make_model().to(device))
+        models.append(make().to(device))
+    keys = list(models[0].state_dict().keys())  # saved state: the real model's entries (no dropout buffers)
+    models = [_with_buffer_dropout(m) for m in models]
     params, buffers = stack_module_state(models)
     params = {k: v.detach() for k, v in params.items()}
     base = copy.deepcopy(models[0]).to("meta")
     lr = torch.tensor([h.lr for h in hps], device=device)
     wd = torch.tensor([h.weight_decay for h in hps], device=device)
     ls = torch.tensor([h.label_smoothing for h in hps], device=device)
-    opt = _StackedOptimizer(hps[0].optimizer, params, lr, wd)
+    opt = _StackedOptimizer([h.optimizer for h in hps], params, lr, wd)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
     n = len(y_tr)
     steps_per_epoch = max(1, (n + batch_size - 1) // batch_size)
@@ -133,7 +175,6 @@ def _train_stack(make_model, hps, data, epochs, batch_size, device, data_seed) -
         return (correct / len(y)).cpu()
 
     acc_tr, acc_te = accuracy(data.x_train, data.y_train), accuracy(data.x_test, data.y_test)
-    keys = list(models[0].state_dict().keys())
     results = []
     for m in range(len(hps)):
         sd = {}
@@ -145,7 +186,7 @@ def _train_stack(make_model, hps, data, epochs, batch_size, device, data_seed) -
 
 
 def train_group(
-    make_model: Callable[[], nn.Module],
+    make_model: Callable[[], nn.Module] | Sequence[Callable[[], nn.Module]],
     hps: list[HParams],
     data,
     epochs: int = 10,
@@ -154,7 +195,10 @@ def train_group(
     vectorize: bool = True,
     data_seed: int = 0,
 ) -> list[TrainResult]:
-    """Train ``len(hps)`` networks built by ``make_model`` (same architecture), vmapped when ``vectorize``.
+    """Train ``len(hps)`` networks of equal parameter shapes together (vmapped when ``vectorize``).
+
+    ``make_model`` is one factory for all, or one per network (they may differ in dropout rate: rates are
+    stacked buffers). Optimizer kinds may differ within a group too.
 
     Example
     -------
@@ -167,11 +211,12 @@ def train_group(
     """
     if not hps:
         return []
-    if len({h.optimizer for h in hps}) != 1:
-        raise ValueError(f"Expected one optimizer type per group (got {sorted({h.optimizer for h in hps})})")
+    makers = list(make_model) if isinstance(make_model, Sequence) else [make_model] * len(hps)
+    if len(makers) != len(hps):
+        raise ValueError(f"Expected one model factory per network ({len(hps)}) (got {len(makers)})")
     if vectorize:
-        return _train_stack(make_model, hps, data, epochs, batch_size, device, data_seed)
+        return _train_stack(makers, hps, data, epochs, batch_size, device, data_seed)
     out = []
-    for hp in hps:
-        out += _train_stack(make_model, [hp], data, epochs, batch_size, device, data_seed)
+    for make, hp in zip(makers, hps):
+        out += _train_stack([make], [hp], data, epochs, batch_size, device, data_seed)
     return out
