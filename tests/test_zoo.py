@@ -76,7 +76,7 @@ def test_bad_data_spec_and_missing_dir_give_clear_errors(tmp_path):
 def test_sampling_is_deterministic_and_follows_table5_ranges():
     cfgs = [sample_config("diverse", i, seed=3) for i in range(200)]
     assert cfgs == [sample_config("diverse", i, seed=3) for i in range(200)]
-    assert {c.arch for c in cfgs} == set(SMALLEST_HIDDEN)
+    assert {c.arch for c in cfgs} == set(SMALLEST_HIDDEN) - {"smallcnn"}
     for c in cfgs:
         assert 1e-3 <= c.lr <= 1e-1 and 1e-5 <= c.weight_decay <= 1e-2 and 0 <= c.label_smoothing <= 0.2
         assert c.optimizer in ("sgd", "adam", "rmsprop")
@@ -217,3 +217,53 @@ def test_ci_slow_zoo_generation_resumes_after_sigkill_without_loss_or_duplicates
     for a, b in zip(recs, load_zoo(fresh)):
         assert a["test_acc"] == b["test_acc"]
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+# ----------------------------------------------------------------------------------------------- Table 6 zoo
+def _write_unterthiner(root: Path, n: int = 3, layout: bool = True) -> np.ndarray:
+    from gmn.zoo.unterthiner import standard_layout
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(n, 4970)).astype(np.float32)
+    np.save(root / "weights.npy", w)
+    rows = "".join(f"{0.1 * i},{0.2}\n" for i in range(n))
+    (root / "metrics.csv").write_text("test_accuracy,train_accuracy\n" + rows)
+    if layout:
+        lines, off = ["varname,start_idx,end_idx,size,shape"], 0
+        for key, shape in standard_layout(1):
+            k = int(np.prod(shape))
+            lines.append(f'{key},{off},{off + k},{k},"{shape}"')
+            off += k
+        (root / "layout.csv").write_text("\n".join(lines) + "\n")
+    return w
+
+
+@pytest.mark.parametrize("layout", [True, False])
+def test_unterthiner_small_cnn_zoo_loads_into_pytorch_layout(tmp_path, layout):
+    from gmn.zoo.unterthiner import load_unterthiner
+    from symgraph.models import build_model
+
+    w = _write_unterthiner(tmp_path, layout=layout)
+    recs = load_unterthiner(tmp_path)
+    assert [r["test_acc"] for r in recs] == pytest.approx([0.0, 0.1, 0.2])
+    sd = recs[1]["state_dict"]
+    # Keras conv kernel [kh, kw, in, out] -> torch [out, in, kh, kw]: entry (kh=1, kw=2, in=0, out=5)
+    assert float(sd["features.0.weight"][5, 0, 1, 2]) == float(w[1].reshape(-1)[:144].reshape(3, 3, 1, 16)[1, 2, 0, 5])
+    m = build_model(recs[1]["arch"], **recs[1]["kwargs"])
+    m.load_state_dict(sd)  # every tensor has its torch shape
+    import symgraph
+
+    g = symgraph.parameter_graph(m)
+    assert int(g.edge_param.has_param().sum()) == 4970
+
+
+def test_unterthiner_loader_rejects_wrong_shapes_and_pickles(tmp_path):
+    from gmn.zoo.unterthiner import load_unterthiner
+
+    np.save(tmp_path / "weights.npy", np.zeros((2, 100), dtype=np.float32))
+    (tmp_path / "metrics.csv").write_text("test_accuracy\n0.1\n0.2\n")
+    with pytest.raises(ModelLoadError, match=r"\[N, 4970\]"):
+        load_unterthiner(tmp_path)
+    np.save(tmp_path / "weights.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ModelLoadError, match="numeric weights.npy"):
+        load_unterthiner(tmp_path)

@@ -4,7 +4,9 @@
 name + kwargs) and training hyperparameters, deterministically from ``(seed, index)``. Families:
 
 - ``diverse``: uniformly one of CNN2D, CNN1D, DeepSets, ResNet, ViT (the "Diverse Architectures" zoo);
-- ``varying-cnn``: CNN2D only (the "Varying CNNs" zoo).
+- ``varying-cnn``: CNN2D only (the "Varying CNNs" zoo);
+- ``small-cnn``: the fixed small CNN of Unterthiner et al. (Table 6 setting), varying only its activation
+  and the training hyperparameters.
 
 The smallest hidden dimension of each architecture (CNNs 24, DeepSets 32, ResNet 16, ViT 32) is what the
 OOD split trains on (E.1.2); ``config["hidden"]`` records it.
@@ -17,8 +19,9 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["NetConfig", "sample_config", "hidden_of", "FAMILIES", "SMALLEST_HIDDEN"]
 
-SMALLEST_HIDDEN = {"cnn2d": 24, "cnn1d": 24, "deepsets": 32, "resnet": 16, "vit": 32}
-FAMILIES = {"diverse": ["cnn2d", "cnn1d", "deepsets", "resnet", "vit"], "varying-cnn": ["cnn2d"]}
+SMALLEST_HIDDEN = {"cnn2d": 24, "cnn1d": 24, "deepsets": 32, "resnet": 16, "vit": 32, "smallcnn": 16}
+FAMILIES = {"diverse": ["cnn2d", "cnn1d", "deepsets", "resnet", "vit"], "varying-cnn": ["cnn2d"],
+            "small-cnn": ["smallcnn"]}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def _arch(rng: random.Random, name: str, image_shape, num_classes: int) -> dict:
         # Table 5's "# blocks" as one stage of that many basic blocks at the hidden width (keeps the parameter
         # count in the paper's range, < 90k); BatchNorm, no dropout
         return dict(base, hidden=rng.choice([16, 32]), blocks=(rng.choice([2, 3, 4]),), norm="batchnorm")
+    if name == "smallcnn":
+        return dict(base, hidden=16, activation=rng.choice(["relu", "tanh"]))
     if name == "vit":
         return dict(base, dim=rng.choice([32, 48]), depth=rng.choice([2, 3]), heads=2, dropout=drop,
                     patch=2 if h <= 8 else 4)

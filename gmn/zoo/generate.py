@@ -72,6 +72,8 @@ def plan_chunks(configs: list[NetConfig], group_size: int) -> list[list[NetConfi
 def _build(cfg: NetConfig):
     from symgraph.models import build_model
 
+    from . import unterthiner  # noqa: F401  (registers the 'smallcnn' architecture)
+
     return build_model(cfg.arch, **dict(cfg.kwargs))
 
 
