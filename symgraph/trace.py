@@ -86,6 +86,22 @@ class ParamRef:
 
 
 class _Tracer(fx.Tracer):
+    # buffers read in forward (e.g. constant pixel coordinates) become get_attr ops, so ops taking them with
+    # traced sizes (``buf.expand(x.shape[0], -1, -1)``) trace instead of failing on a real tensor
+    proxy_buffer_attributes = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed_at: tuple[str, type] | None = None  # innermost module whose forward failed to trace
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = (self.path_of_module(m), type(m))
+            raise
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if encoder_for_module(m) is not None and getattr(encoder_for_module(m), "leaf", True):
             return True
@@ -97,6 +113,7 @@ def resolve_example_input(model: nn.Module, example_input=None, input_shape=None
     if example_input is not None:
         return example_input
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    dtype = getattr(model, "example_input_dtype", None) or dtype  # e.g. token ids (torch.long) for embeddings
     if input_shape is not None:
         return torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
     shape = getattr(model, "example_input_shape", None)
@@ -162,17 +179,28 @@ def _to_ref(a):
     return a
 
 
+def _trace_failure(model: nn.Module, failed_at, exc: Exception) -> str:
+    """One message naming the module path, the construct that broke tracing, and the leaf-encoder remedy."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "control flow" in text or "iteration" in text.lower() or "bool" in text.lower():
+        construct = "data-dependent control flow (an if/for/len/bool on a traced tensor)"
+    else:
+        construct = "an unsupported construct"
+    path, mtype = failed_at if failed_at is not None else ("", type(model))
+    where = f"module '{path}' ({mtype.__name__})" if path else f"the model's own forward ({type(model).__name__})"
+    return (f"torch.fx could not trace {type(model).__name__}: {construct} in {where}: {type(exc).__name__}: "
+            f"{text}. Data-dependent control flow or an unsupported construct: make the offending submodule a "
+            f"leaf with @symgraph.register_encoder({mtype.__name__}) and encode it yourself.")
+
+
 def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple[ModelSpec, fx.GraphModule]:
     """Trace ``model`` with torch.fx and propagate shapes; returns the spec and the GraphModule."""
     x = resolve_example_input(model, example_input, input_shape)
+    tracer = _Tracer()
     try:
-        graph = _Tracer().trace(model)
+        graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; users get one clear error
-        raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. Data-dependent control flow or an unsupported "
-            "construct: make the offending submodule a leaf with @symgraph.register_encoder(ItsType)."
-        ) from None
+        raise TraceError(_trace_failure(model, tracer.failed_at, exc)) from None
     gm = fx.GraphModule(model, graph)
     _propagate_shapes(gm, model, x)
     ops = []
@@ -205,6 +233,7 @@ class EncodeContext:
     spec: ModelSpec
     values: dict[str, Any] = field(default_factory=dict)
     op: OpSpec | None = None
+    input_nodes: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     # -------------------------------------------------------------- helpers for encoders
     def features(self, value, axis: int = -1) -> Features:
@@ -215,7 +244,13 @@ class EncodeContext:
             shape = value.shape
             ax = axis % len(shape)
             n = shape[ax]
-            nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]", level=0)
+            # one set of input nodes per (input, shape, axis): an input read by several layers (q, k and v of
+            # attention, a coordinate input concatenated after a grid lookup) is the same graph input
+            key = (value.name, tuple(shape), ax, value.flatten_from)
+            nodes = self.input_nodes.get(key)
+            if nodes is None:
+                nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]", level=0)
+                self.input_nodes[key] = nodes
             return Features(nodes, shape, axis=ax, owned=False)
         raise SymgraphError(f"Expected a tensor value at {self.where()} (got {type(value).__name__})")
 

@@ -1,5 +1,10 @@
-"""Built-in encoders, one file per layer family. Importing this package registers them all."""
+"""Built-in encoders, one file per layer family. Importing this package registers them all.
 
-from . import activation, conv, linear, pooling, residual, shape  # noqa: F401
+Where an encoder extends another one's targets (attention and embedding handle their own values and fall back
+to the shape/activation encoders), it imports the module it extends first, so import order does not matter.
+"""
 
-__all__ = ["activation", "conv", "linear", "pooling", "residual", "shape"]
+from . import activation, attention, conv, deepsets, embedding, grid, linear, norm, pooling, residual, shape  # noqa: F401
+
+__all__ = ["activation", "attention", "conv", "deepsets", "embedding", "grid", "linear", "norm", "pooling",
+           "residual", "shape"]

@@ -67,6 +67,14 @@ def encode_conv(ctx, op, module, args):
     if groups == 1:
         b.declare(SymmetryDecl("perm", out, f"S_{c_out} on {op.target} output channels", module=op.target))
     else:
-        b.declare(SymmetryDecl("blocks", out.view(groups, out_per_g),
+        # a group swap must move the group's input channels with its output channels (row = both); within a
+        # group, input channels and output channels permute freely
+        in_rows = x.nodes.view(groups, c_in_g)
+        b.declare(SymmetryDecl("blocks", torch.cat([in_rows, out.view(groups, out_per_g)], dim=1),
                                f"groups of {op.target} output channels", module=op.target))
+        for gi in range(groups):
+            b.declare(SymmetryDecl("perm", out[gi * out_per_g:(gi + 1) * out_per_g],
+                                   f"S_{out_per_g} within group {gi} of {op.target}", module=op.target))
+            b.declare(SymmetryDecl("perm", in_rows[gi], f"S_{c_in_g} within input group {gi} of {op.target}",
+                                   module=op.target))
     return Features(out, op.shape, axis=1, owned=op.num_users == 1)

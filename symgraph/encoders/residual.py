@@ -31,8 +31,11 @@ def encode_add(ctx, op, module, args):
         x = x if isinstance(x, Features) else ctx.features(x, axis=-1)
         return apply_elementwise(ctx, x, f"{'sub' if sub else 'add'}({float(c):g})")
     if isinstance(a, ParamRef) or isinstance(b, ParamRef):
-        raise UnsupportedModuleError(op.name, "adding a parameter tensor (e.g. a positional embedding) needs "
-                                     "the embedding encoder")
+        if isinstance(a, ParamRef) and isinstance(b, ParamRef) or sub:
+            raise UnsupportedModuleError(op.name, "adding or subtracting two parameter tensors")
+        from .embedding import add_parameter  # a learned positional embedding: one edge per entry
+
+        return add_parameter(ctx, op, b if isinstance(a, ParamRef) else a, a if isinstance(a, ParamRef) else b)
     if isinstance(a, LazyInput) and isinstance(b, Features):
         a = ctx.features(a, axis=b.axis)
     if isinstance(b, LazyInput) and isinstance(a, Features):

@@ -140,4 +140,111 @@ def encode_getitem(ctx, op, module, args):
     x, idx = args[0], args[1]
     if isinstance(x, tuple | list):
         return x[idx]
+    if isinstance(x, LazyInput):
+        return LazyInput(tuple(op.shape), x.name)
+    if isinstance(x, Features):
+        return index_features(ctx, op, x, idx)
     raise UnsupportedModuleError(op.name, "indexing a tensor is not encoded yet")
+
+
+def index_features(ctx, op, x: Features, idx) -> Features:
+    """``x[idx]`` that leaves the feature axis whole (e.g. the cls token readout ``x[:, 0]``).
+
+    Integers drop an axis, slices keep it, ``None`` adds one; the feature axis itself must be ``:``.
+    """
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    rank = len(x.shape)
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (rank - n_real))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (rank - sum(1 for i in expanded if i is not None)))
+    ax = x.axis % rank
+    dim, new_ax = 0, 0
+    for i in expanded:
+        if i is None:
+            new_ax += 1
+            continue
+        if dim == ax:
+            if not (isinstance(i, slice) and i == slice(None)):
+                raise UnsupportedModuleError(op.name, f"indexing the feature axis ({i!r}) is not encoded")
+            break
+        if isinstance(i, slice):
+            new_ax += 1
+        elif not isinstance(i, int):
+            raise UnsupportedModuleError(op.name, f"indexing with {type(i).__name__} (only int, slice, None)")
+        dim += 1
+    if x.num_pos != 1:
+        raise UnsupportedModuleError(op.name, "indexing a flattened value")
+    return Features(x.nodes, tuple(op.shape), new_ax, None, 1, x.owned and op.num_users == 1)
+
+
+def _moved_axis(ax: int, perm: list[int]) -> int:
+    return perm.index(ax)
+
+
+@register_function("transpose", torch.transpose, "permute", torch.permute, "movedim", torch.movedim, "t")
+def encode_transpose(ctx, op, module, args):
+    """Transposes and permutes move the feature axis (e.g. ViT's ``x.flatten(2).transpose(1, 2)``).
+
+    Values other than plain features (attention heads) handle transposes in their own encoders.
+    """
+    args, kw = split_kwargs(args)
+    x = args[0]
+    if isinstance(x, LazyInput):
+        return LazyInput(tuple(op.shape), x.name)
+    if not isinstance(x, Features):
+        move = getattr(x, "moved", None)
+        if move is None:
+            raise UnsupportedModuleError(op.name, f"transposing a {type(x).__name__}")
+        return move(op, axis_permutation(op, len(x.shape), args, kw))
+    perm = axis_permutation(op, len(x.shape), args, kw)
+    return Features(x.nodes, tuple(op.shape), _moved_axis(x.axis % len(x.shape), perm), x.pos, x.num_pos,
+                    x.owned and op.num_users == 1)
+
+
+def axis_permutation(op, rank: int, args: tuple, kw: dict) -> list[int]:
+    """``perm`` such that output axis ``k`` is input axis ``perm[k]``, for transpose/permute/movedim/t."""
+    target = op.target
+    name = target if isinstance(target, str) else target.__name__
+    if name == "t":
+        return list(range(rank))[::-1]
+    if name == "transpose":
+        d0 = args[1] if len(args) > 1 else kw.get("dim0")
+        d1 = args[2] if len(args) > 2 else kw.get("dim1")
+        perm = list(range(rank))
+        perm[d0 % rank], perm[d1 % rank] = perm[d1 % rank], perm[d0 % rank]
+        return perm
+    if name == "permute":
+        dims = args[1:] if len(args) > 1 else kw.get("dims")
+        if len(dims) == 1 and isinstance(dims[0], tuple | list):
+            dims = dims[0]
+        return [d % rank for d in dims]
+    src = args[1] if len(args) > 1 else kw.get("source")
+    dst = args[2] if len(args) > 2 else kw.get("destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    perm = [None] * rank
+    for s_, d_ in zip(src, dst):
+        perm[d_ % rank] = s_ % rank
+    rest = iter(d for d in range(rank) if d not in {s_ % rank for s_ in src})
+    return [p if p is not None else next(rest) for p in perm]
+
+
+@register_function("expand", "expand_as", "repeat")
+def encode_expand(ctx, op, module, args):
+    """Broadcasting along non-feature axes (e.g. ``cls_token.expand(B, -1, -1)``) keeps the value's nodes."""
+    args, _ = split_kwargs(args)
+    x = args[0]
+    if isinstance(x, LazyInput):
+        return LazyInput(tuple(op.shape), x.name)
+    if isinstance(x, Features):
+        ax = x.axis % len(x.shape)
+        shift = len(op.shape) - len(x.shape)
+        if op.shape[ax + shift] != x.shape[ax]:
+            raise UnsupportedModuleError(op.name, "expanding or repeating the feature axis")
+        return Features(x.nodes, tuple(op.shape), ax + shift, x.pos, x.num_pos, False)
+    return x  # a parameter broadcast over the batch: its consumer (cat, add) reads the parameter itself

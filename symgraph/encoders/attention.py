@@ -1,0 +1,548 @@
+"""Multi-head attention: ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``/``nn.TransformerEncoder``
+(leaf encoders) and hand-written attention traced by fx (``view`` into heads, ``transpose``, ``q @ k^T``,
+scaling, ``softmax``, ``@ v``, merge of heads, or ``F.scaled_dot_product_attention``).
+
+Sound encoding (``encoding="sound"``, the default). The symmetries of attention are exactly: permutations of
+the heads, a *joint* permutation of the q and k dimensions within a head (the scores ``q_h . k_h`` only see
+matched pairs), and a permutation of the v dimensions within a head. The graph has
+
+- for ``nn.MultiheadAttention``: one ``qk`` node per head and dimension, receiving both the q-row edges
+  (colour ``q``) and the k-row edges (colour ``k``) of the input projection, so that ``q_hj`` and ``k_hj``
+  can only move together; one ``v`` node per head and dimension (colour ``v``); one ``head`` node per head
+  (role ``head``) with parameter-free edges to its ``qk`` and ``v`` nodes; the output projection reads the
+  ``v`` nodes;
+- for traced attention: the q, k and v projections are ordinary linear layers; at ``softmax(q k^T) v`` one
+  ``qk`` node per head and dimension gets parameter-free edges from ``q_hj`` (colour ``q``) and ``k_hj``
+  (colour ``k``), and ``head`` nodes get edges to the ``qk`` and ``v`` nodes of their head.
+
+Paper encoding (``encoding="paper"``, paper Fig. 3 middle): q, k and v are one middle layer of identically
+coloured edges and there are no head nodes. Then swapping a q row with a k row, or dimensions across heads,
+is an automorphism that changes the function: the paper's drawing is unsound for attention.
+
+Analytic symmetry (declared in both encodings): ``"tie"`` q with k; per head a ``"perm"`` of its q (=k)
+dimensions and one of its v dimensions; ``"blocks"`` over the heads, each row holding the head's q, v (and
+head) nodes.
+
+Example
+-------
+>>> import torch.nn as nn, symgraph
+>>> from symgraph.symmetry import analytic_order
+>>> class Tiny(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+...     def forward(self, x):
+...         return self.mha(x, x, x, need_weights=False)[0]
+>>> g = symgraph.parameter_graph(Tiny(), input_shape=(1, 3, 4))
+>>> int(g.role_mask("head").sum()), analytic_order(g) == 2 * (2 * 2) ** 2  # S_2 on heads, q/k and v dims
+(2, True)
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..builder import Features, SymmetryDecl
+from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..registry import encoder_for_function, register_encoder, register_function
+from ..trace import split_kwargs
+from . import shape as _shape  # noqa: F401  (registered first: the encoders below extend its targets)
+from .activation import apply_elementwise
+from .linear import encode_dense
+from .norm import layernorm_features
+
+__all__ = [
+    "SplitFeatures",
+    "Scores",
+    "declare_attention",
+    "encode_multihead_attention",
+    "encode_transformer_encoder_layer",
+]
+
+
+# ---------------------------------------------------------------------------------------------- value types
+@dataclass(frozen=True)
+class SplitFeatures:
+    """A value whose feature axis was split into several tensor axes (``view(B, T, H, d)``).
+
+    ``nodes`` has one dimension per split axis (e.g. [H, d]); ``axes[k]`` is the tensor axis that indexes
+    ``nodes``' dimension ``k``.
+    """
+
+    nodes: torch.Tensor
+    shape: tuple[int, ...]
+    axes: tuple[int, ...]
+
+    def moved(self, op, perm: list[int]) -> SplitFeatures:
+        """The value after a transpose/permute with ``perm`` (output axis k = input axis perm[k])."""
+        return SplitFeatures(self.nodes, tuple(op.shape), tuple(perm.index(a) for a in self.axes))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Attention scores ``q k^T`` (optionally scaled and soft-maxed) of [H, d] q and k nodes."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    shape: tuple[int, ...]
+    head_axis: int | None
+    scale: float = 1.0
+    softmax: bool = False
+
+    def moved(self, op, perm):
+        raise UnsupportedModuleError(op.name, "transposing attention scores")
+
+
+def _chain(*targets):
+    """Register an encoder that handles attention values and falls back to the previous encoder otherwise."""
+    previous = {t: encoder_for_function(t) for t in targets}
+
+    def deco(fn):
+        def encoder(ctx, op, module, args):
+            out = fn(ctx, op, module, args)
+            if out is not NotImplemented:
+                return out
+            prev = previous.get(op.target)
+            if prev is None:
+                name = op.target if isinstance(op.target, str) else op.target.__name__
+                kinds = ", ".join(type(a).__name__ for a in args)
+                raise UnsupportedModuleError(op.name, f"'{name}' of these operands ({kinds})")
+            return prev(ctx, op, module, args)
+
+        register_function(*targets)(encoder)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------- reshapes
+@_chain("view", "reshape", torch.reshape)
+def encode_head_reshape(ctx, op, module, args):
+    args, _ = split_kwargs(args)
+    x = args[0]
+    out = tuple(op.shape)
+    if isinstance(x, Features) and x.num_pos == 1 and tuple(x.shape) != out:
+        a = x.axis % len(x.shape)
+        pre, post = tuple(x.shape[:a]), tuple(x.shape[a + 1 :])
+        if out[:a] == pre and (not post or out[-len(post) :] == post):
+            split = out[a : len(out) - len(post)]
+            if len(split) > 1 and torch.Size(split).numel() == x.size:
+                return SplitFeatures(x.nodes.view(split), out, tuple(range(a, a + len(split))))
+    if isinstance(x, SplitFeatures):
+        return _merge(ctx, op, x, out)
+    return NotImplemented
+
+
+def _merge(ctx, op, x: SplitFeatures, out: tuple) -> Features | SplitFeatures:
+    """Merge consecutive split axes back (``transpose(1, 2).reshape(B, T, D)``)."""
+    axes = list(x.axes)
+    if axes != sorted(axes) or axes != list(range(axes[0], axes[0] + len(axes))):
+        raise UnsupportedModuleError(
+            op.name,
+            f"merging attention heads whose axes {tuple(axes)} are not "
+            "consecutive and in order (transpose the heads back first)",
+        )
+    a = axes[0]
+    pre, post = tuple(x.shape[:a]), tuple(x.shape[axes[-1] + 1 :])
+    if out[:a] != pre or (post and out[-len(post) :] != post) or len(out) != len(pre) + len(post) + 1:
+        raise UnsupportedModuleError(op.name, f"reshape {tuple(x.shape)} -> {out} of attention heads")
+    return Features(x.nodes.reshape(-1), out, a, None, 1, owned=False)
+
+
+@_chain(torch.flatten, "flatten")
+def encode_head_flatten(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    if not isinstance(args[0], SplitFeatures):
+        return NotImplemented
+    return _merge(ctx, op, args[0], tuple(op.shape))
+
+
+@_chain(operator.getitem)
+def encode_split_getitem(ctx, op, module, args):
+    x, idx = args[0], args[1]
+    if not isinstance(x, SplitFeatures):
+        return NotImplemented
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(i is Ellipsis or i is None for i in idx):
+        raise UnsupportedModuleError(op.name, "indexing split heads with ... or None")
+    nodes, axes = x.nodes, list(x.axes)
+    sel = [slice(None)] * nodes.dim()
+    removed = []
+    for dim, i in enumerate(idx):
+        if dim in axes:
+            k = axes.index(dim)
+            if isinstance(i, int):
+                sel[k] = i
+                removed.append(dim)
+            elif i != slice(None):
+                raise UnsupportedModuleError(op.name, "slicing a split feature axis")
+        elif isinstance(i, int):
+            removed.append(dim)
+        elif i != slice(None):
+            raise UnsupportedModuleError(op.name, "slicing a non-feature axis of split heads")
+    new_nodes = nodes[tuple(sel)]
+    new_axes = [a - sum(1 for r in removed if r < a) for k, a in enumerate(axes) if not isinstance(sel[k], int)]
+    return _wrap(new_nodes, tuple(op.shape), tuple(new_axes))
+
+
+def _wrap(nodes: torch.Tensor, shape, axes):
+    if nodes.dim() == 1:
+        return Features(nodes, shape, axes[0], None, 1, owned=False)
+    return SplitFeatures(nodes, shape, axes)
+
+
+@_chain("unbind", torch.unbind)
+def encode_unbind(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    x = args[0]
+    dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+    if not isinstance(x, SplitFeatures):
+        raise UnsupportedModuleError(op.name, "unbinding a value other than a split feature axis")
+    dim %= len(x.shape)
+    if dim not in x.axes:
+        raise UnsupportedModuleError(op.name, "unbinding a non-feature axis")
+    k = x.axes.index(dim)
+    shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
+    axes = tuple(a - (a > dim) for j, a in enumerate(x.axes) if j != k)
+    return tuple(_wrap(x.nodes.select(k, i), shape, axes) for i in range(x.nodes.shape[k]))
+
+
+@_chain("chunk", torch.chunk, "split", torch.split)
+def encode_chunk(ctx, op, module, args):
+    """``qkv.chunk(3, dim=-1)``: contiguous pieces of the feature axis."""
+    args, kw = split_kwargs(args)
+    x = args[0]
+    if not isinstance(x, Features) or x.num_pos != 1:
+        raise UnsupportedModuleError(op.name, "chunk/split of a value other than plain features")
+    dim = (args[2] if len(args) > 2 else kw.get("dim", 0)) % len(x.shape)
+    if dim != x.axis % len(x.shape):
+        raise UnsupportedModuleError(op.name, "chunk/split along a non-feature axis")
+    n = args[1] if len(args) > 1 else kw.get("chunks", kw.get("split_size_or_sections"))
+    name = op.target if isinstance(op.target, str) else op.target.__name__
+    pieces = x.nodes.chunk(n) if name == "chunk" else x.nodes.split(n)
+    out = []
+    for p in pieces:
+        shape = list(x.shape)
+        shape[dim] = p.numel()
+        out.append(Features(p, tuple(shape), dim, None, 1, owned=False))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- attention core
+def _heads(x, where: str) -> tuple[torch.Tensor, int | None, int]:
+    """([H, d] nodes, head axis or None, dim axis) of a q/k/v value."""
+    if isinstance(x, Features):
+        if x.num_pos != 1:
+            raise UnsupportedModuleError(where, "attention over a flattened value")
+        return x.nodes.view(1, -1), None, x.axis % len(x.shape)
+    if isinstance(x, SplitFeatures) and x.nodes.dim() == 2:
+        return x.nodes, x.axes[0], x.axes[1]
+    raise UnsupportedModuleError(
+        where, f"attention operand {type(x).__name__} (expected features split into [heads, dims])"
+    )
+
+
+def declare_attention(
+    ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: torch.Tensor | None, label: str
+) -> None:
+    """Declare the analytic symmetry of attention over [H, d] q, k and v nodes (see the module docstring)."""
+    b = ctx.builder
+    H = q.shape[0]
+    if not torch.equal(q, k):
+        b.declare(SymmetryDecl("tie", q.reshape(-1), f"q with k in {label}", other=k.reshape(-1), module=label))
+    for h in range(H):
+        b.declare(SymmetryDecl("perm", q[h], f"S_{q.shape[1]} on q/k dims of head {h} of {label}", module=label))
+        b.declare(SymmetryDecl("perm", v[h], f"S_{v.shape[1]} on v dims of head {h} of {label}", module=label))
+    rows = [q, v] if heads is None else [q, v, heads.view(H, 1)]
+    b.declare(SymmetryDecl("blocks", torch.cat(rows, dim=1), f"S_{H} on the heads of {label}", module=label))
+
+
+def _attend(ctx, op, q, k, v, scale: float | None, causal: bool) -> SplitFeatures | Features:
+    """softmax(q k^T * scale) v of traced q, k (not transposed) and v values."""
+    qn, qh, _ = _heads(q, op.name)
+    kn, kh, _ = _heads(k, op.name)
+    vn, vh, _ = _heads(v, op.name)
+    if qn.shape != kn.shape or qn.shape[0] != vn.shape[0] or not (qh == kh == vh):
+        raise ShapeMismatchError(
+            f"q, k and v with the same heads (q {tuple(qn.shape)})",
+            f"k {tuple(kn.shape)}, v {tuple(vn.shape)}",
+            ctx.where(),
+        )
+    b = ctx.builder
+    H, d = qn.shape
+    label = op.name
+    heads = None
+    if b.encoding != "paper":
+        extra = (float(scale) if scale is not None else None, bool(causal))
+        qk = ctx.new_hidden(H * d, "qk", f"{label} q.k nodes", torch.cat([qn.reshape(-1), kn.reshape(-1)]), extra=extra)
+        ctx.identity_edges(qn.reshape(-1), qk, ("attention", "q"))
+        ctx.identity_edges(kn.reshape(-1), qk, ("attention", "k"))
+        # head nodes are sources (no in-edges): depth 0, like bias and position nodes
+        heads = b.add_nodes(H, "head", "attention", f"{label} heads", module=ctx.module_path(), level=0)
+        ctx.identity_edges(heads.repeat_interleave(d), qk, ("attention", "head", "qk"))
+        ctx.identity_edges(heads.repeat_interleave(vn.shape[1]), vn.reshape(-1), ("attention", "head", "v"))
+        ties = qk.view(H, d)
+        b.declare(SymmetryDecl("tie", qn.reshape(-1), f"q with q.k in {label}", other=qk, module=label))
+        declare_attention(ctx, ties, kn, vn, heads, label)
+    else:
+        declare_attention(ctx, qn, kn, vn, None, label)
+    rank = len(op.shape)
+    if vh is None:
+        return Features(vn.reshape(-1), tuple(op.shape), rank - 1, None, 1, owned=False)
+    return SplitFeatures(vn, tuple(op.shape), (vh, rank - 1))
+
+
+@_chain(operator.matmul, torch.matmul, "matmul")
+def encode_matmul(ctx, op, module, args):
+    args, _ = split_kwargs(args)
+    a, c = args[0], args[1]
+    if isinstance(a, Scores):
+        if not a.softmax:
+            raise UnsupportedModuleError(op.name, "attention scores used without softmax")
+        return _attend(
+            ctx, op, _as_value(a.q, a.head_axis, a.shape), _as_value(a.k, a.head_axis, a.shape), c, a.scale, False
+        )
+    if isinstance(a, Features | SplitFeatures) and isinstance(c, Features | SplitFeatures):
+        qn, qh, qd = _heads(a, op.name)
+        kn, kh, kd = _heads(c, op.name)
+        rank = len(a.shape)
+        if qd != rank - 1 or kd != rank - 2:
+            raise UnsupportedModuleError(op.name, "a product of two traced values that is not q @ k^T")
+        return Scores(qn, kn, tuple(op.shape), qh)
+    return NotImplemented
+
+
+def _as_value(nodes: torch.Tensor, head_axis, shape):
+    if head_axis is None:
+        return Features(nodes.reshape(-1), shape, len(shape) - 1, None, 1)
+    return SplitFeatures(nodes, shape, (head_axis, len(shape) - 1))
+
+
+@_chain(operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div")
+def encode_scores_scale(ctx, op, module, args):
+    args, _ = split_kwargs(args)
+    a, c = args[0], args[1]
+    if isinstance(c, Scores) and isinstance(a, int | float):
+        a, c = c, a
+    if not isinstance(a, Scores):
+        return NotImplemented
+    if not isinstance(c, int | float):
+        raise UnsupportedModuleError(op.name, "scaling attention scores by a tensor")
+    is_div = op.target in (operator.truediv, torch.div, "div")
+    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale / c if is_div else a.scale * c, a.softmax)
+
+
+@_chain("softmax", torch.softmax, F.softmax)
+def encode_softmax(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    a = args[0]
+    if not isinstance(a, Scores):
+        return NotImplemented
+    dim = args[1] if len(args) > 1 else kw.get("dim", -1)
+    if dim % len(a.shape) != len(a.shape) - 1:
+        raise UnsupportedModuleError(op.name, "softmax of attention scores over the query axis")
+    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale, True)
+
+
+@register_encoder(nn.Softmax)
+def encode_softmax_module(ctx, op, module, args):
+    a = args[0]
+    if not isinstance(a, Scores) or (module.dim is not None and module.dim % len(a.shape) != len(a.shape) - 1):
+        raise UnsupportedModuleError(op.target, "nn.Softmax of a value other than attention scores (last dim)")
+    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale, True)
+
+
+@register_function(F.scaled_dot_product_attention)
+def encode_sdpa(ctx, op, module, args):
+    args, kw = split_kwargs(args)
+    q, k, v = args[:3]
+    if (args[3] if len(args) > 3 else kw.get("attn_mask")) is not None:
+        raise UnsupportedModuleError(op.name, "scaled_dot_product_attention with an attention mask")
+    causal = bool(args[5] if len(args) > 5 else kw.get("is_causal", False))
+    scale = args[6] if len(args) > 6 else kw.get("scale")
+    d = _heads(q, op.name)[0].shape[1]
+    return _attend(ctx, op, q, k, v, float(scale) if scale is not None else d**-0.5, causal)
+
+
+# ---------------------------------------------------------------------------------------------- nn.MultiheadAttention
+def encode_mha_core(
+    ctx, module: nn.MultiheadAttention, path: str, xq: Features, xk: Features, xv: Features, shape: tuple
+) -> Features:
+    """Encode ``module`` (state names under ``path``) applied to query/key/value features; returns its output."""
+    b = ctx.builder
+    E, H = module.embed_dim, module.num_heads
+    hd = E // H
+    p = f"{path}." if path else ""
+    paper = b.encoding == "paper"
+    extra = (float(module.dropout), bool(module.add_zero_attn))
+    src = torch.cat([xq.nodes, xk.nodes, xv.nodes])
+    if paper:
+        mid = ctx.new_hidden(3 * E, "attention", f"{path} q/k/v", src)
+        qn, kn, vn = mid[:E], mid[E : 2 * E], mid[2 * E :]
+        cols = [b.edge_color(("attention", "in_proj"))] * 3
+        bcols = [b.edge_color(("bias", "attention"))] * 3
+    else:
+        qn = ctx.new_hidden(E, "qk", f"{path} q.k nodes", src, extra=extra)
+        kn = qn
+        vn = ctx.new_hidden(E, "attention_v", f"{path} v nodes", src, extra=extra)
+        cols = [b.edge_color(("attention", r)) for r in "qkv"]
+        bcols = [b.edge_color(("bias", "attention", r)) for r in "qkv"]
+    xs = (xq, xk, xv)
+    dsts = (qn, kn, vn)
+    if module._qkv_same_embed_dim:
+        w = module.in_proj_weight
+        if not (xq.size == xk.size == xv.size == E):
+            raise ShapeMismatchError(f"{E} query/key/value features", f"{xq.size}, {xk.size}, {xv.size}", ctx.where())
+        srcs = torch.stack([x.nodes for x in xs])  # [3, E]
+        s_all = srcs.view(3, 1, E).expand(3, E, E).reshape(-1)
+        d_all = torch.stack(dsts).view(3, E, 1).expand(3, E, E).reshape(-1)
+        c_all = torch.tensor(cols, dtype=torch.int32).view(3, 1, 1).expand(3, E, E).reshape(-1)
+        b.add_edges(s_all, d_all, c_all, w, f"{p}in_proj_weight")
+    else:
+        for x, dst, col, r in zip(xs, dsts, cols, "qkv"):
+            wt = getattr(module, f"{r}_proj_weight")
+            if x.size != wt.shape[1]:
+                raise ShapeMismatchError(f"{wt.shape[1]} {r} input features", f"{x.size}", ctx.where())
+            b.add_dense(x.nodes, dst, col, wt, f"{p}{r}_proj_weight")
+    if module.in_proj_bias is not None:
+        bnode = b.add_nodes(1, "bias", "attention", f"{path} in_proj bias", module=path)
+        d_all = torch.cat(dsts)
+        c_all = torch.tensor(bcols, dtype=torch.int32).repeat_interleave(E)
+        b.add_edges(bnode.expand(3 * E), d_all, c_all, module.in_proj_bias, f"{p}in_proj_bias")
+    if module.bias_k is not None:
+        kv = b.add_nodes(1, "bias", "attention_kv", f"{path} bias_k/bias_v", module=path)
+        b.add_edges(kv.expand(E), kn, b.edge_color(("attention", "bias_k")), module.bias_k, f"{p}bias_k")
+        b.add_edges(kv.expand(E), vn, b.edge_color(("attention", "bias_v")), module.bias_v, f"{p}bias_v")
+    heads = None
+    if not paper:
+        heads = b.add_nodes(H, "head", "attention", f"{path} heads", module=path, level=0)  # sources: depth 0
+        ctx.identity_edges(heads.repeat_interleave(hd), qn, ("attention", "head", "qk"))
+        ctx.identity_edges(heads.repeat_interleave(hd), vn, ("attention", "head", "v"))
+    declare_attention(ctx, qn.view(H, hd), kn.view(H, hd), vn.view(H, hd), heads, path)
+    vfeat = Features(vn, shape, len(shape) - 1, None, 1)
+    op_ = module.out_proj
+    return encode_dense(
+        ctx, vfeat, op_.weight, op_.bias, f"{p}out_proj.weight", f"{p}out_proj.bias" if op_.bias is not None else None
+    )
+
+
+def _mha_inputs(ctx, op, args):
+    args, kw = split_kwargs(args)
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    vals = dict(zip(names, args))
+    vals.update(kw)
+    for m in ("key_padding_mask", "attn_mask"):
+        if vals.get(m) is not None:
+            raise UnsupportedModuleError(op.target, f"nn.MultiheadAttention with {m} (masks are not encoded)")
+    q = vals["query"]
+    xq = ctx.features(q, axis=-1)
+    xk = ctx.features(vals.get("key", q), axis=-1)
+    xv = ctx.features(vals.get("value", q), axis=-1)
+    return xq, xk, xv
+
+
+@register_encoder(nn.MultiheadAttention)
+def encode_multihead_attention(ctx, op, module: nn.MultiheadAttention, args):
+    """``nn.MultiheadAttention`` as a leaf; returns ``(output, None)`` like the module's tuple."""
+    xq, xk, xv = _mha_inputs(ctx, op, args)
+    out = encode_mha_core(ctx, module, op.target, xq, xk, xv, tuple(xq.shape))
+    return (out, None)
+
+
+# ---------------------------------------------------------------------------------------------- transformer layers
+def _activation_name(act) -> str:
+    if isinstance(act, str):
+        return "gelu(none)" if act == "gelu" else act
+    if isinstance(act, nn.Module):
+        from .activation import _module_act
+
+        return _module_act(act)
+    name = getattr(act, "__name__", repr(act))
+    return "gelu(none)" if name == "gelu" else name
+
+
+def _residual(ctx, a: Features, b_: Features, label: str) -> Features:
+    out = ctx.new_hidden(a.size, "sum", f"{label} (residual sum)", torch.cat([a.nodes, b_.nodes]))
+    ctx.identity_edges(a.nodes, out, ("residual",))
+    ctx.identity_edges(b_.nodes, out, ("residual",))
+    ctx.builder.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {label}", other=b_.nodes))
+    ctx.builder.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {label}", other=out))
+    return Features(out, a.shape, a.axis, None, 1, owned=False)
+
+
+def transformer_layer(ctx, layer: nn.TransformerEncoderLayer, path: str, x: Features) -> Features:
+    """Encode one ``nn.TransformerEncoderLayer`` (post-norm or ``norm_first``) on ``x``."""
+    p = f"{path}." if path else ""
+    shape = tuple(x.shape)
+
+    def attn(h):
+        return encode_mha_core(ctx, layer.self_attn, f"{p}self_attn", h, h, h, shape)
+
+    def ff(h):
+        h1 = encode_dense(
+            ctx,
+            h,
+            layer.linear1.weight,
+            layer.linear1.bias,
+            f"{p}linear1.weight",
+            f"{p}linear1.bias" if layer.linear1.bias is not None else None,
+        )
+        h1 = Features(h1.nodes, h1.shape, h1.axis, None, 1, owned=True)
+        h1 = apply_elementwise(ctx, h1, _activation_name(layer.activation))
+        return encode_dense(
+            ctx,
+            h1,
+            layer.linear2.weight,
+            layer.linear2.bias,
+            f"{p}linear2.weight",
+            f"{p}linear2.bias" if layer.linear2.bias is not None else None,
+        )
+
+    def ln(h, name):
+        return layernorm_features(ctx, h, getattr(layer, name), f"{p}{name}", shape, False)
+
+    if layer.norm_first:
+        x = _residual(ctx, x, attn(ln(x, "norm1")), f"{p}sa")
+        x = _residual(ctx, x, ff(ln(x, "norm2")), f"{p}ff")
+    else:
+        x = ln(_residual(ctx, x, attn(x), f"{p}sa"), "norm1")
+        x = ln(_residual(ctx, x, ff(x), f"{p}ff"), "norm2")
+    return x
+
+
+def _src(ctx, op, args) -> Features:
+    args, kw = split_kwargs(args)
+    for m in ("src_mask", "src_key_padding_mask", "mask"):
+        if kw.get(m) is not None:
+            raise UnsupportedModuleError(op.target, f"{m} (masks are not encoded)")
+    if len(args) > 1 and args[1] is not None:
+        raise UnsupportedModuleError(op.target, "an attention mask (masks are not encoded)")
+    x = args[0]
+    return ctx.features(x, axis=-1)
+
+
+@register_encoder(nn.TransformerEncoderLayer)
+def encode_transformer_encoder_layer(ctx, op, module, args):
+    """``nn.TransformerEncoderLayer`` as a leaf (its forward has fast-path control flow fx cannot trace)."""
+    x = _src(ctx, op, args)
+    if x.axis % len(x.shape) != len(x.shape) - 1:
+        raise ShapeMismatchError("features on the last axis", f"axis {x.axis}", ctx.where())
+    return transformer_layer(ctx, module, op.target, x)
+
+
+@register_encoder(nn.TransformerEncoder)
+def encode_transformer_encoder(ctx, op, module: nn.TransformerEncoder, args):
+    """``nn.TransformerEncoder``: its layers in order, then the optional final norm."""
+    x = _src(ctx, op, args)
+    for i, layer in enumerate(module.layers):
+        x = transformer_layer(ctx, layer, f"{op.target}.layers.{i}", x)
+    if module.norm is not None:
+        if not isinstance(module.norm, nn.LayerNorm):
+            raise UnsupportedModuleError(op.target, f"final norm {type(module.norm).__name__}")
+        x = layernorm_features(ctx, x, module.norm, f"{op.target}.norm", tuple(x.shape), False)
+    return x
