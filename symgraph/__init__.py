@@ -7,8 +7,11 @@ NeuralGraph(kind='parameter', num_nodes=11, num_edges=26, node_colors=4, edge_co
 """
 
 from . import encoders as _encoders  # noqa: F401  (registers built-in encoders)
+from .automorphisms.group import AutomorphismGroup, automorphism_group
 from .build import parameter_graph
 from .builder import Features, GraphBuilder, SymmetryDecl
+from .computation import ComputationGraph, computation_graph
+from .draw import draw
 from .errors import (
     ModelLoadError,
     ShapeMismatchError,
@@ -17,11 +20,19 @@ from .errors import (
     UnsupportedModuleError,
 )
 from .graph import NeuralGraph, NodeGroup, ParamSlot
+from .permute import check_function_preservation, permute_model
 from .registry import register_encoder, register_function
 from .trace import ModelSpec, OpSpec, trace_model
 
 __all__ = [
     "parameter_graph",
+    "draw",
+    "computation_graph",
+    "ComputationGraph",
+    "automorphism_group",
+    "AutomorphismGroup",
+    "permute_model",
+    "check_function_preservation",
     "NeuralGraph",
     "NodeGroup",
     "ParamSlot",

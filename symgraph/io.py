@@ -1,0 +1,626 @@
+"""Safe model loading: ``load_model(path, arch=None, trust=False) -> (nn.Module, LoadInfo)``.
+
+A model file is untrusted input. Python pickles run code while they load (``__reduce__``), so a pickle
+is only unpickled in full when the caller says they trust the file. What each format needs:
+
+=====================  ===========================================  ==========================================
+format                 how it is read                                what else is needed
+=====================  ===========================================  ==========================================
+state_dict (.pt)       ``torch.load(weights_only=True)``             ``arch`` (a name from ``symgraph.models``)
+checkpoint dict        same; the state_dict under ``state_dict``,    ``arch``
+                       ``model_state_dict``, ``model``, ...
+pickled ``nn.Module``  ``torch.load(weights_only=False)``            ``trust=True`` (it can run any code)
+TorchScript            ``torch.jit.load`` (no Python code runs)      ``arch``: torch.fx cannot trace a
+                                                                     ScriptModule, so we rebuild the
+                                                                     architecture and load its weights
+``torch.export`` .pt2  the weight payloads are read from the         ``arch``: the archive holds an ATen graph,
+                       archive directly; ``torch.export.load`` only  not modules; the weights are loaded into
+                       with ``trust=True`` when payloads are         the rebuilt architecture
+                       pickled
+safetensors            ``safetensors.torch.load_file``               ``arch``
+=====================  ===========================================  ==========================================
+
+The format is detected from the file's content (zip layout, pickle opcode, safetensors header), not from
+its extension. Every failure is a :class:`~symgraph.errors.ModelLoadError` with a one-line message;
+a state_dict that does not fit its architecture raises :class:`StateDictMismatchError` (a ModelLoadError
+and a ShapeMismatchError) naming the first mismatching key: ``"Expected ... (got ...)"``.
+
+Example
+-------
+>>> import tempfile, os, torch, symgraph.io as sio
+>>> from symgraph.models import build_model
+>>> path = os.path.join(tempfile.mkdtemp(), "mlp.pt")
+>>> torch.save(build_model("mlp").state_dict(), path)
+>>> model, info = sio.load_model(path, arch="mlp")
+>>> info.format
+'state_dict'
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import pickletools
+import re
+import struct
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelLoadError, ShapeMismatchError
+
+__all__ = [
+    "load_model",
+    "load_state_dict_file",
+    "build_arch",
+    "fit_state_dict",
+    "detect_format",
+    "LoadInfo",
+    "StateDictMismatchError",
+    "FORMATS",
+]
+
+#: The formats ``detect_format`` reports (``"pickle"`` is a torch.save file or a raw pickle; what it holds,
+#: a state_dict or a whole module, is only known after reading it).
+FORMATS = ("pickle", "torchscript", "export", "safetensors")
+
+# Keys under which training scripts commonly nest the state_dict inside a checkpoint dictionary.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
+
+_TRUST_HINT = (
+    "unpickling it can execute arbitrary code, so it is refused by default; if you trust the file, "
+    "pass trust=True (CLI: --trust), or save model.state_dict() instead and pass its architecture with --arch"
+)
+
+
+class StateDictMismatchError(ModelLoadError, ShapeMismatchError):
+    """A state_dict does not fit the architecture it was given: ``"<file>: Expected ... (got ...)"``."""
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What :func:`load_model` found and did.
+
+    Attributes
+    ----------
+    path : str
+    format : str
+        ``"state_dict"``, ``"checkpoint"``, ``"pickled_module"``, ``"torchscript"``, ``"export"`` or
+        ``"safetensors"``.
+    arch : str or None
+        The ``NAME[:k=v,...]`` the model was rebuilt from, if any.
+    model_type : str
+        Class name of the returned module.
+    num_tensors : int
+        Entries in the loaded state_dict.
+    example_input_shape : tuple or None
+        An input shape the file itself records (``torch.export`` archives keep sample inputs).
+    notes : tuple of str
+        Anything the user should know (ignored checkpoint keys, dtype conversion, ...).
+    """
+
+    path: str
+    format: str
+    arch: str | None
+    model_type: str
+    num_tensors: int
+    example_input_shape: tuple[int, ...] | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        if self.example_input_shape is not None:
+            d["example_input_shape"] = list(self.example_input_shape)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _check_path(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{str(p)!r}: no such file")
+    if p.is_dir():
+        raise ModelLoadError(f"{str(p)!r} is a directory; Expected a model file (.pt, .pt2, .safetensors)")
+    if p.stat().st_size == 0:
+        raise ModelLoadError(f"{str(p)!r} is empty; Expected a model file (got 0 bytes)")
+    return p
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    # safetensors: an 8-byte little-endian header length, then a JSON object.
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    # A header length beyond the file size still means safetensors (a truncated one): reading reports it.
+    return 0 < n < 2**32 and head[8:9] == b"{"
+
+
+def detect_format(path: str | Path) -> str:
+    """The container format of ``path``, from its content: one of :data:`FORMATS`.
+
+    Raises :class:`ModelLoadError` for missing files, directories, empty files and unknown content.
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save({"w": torch.zeros(2)}, p)
+    >>> detect_format(p)
+    'pickle'
+    """
+    p = _check_path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise ModelLoadError(f"{str(p)!r} is a damaged or truncated zip archive ({exc})") from None
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("archive_format") for n in names) or any(
+            "/models/" in n and n.endswith(".json") for n in names
+        ):
+            return "export"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pickle"
+        raise ModelLoadError(
+            f"{str(p)!r} is a zip archive but not a torch.save, TorchScript or torch.export file "
+            f"(got members {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        )
+    # Pickle protocols 2-5 start with PROTO (0x80) and the protocol number; torch's legacy format too.
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if _is_safetensors(head, size):
+        return "safetensors"
+    raise ModelLoadError(
+        f"{str(p)!r} is not a model file: Expected a torch.save file, a TorchScript or torch.export archive, "
+        f"or a safetensors file (got {size} bytes starting with {head[:8]!r})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _pickle_globals(p: Path) -> list[str] | None:
+    """The Python globals a pickle refers to, read statically (nothing is executed); None if unparseable."""
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        else:
+            data = p.read_bytes()
+        found: list[str] = []
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STOP":
+                break
+        return found
+    except Exception:  # damaged data: the caller reports it as such
+        return None
+
+
+def _read_pickle(p: Path, trust: bool, map_location: Any) -> tuple[Any, bool]:
+    """Unpickle a torch.save file; returns (object, needed_full_unpickling)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; our errors say enough
+            return torch.load(p, map_location=map_location, weights_only=True), False
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" not in msg:
+            raise ModelLoadError(f"{str(p)!r} is damaged or truncated: {_first_line(msg)}") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        if not trust:
+            unsafe = [found.group(1)] if found else (_pickle_globals(p) or [])
+            if unsafe:
+                raise ModelLoadError(
+                    f"{str(p)!r} is a pickled Python object that refers to {unsafe[0]} (whole nn.Modules "
+                    f"are saved this way); {_TRUST_HINT}"
+                ) from None
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", msg)
+            raise ModelLoadError(
+                f"{str(p)!r} is damaged or not a torch.save file (weights-only reading failed: "
+                f"{detail.group(1).strip() if detail else 'unknown reason'}); if it is a pickle you trust, "
+                "pass trust=True (CLI: --trust)"
+            ) from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError/... for damaged files
+        raise ModelLoadError(f"{str(p)!r} is damaged or truncated: {type(exc).__name__}: {_first_line(exc)}") from None
+    # Only reached with trust=True and a file that needs full unpickling.
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False), True
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{str(p)!r} is damaged or not a model file (unpickling with trust failed: {type(exc).__name__}: "
+            f"{_first_line(exc)})"
+        ) from None
+
+
+def _read_safetensors(p: Path, map_location: Any) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # optional dependency (extra "io")
+        raise ModelLoadError(
+            f"{str(p)!r} is a safetensors file; install the 'safetensors' package to read it "
+            "(pip install 'symgraph[io]')"
+        ) from None
+    device = str(map_location) if map_location is not None else "cpu"
+    try:
+        return load_file(str(p), device=device)
+    except Exception as exc:
+        raise ModelLoadError(f"{str(p)!r} is a damaged safetensors file: {_first_line(exc)}") from None
+
+
+def _read_torchscript(p: Path, map_location: Any) -> torch.jit.ScriptModule:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch deprecates TorchScript; users still have files
+            return torch.jit.load(str(p), map_location=map_location)
+    except Exception as exc:
+        raise ModelLoadError(f"{str(p)!r} is a damaged TorchScript archive: {_first_line(exc)}") from None
+
+
+def _export_dtype_table() -> dict[int, torch.dtype]:
+    # torch.export stores dtypes as its schema's ScalarType codes; the table is torch's own.
+    from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
+
+    return {int(k.value if hasattr(k, "value") else k): v for k, v in _SERIALIZE_TO_TORCH_DTYPE.items()}
+
+
+def _read_export_weights(p: Path) -> tuple[dict[str, torch.Tensor] | None, tuple[int, ...] | None]:
+    """Read the weights of a torch.export archive as plain data, without unpickling anything.
+
+    Returns ``(None, shape)`` when some payload is pickled (then only ``torch.export.load`` with trust
+    can read it). ``shape`` is the first sample input's shape when it is readable as weights only.
+    """
+    try:
+        z = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive ({exc})") from None
+    with z:
+        names = z.namelist()
+        configs = [n for n in names if n.endswith("_weights_config.json") and "/data/weights/" in n]
+        if len(configs) != 1:
+            raise ModelLoadError(
+                f"{str(p)!r}: Expected a torch.export archive with one model (got {len(configs)} weight configs)"
+            )
+        cfg_name = configs[0]
+        weights_dir = cfg_name.rsplit("/", 1)[0] + "/"
+        try:
+            config = json.loads(z.read(cfg_name))["config"]
+            const_names = [n for n in names if n.endswith("_constants_config.json")]
+            constants = {} if not const_names else json.loads(z.read(const_names[0]))["config"]
+        except Exception as exc:
+            raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive: {_first_line(exc)}") from None
+        shape = _export_sample_shape(z, names)
+        if any(m.get("use_pickle") for m in config.values()) or any(
+            m.get("use_pickle") or not str(m.get("path_name", "")).startswith("tensor_") for m in constants.values()
+        ):
+            return None, shape
+        table = _export_dtype_table()
+        state: dict[str, torch.Tensor] = {}
+        try:
+            for fqn, meta in config.items():
+                tm = meta["tensor_meta"]
+                dtype = table[int(tm["dtype"])]
+                raw = bytearray(z.read(weights_dir + meta["path_name"]))
+                flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+                sizes = [int(s["as_int"]) for s in tm["sizes"]]
+                strides = [int(s["as_int"]) for s in tm["strides"]]
+                offset = int(tm["storage_offset"]["as_int"])
+                state[fqn] = torch.as_strided(flat, sizes, strides, offset).clone()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{str(p)!r} is a damaged torch.export archive: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+        return state, shape
+
+
+def _export_sample_shape(z: zipfile.ZipFile, names: list[str]) -> tuple[int, ...] | None:
+    samples = [n for n in names if "/data/sample_inputs/" in n]
+    if not samples:
+        return None
+    try:
+        obj = torch.load(io.BytesIO(z.read(samples[0])), weights_only=True)
+    except Exception:  # sample inputs are a convenience; anything odd is simply not used
+        return None
+    stack = [obj]
+    while stack:
+        x = stack.pop(0)
+        if isinstance(x, torch.Tensor):
+            return tuple(x.shape)
+        if isinstance(x, list | tuple):
+            stack = list(x) + stack
+        elif isinstance(x, Mapping):
+            stack = list(x.values()) + stack
+    return None
+
+
+def _read_export_trusted(p: Path) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None]:
+    try:
+        ep = torch.export.load(str(p))
+    except Exception as exc:
+        raise ModelLoadError(f"{str(p)!r} could not be loaded by torch.export.load: {_first_line(exc)}") from None
+    shape = None
+    args = getattr(ep, "example_inputs", None)
+    if args and args[0] and isinstance(args[0][0], torch.Tensor):
+        shape = tuple(args[0][0].shape)
+    return dict(ep.module().state_dict()), shape
+
+
+# ---------------------------------------------------------------------------------------------- state dicts
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (type(exc).__name__ if isinstance(exc, BaseException) else "")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = list(obj)[:3]
+        return f"a {type(obj).__name__} with keys {keys}{' ...' if len(obj) > 3 else ''}"
+    if isinstance(obj, list | tuple):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    return f"a {type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _unwrap(obj: Any, where: str) -> tuple[Any, str, list[str]]:
+    """A loaded object -> (nn.Module or state_dict, format, notes); ModelLoadError for anything else."""
+    if isinstance(obj, nn.Module):
+        return obj, "pickled_module", []
+    if _is_state_dict(obj):
+        return dict(obj), "state_dict", []
+    if isinstance(obj, Mapping):
+        for key in _CHECKPOINT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module) or _is_state_dict(inner):
+                others = [k for k in obj if k != key]
+                notes = [f"used checkpoint entry {key!r}"]
+                if others:
+                    notes.append(f"ignored checkpoint entries {others[:5]}{' ...' if len(others) > 5 else ''}")
+                return (inner if isinstance(inner, nn.Module) else dict(inner)), "checkpoint", notes
+    raise ModelLoadError(
+        f"{where}: Expected an nn.Module, a state_dict (str -> Tensor) or a checkpoint dict with one of "
+        f"the keys {list(_CHECKPOINT_KEYS[:3])} (got {_describe(obj)})"
+    )
+
+
+def _strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    # DataParallel / DistributedDataParallel / torch.compile save keys under 'module.' or '_orig_mod.'.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            return {k[len(prefix) :]: v for k, v in state.items()}, [f"stripped the {prefix!r} key prefix"]
+    return state, []
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state_dict") -> list[str]:
+    """Load ``state`` into ``model`` strictly, after checking keys and shapes; returns notes.
+
+    The model is converted to the state's floating dtype when all its floating tensors share one (a
+    float64 file stays float64 instead of being silently rounded to float32).
+
+    Raises
+    ------
+    StateDictMismatchError
+        ``"Expected ... (got ...)"`` for the first missing key, unexpected key or shape mismatch.
+
+    Example
+    -------
+    >>> import torch.nn as nn
+    >>> m = nn.Linear(2, 3)
+    >>> fit_state_dict(m, nn.Linear(2, 3).state_dict())
+    []
+    >>> try:
+    ...     fit_state_dict(m, nn.Linear(2, 4).state_dict(), where="w.pt")
+    ... except StateDictMismatchError as e:
+    ...     print(e)
+    w.pt: Expected 'weight' of shape (3, 2) (got shape (4, 2))
+    """
+    expected = model.state_dict()
+    state, notes = _strip_wrapper_prefix(dict(state), expected)
+    for k, v in expected.items():
+        if k not in state:
+            near = [s for s in state if s not in expected][:3]
+            got = "no such key" + (f"; the file has unmatched keys {near}" if near else "")
+            raise StateDictMismatchError(f"key {k!r} of shape {tuple(v.shape)}", got, where)
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise StateDictMismatchError(f"{k!r} of shape {tuple(v.shape)}", f"shape {tuple(state[k].shape)}", where)
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise StateDictMismatchError(
+            f"only the {len(expected)} keys of {type(model).__name__}", f"unexpected key {extra[0]!r}", where
+        )
+    float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    model_dtypes = {v.dtype for v in expected.values() if v.is_floating_point()}
+    if len(float_dtypes) == 1 and float_dtypes != model_dtypes:
+        (dt,) = float_dtypes
+        model.to(dt)
+        notes.append(f"converted the model to {str(dt).replace('torch.', '')} to match the file")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise StateDictMismatchError("a state_dict the model accepts", _first_line(exc), where) from None
+    return notes
+
+
+def build_arch(arch: str) -> nn.Module:
+    """Build the architecture ``"NAME[:k=v,...]"`` from :mod:`symgraph.models`.
+
+    Example
+    -------
+    >>> type(build_arch("mlp")).__name__ != ""
+    True
+    """
+    try:
+        from .models import build_model, list_models, parse_arch
+    except ImportError as exc:
+        raise ModelLoadError(f"the model registry symgraph.models is not available ({exc})") from None
+    try:
+        name, kwargs = parse_arch(arch)
+    except Exception as exc:
+        raise ModelLoadError(f"--arch: Expected NAME[:k=v,...] (got {arch!r}: {_first_line(exc)})") from None
+    names = list(list_models())
+    if name not in names:
+        raise ModelLoadError(f"--arch: Expected one of {', '.join(names)} (got {name!r})")
+    try:
+        return build_model(name, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"--arch {arch!r}: could not build the model: {_first_line(exc)}") from None
+
+
+def _need_arch(where: str, what: str) -> ModelLoadError:
+    try:
+        from .models import list_models
+
+        available = ", ".join(list_models())
+    except ImportError:
+        available = "(model registry unavailable)"
+    return ModelLoadError(
+        f"{where} holds {what}; give its architecture with --arch NAME[:k=v,...] (arch=...); available: {available}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public
+def load_state_dict_file(
+    path: str | Path, trust: bool = False, map_location: Any = "cpu"
+) -> tuple[nn.Module | dict[str, torch.Tensor], str, list[str], tuple[int, ...] | None]:
+    """Read a model file into a module (pickled modules only) or a state_dict, without building anything.
+
+    Returns ``(module_or_state_dict, format, notes, example_input_shape)``. TorchScript archives come back
+    as their state_dict (format ``"torchscript"``), so callers can rebuild an fx-traceable model.
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save({"w": torch.zeros(2)}, p)
+    >>> obj, fmt, notes, shape = load_state_dict_file(p)
+    >>> fmt, list(obj)
+    ('state_dict', ['w'])
+    """
+    p = _check_path(path)
+    where = str(p)
+    kind = detect_format(p)
+    if kind == "pickle":
+        obj, _ = _read_pickle(p, trust, map_location)
+        obj, fmt, notes = _unwrap(obj, where)
+        return obj, fmt, notes, None
+    if kind == "safetensors":
+        state = _read_safetensors(p, map_location)
+        if not state:
+            raise ModelLoadError(f"{where}: Expected a safetensors file with tensors (got none)")
+        return state, "safetensors", [], None
+    if kind == "torchscript":
+        sm = _read_torchscript(p, map_location)
+        name = getattr(sm, "original_name", type(sm).__name__)
+        return dict(sm.state_dict()), "torchscript", [f"TorchScript module {name}: weights only"], None
+    # kind == "export"
+    state, shape = _read_export_weights(p)
+    if state is None:
+        if not trust:
+            raise ModelLoadError(f"{where} is a torch.export archive with pickled payloads; {_TRUST_HINT}")
+        state, shape2 = _read_export_trusted(p)
+        shape = shape or shape2
+    if map_location is not None:
+        state = {k: v.to(map_location) for k, v in state.items()}
+    return state, "export", [], shape
+
+
+def load_model(
+    path: str | Path, arch: str | None = None, trust: bool = False, map_location: Any = "cpu"
+) -> tuple[nn.Module, LoadInfo]:
+    """Load a model file safely and return an fx-traceable ``nn.Module`` in eval mode, and what was done.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``torch.save`` file (state_dict, checkpoint dict or pickled module), a TorchScript archive,
+        a ``torch.export`` ``.pt2`` archive, or a safetensors file. The format is read from the content.
+    arch : str, optional
+        ``"NAME[:k=v,...]"`` from :func:`symgraph.models.list_models`; required for everything except a
+        pickled module (weights alone do not say how they are wired).
+    trust : bool
+        Allow full unpickling (arbitrary code execution) for pickled modules. Never needed for weights.
+    map_location : str or torch.device
+        Where tensors are loaded (default ``"cpu"``).
+
+    Returns
+    -------
+    (nn.Module, LoadInfo)
+
+    Raises
+    ------
+    ModelLoadError
+        One-line message: missing file, directory, damaged or unknown content, a pickled module without
+        ``trust``, weights without ``arch``, or (:class:`StateDictMismatchError`) weights that do not fit.
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> from symgraph.models import build_model
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> from safetensors.torch import save_file
+    >>> save_file(build_model("mlp").state_dict(), p)
+    >>> model, info = load_model(p, arch="mlp")
+    >>> info.format, info.arch
+    ('safetensors', 'mlp')
+    """
+    obj, fmt, notes, shape = load_state_dict_file(path, trust=trust, map_location=map_location)
+    where = str(path)
+    if isinstance(obj, nn.Module):
+        if arch is not None:
+            notes.append(f"--arch {arch} ignored: the file holds the whole module")
+        model = obj
+        arch_used = None
+        n = len(model.state_dict())
+    else:
+        if arch is None:
+            what = {
+                "state_dict": "a state_dict (weights only)",
+                "checkpoint": "a checkpoint with a state_dict (weights only)",
+                "safetensors": "safetensors weights",
+                "torchscript": "a TorchScript module, which torch.fx cannot trace (we rebuild it from its "
+                "architecture and load its weights)",
+                "export": "a torch.export program, whose ATen-level graph symgraph cannot encode (we rebuild "
+                "it from its architecture and load its weights)",
+            }[fmt]
+            raise _need_arch(where, what)
+        model = build_arch(arch)
+        notes.extend(fit_state_dict(model, obj, where=where))
+        arch_used = arch
+        n = len(obj)
+        if map_location is not None:
+            model.to(map_location)
+    model.eval()
+    info = LoadInfo(
+        path=where,
+        format=fmt,
+        arch=arch_used,
+        model_type=type(model).__name__,
+        num_tensors=n,
+        example_input_shape=shape,
+        notes=tuple(notes),
+    )
+    return model, info

@@ -1,0 +1,196 @@
+"""Phi on real models: apply a node permutation of the parameter graph to a model's parameters and buffers.
+
+``permute_model`` reads the model's *current* state into the graph layout, applies
+:meth:`NeuralGraph.permute` (edge ``(phi(i), phi(j), c)`` takes the value of ``(i, j, c)``; node-stored
+entries such as BatchNorm's gamma, beta and running statistics move with their nodes) and loads the
+result into a deep copy. ``check_function_preservation`` compares the two models in float64, in train and
+eval mode, including the running statistics a train-mode forward updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from .errors import ShapeMismatchError
+
+__all__ = ["permute_model", "check_function_preservation", "graph_with_model_weights"]
+
+
+def graph_with_model_weights(graph, model: nn.Module):
+    """``graph`` (same structure) carrying ``model``'s current parameters and buffers."""
+    state = model.state_dict()
+    # the model's dtype wins (a float64 copy of a float32 model must not be rounded through the graph)
+    dtype = graph.edge_weight.dtype
+    floats = [v.dtype for v in state.values() if v.is_floating_point()]
+    if floats:
+        dtype = floats[0]
+        for d in floats[1:]:
+            dtype = torch.promote_types(dtype, d)
+    ew = graph.edge_weight.to(dtype).clone()
+    nw = graph.node_weight.to(dtype).clone()
+    extras = dict(graph.extras)
+    for s in graph.slots:
+        if s.name not in state:
+            raise ShapeMismatchError(f"state entry '{s.name}' in the model", "a model without it")
+        t = state[s.name].detach()
+        if tuple(t.shape) != tuple(s.shape):
+            raise ShapeMismatchError(f"'{s.name}' of shape {tuple(s.shape)}", f"{tuple(t.shape)}")
+        if s.location == "edge":
+            ew[s.start : s.start + s.numel] = t.reshape(-1).to(ew.dtype)
+        elif s.location == "node":
+            nw[s.start : s.start + s.numel, s.column] = t.reshape(-1).to(nw.dtype)
+        else:
+            extras[s.name] = t.clone()
+    new = graph.with_weights(ew, nw)
+    new.extras = extras
+    return new
+
+
+def _state_like(graph, like: dict) -> dict:
+    """``graph``'s state in the dtypes of ``like`` (``to_state_dict`` would cast to the dtypes the graph was
+    built with: a float32 graph must not round a float64 model's permuted weights)."""
+    out = {}
+    for s in graph.slots:
+        if s.location == "edge":
+            t = graph.edge_weight[s.start : s.start + s.numel]
+        elif s.location == "node":
+            t = graph.node_weight[s.start : s.start + s.numel, s.column]
+        else:
+            t = graph.extras[s.name]
+        out[s.name] = t.detach().reshape(s.shape).to(like[s.name].dtype).clone()
+    return out
+
+
+def permute_model(model: nn.Module, perm: torch.Tensor, example_input=None, graph=None,
+                  input_shape: tuple[int, ...] | None = None, check: bool = True) -> nn.Module:
+    """A deep copy of ``model`` with Phi(perm) applied to its parameters and buffers.
+
+    Parameters
+    ----------
+    model : nn.Module
+    perm : LongTensor [N]
+        Node permutation of the parameter graph (``perm[i]`` = image of ``i``); must be an automorphism.
+    example_input, input_shape
+        Used to build the parameter graph when ``graph`` is not given.
+    graph : NeuralGraph, optional
+        The model's parameter graph (its structure is used; the weights are read from ``model``).
+    check : bool
+        Refuse permutations that are not automorphisms (``ValueError``). With ``check=False`` any
+        permutation that maps the coloured edge set onto itself is applied, even one moving fixed nodes
+        (used by negative controls).
+
+    Example
+    -------
+    >>> import torch, torch.nn as nn, symgraph
+    >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> p = torch.tensor([0, 1, 3, 4, 2, 5, 6, 7])   # rotate the 3 hidden units (nodes 2, 3, 4)
+    >>> x = torch.randn(5, 2)
+    >>> torch.allclose(symgraph.permute_model(m, p)(x), m(x), atol=1e-6)
+    True
+    """
+    if graph is None:
+        from .build import parameter_graph
+
+        graph = parameter_graph(model, example_input=example_input, input_shape=input_shape)
+    g = graph_with_model_weights(graph, model)
+    new_state = _state_like(g.permute(torch.as_tensor(perm, dtype=torch.long), check=check), model.state_dict())
+    out = copy.deepcopy(model)
+    out.load_state_dict(new_state)
+    return out
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    if isinstance(x, list | tuple):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _to_double(x):
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    if isinstance(x, list | tuple):
+        return type(x)(_to_double(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_double(v) for k, v in x.items()}
+    return x
+
+
+def _set_mode(model: nn.Module, mode: str) -> None:
+    model.train(mode == "train")
+    if mode == "train":
+        # dropout masks are drawn per position, so identical seeds give *different* masks to permuted
+        # units: the function is preserved in distribution only. Compare with dropout switched off.
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.dropout._DropoutNd):
+                mod.eval()
+
+
+def check_function_preservation(model: nn.Module, perm: torch.Tensor, inputs, modes: Iterable[str] = ("train", "eval"),
+                                graph=None, example_input=None, input_shape=None, seed: int = 0) -> float:
+    """Largest absolute difference between ``model`` and ``permute_model(model, perm)``, in float64.
+
+    Both models are deep copies converted to float64. In ``"train"`` mode the comparison also covers the
+    buffers the forward pass updates (BatchNorm running statistics): those of the permuted model must equal
+    the original's updated buffers permuted by the same Phi. The RNG is seeded identically before each
+    forward; dropout is switched off in train mode (see ``_set_mode``). ``perm`` need not be an
+    automorphism (this is a checker): a permutation that moves fixed nodes but maps the coloured edge set
+    onto itself is applied as it is; one that does not even map the edge set onto itself has no Phi, and
+    the result is ``inf``.
+
+    Example
+    -------
+    >>> import torch, torch.nn as nn, symgraph
+    >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> aut = symgraph.automorphism_group(m)
+    >>> symgraph.check_function_preservation(m, aut.random_element(), torch.randn(4, 2)) < 1e-12
+    True
+    """
+    from .build import parameter_graph
+
+    base = copy.deepcopy(model).double()
+    x = _to_double(inputs)
+    if graph is None:
+        ex = _to_double(example_input) if example_input is not None else None
+        if ex is None and input_shape is None and isinstance(x, torch.Tensor):
+            ex = x[:1]
+        graph = parameter_graph(base, example_input=ex, input_shape=input_shape)
+    perm = torch.as_tensor(perm, dtype=torch.long)
+    try:
+        permuted = permute_model(base, perm, graph=graph, check=False)
+    except ValueError:
+        return math.inf
+    args = x if isinstance(x, tuple) else (x,)
+    worst = 0.0
+    for mode in modes:
+        if mode not in ("train", "eval"):
+            raise ShapeMismatchError("modes among 'train' and 'eval'", repr(mode))
+        a, b = copy.deepcopy(base), copy.deepcopy(permuted)
+        _set_mode(a, mode)
+        _set_mode(b, mode)
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            ya = a(*args)
+            torch.manual_seed(seed)
+            yb = b(*args)
+        ta, tb = _tensors(ya), _tensors(yb)
+        if len(ta) != len(tb):
+            raise ShapeMismatchError(f"{len(ta)} output tensors", f"{len(tb)}")
+        for p, q in zip(ta, tb, strict=True):
+            worst = max(worst, float((p.double() - q.double()).abs().max()) if p.numel() else 0.0)
+        if mode == "train":
+            # the updated buffers of the original, permuted, must be the permuted model's updated buffers
+            got = b.state_dict()
+            expect = _state_like(graph_with_model_weights(graph, a).permute(perm, check=False), got)
+            for name, t in expect.items():
+                if t.is_floating_point() and name in got:
+                    worst = max(worst, float((t.double() - got[name].double()).abs().max()) if t.numel() else 0.0)
+    return worst

@@ -1,0 +1,323 @@
+"""Exact automorphism groups: nauty encoding, twin reduction, Props 5/6, brute-force oracles, sampling."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import Counter
+from types import SimpleNamespace
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+from networkx.algorithms.isomorphism import DiGraphMatcher
+
+import symgraph
+from symgraph.automorphisms import compute_group, naive_autgrp, nauty_autgrp, reduce_twins
+from symgraph.automorphisms.nauty import collapse_parallel_edges, graph_arrays
+from symgraph.automorphisms.twins import chain_classes, fold_fixed
+
+try:
+    from symgraph.symmetry import analytic_order
+except ImportError:  # the analytic-symmetry module is another engineer's; formulas below do without it
+    analytic_order = None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def vf2_count(graph) -> int:
+    """Brute-force oracle: count all automorphisms with networkx VF2 (colours, edge colour sets, fixed nodes)."""
+    n, src, dst, ecol, vcol = graph_arrays(graph)
+    g = nx.DiGraph()
+    for i in range(n):
+        g.add_node(i, c=int(vcol[i]))
+    labels: dict[tuple[int, int], list[int]] = {}
+    for s, d, c in zip(src.tolist(), dst.tolist(), ecol.tolist(), strict=True):
+        labels.setdefault((s, d), []).append(c)
+    for (s, d), cs in labels.items():
+        g.add_edge(s, d, c=tuple(sorted(cs)))
+    m = DiGraphMatcher(g, g, node_match=lambda a, b: a["c"] == b["c"], edge_match=lambda a, b: a["c"] == b["c"])
+    return sum(1 for _ in m.isomorphisms_iter())
+
+
+def raw_graph(n, src, dst, ecol, vcol, fixed=None):
+    """A NeuralGraph-like object from arrays (for synthetic graphs)."""
+    return SimpleNamespace(
+        num_nodes=n, num_edges=len(src),
+        edge_index=torch.tensor([list(src), list(dst)], dtype=torch.long).reshape(2, -1),
+        edge_color=torch.tensor(list(ecol), dtype=torch.int32), node_color=torch.tensor(list(vcol)),
+        fixed_mask=torch.zeros(n, dtype=torch.bool) if fixed is None else torch.tensor(fixed, dtype=torch.bool),
+        node_groups=(),
+    )
+
+
+class CatBranches(nn.Module):
+    """Two conv branches (3x3 and 1x1, no bias) concatenated: their channels differ only by edge colours."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(2, 2, 1, bias=False)
+        self.c = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+
+class ResMLP(nn.Module):
+    def __init__(self, d_in, width, hidden, blocks, d_out):
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+                                    for _ in range(blocks))
+        self.out = nn.Linear(width, d_out)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for blk in self.blocks:
+            h = h + blk(h)
+        return self.out(h)
+
+
+def mlp(widths):
+    layers = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def cnn(channels, kernels, bn=False):
+    layers = []
+    for (a, b), k in zip(itertools.pairwise(channels), kernels, strict=False):
+        layers.append(nn.Conv2d(a, b, k, padding=k // 2))
+        if bn:
+            layers.append(nn.BatchNorm2d(b))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers[:-1])
+
+
+# ---------------------------------------------------------------------------------------------- nauty encoding
+def test_layered_encoding_keeps_parallel_edges_and_colours_where_naive_pynauty_overcounts():
+    g = symgraph.parameter_graph(CatBranches(), input_shape=(1, 2, 5, 5))
+    truth = vf2_count(g)
+    assert truth == 4  # S_2 on each branch: 3x3 channels never swap with 1x1 channels
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    assert round(nauty_autgrp(n, src, dst, ecol, vcol).grpsize[0]) == truth
+    assert compute_group(g, reduce=False).order == truth
+    assert compute_group(g).order == truth
+    # negative control: plain pynauty (parallel edges merged, no edge colours) is wrong, and too large
+    naive = naive_autgrp(g)
+    assert round(naive.grpsize[0]) == 24 > truth
+
+
+def test_collapse_parallel_edges_labels_by_colour_multiset():
+    u, v, lab, L = collapse_parallel_edges(3, [0, 0, 1, 1, 0], [1, 1, 2, 2, 2], [5, 2, 2, 5, 2])
+    assert list(zip(u.tolist(), v.tolist(), strict=True)) == [(0, 1), (0, 2), (1, 2)]
+    assert lab[0] == lab[2] != lab[1] and L == 2  # {2, 5} twice, {2} once
+
+
+def test_directed_mode_distinguishes_direction():
+    # directed 3-cycle: rotations only (3); undirected would give 6
+    r = nauty_autgrp(3, [0, 1, 2], [1, 2, 0], [0, 0, 0], [0, 0, 0], use_depth=False)
+    assert round(r.grpsize[0]) == 3
+    # a path 0 -> 1 <- 2: 0 and 2 swap; 0 -> 1 -> 2: nothing
+    assert round(nauty_autgrp(3, [0, 2], [1, 1], [0, 0], [0, 0, 0]).grpsize[0]) == 2
+    assert round(nauty_autgrp(3, [0, 1], [1, 2], [0, 0], [0, 0, 0]).grpsize[0]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- Props 5 and 6
+@given(st.lists(st.integers(1, 6), min_size=2, max_size=5))
+def test_mlp_group_order_is_product_of_hidden_width_factorials_prop5(widths):
+    model = mlp(widths)
+    aut = symgraph.automorphism_group(model)
+    expect = math.prod(math.factorial(w) for w in widths[1:-1])
+    assert aut.order == expect
+    if analytic_order is not None:
+        assert analytic_order(aut.graph) == expect
+    assert all(aut.contains(g) for g in aut.generators)
+
+
+@given(st.lists(st.tuples(st.integers(1, 5), st.sampled_from([1, 3])), min_size=2, max_size=4), st.booleans())
+def test_cnn_group_order_is_product_of_hidden_channel_factorials_prop6(layers, bn):
+    channels = [c for c, _ in layers]
+    model = cnn([2] + channels, [k for _, k in layers], bn)
+    aut = symgraph.automorphism_group(model, input_shape=(1, 2, 5, 5))
+    assert aut.order == math.prod(math.factorial(c) for c in channels[:-1])
+
+
+def test_residual_mlp_ties_the_stream_and_frees_block_hidden_units():
+    model = ResMLP(3, 5, 4, 2, 2)
+    aut = symgraph.automorphism_group(model)
+    assert aut.order == math.factorial(5) * math.factorial(4) ** 2
+    assert any("tied" in f and f.startswith("S_5") for f in aut.factors)
+    assert compute_group(aut.graph, reduce=False).order == aut.order
+
+
+def test_factors_name_the_layers():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    aut = symgraph.automorphism_group(model)
+    assert sorted(aut.factors) == ["S_4 on 0 outputs", "S_6 on 2 outputs"]
+
+
+# ---------------------------------------------------------------------------------------------- oracles
+@st.composite
+def small_dags(draw):
+    n = draw(st.integers(2, 8))
+    edges = set()
+    for _ in range(draw(st.integers(0, 14))):
+        a = draw(st.integers(0, n - 2))
+        b = draw(st.integers(a + 1, n - 1))
+        edges.add((a, b, draw(st.integers(0, 2))))
+    vcol = [draw(st.integers(0, 1)) for _ in range(n)]
+    fixed = [draw(st.booleans()) and i == 0 for i in range(n)]
+    src, dst, ecol = zip(*sorted(edges), strict=True) if edges else ((), (), ())
+    return raw_graph(n, src, dst, ecol, vcol, fixed)
+
+
+@given(small_dags())
+def test_group_order_matches_vf2_on_random_coloured_multidags(g):
+    truth = vf2_count(g)
+    reduced, unreduced = compute_group(g), compute_group(g, reduce=False)
+    assert reduced.order == unreduced.order == truth
+    for gen in reduced.generators:
+        assert reduced.contains(gen)
+
+
+@given(small_dags())
+def test_sympy_schreier_sims_agrees_with_our_order(g):
+    aut = compute_group(g)
+    G = aut.to_sympy()
+    assert G.order() == aut.order
+    G._order = None  # recompute with sympy's own Schreier-Sims: the generators generate the group
+    assert G.order() == aut.order
+
+
+def test_twin_reduction_collapses_layers_and_lifts_exactly():
+    g = symgraph.parameter_graph(mlp([7, 9, 9, 3]))
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    red = reduce_twins(n, src, dst, ecol, vcol, fixed=g.fixed_mask.numpy())
+    assert red.quotient[0] == 1 and red.twin_order == math.factorial(9) ** 2  # layers, then one chain
+    for gen in red.class_generators():
+        assert g.is_automorphism(torch.from_numpy(gen))
+
+
+def test_chain_contraction_and_fixed_folding_keep_the_group():
+    # 0 -> 1 -> 2 and 3 -> 4 -> 5 chains hanging from a fixed root 6: the chains swap (order 2)
+    g = raw_graph(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0],
+                  [False] * 6 + [True])
+    cls, pos, _ = chain_classes(7, [0, 1, 3, 4], [1, 2, 4, 5], [1, 1, 1, 1], [1] * 6 + [0])
+    assert cls[0] == cls[1] == cls[2] != cls[3] and pos[:3].tolist() == [0, 1, 2]
+    assert compute_group(g).order == vf2_count(g) == 2
+    (m, *_), keep = fold_fixed(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1],
+                               [1] * 6 + [0], [False] * 6 + [True])
+    assert m == 6 and keep.tolist() == [0, 1, 2, 3, 4, 5]
+    # negative control: colouring one chain's middle edge differently breaks the symmetry
+    g2 = raw_graph(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 2, 1], [1] * 6 + [0],
+                   [False] * 6 + [True])
+    assert compute_group(g2).order == vf2_count(g2) == 1
+
+
+# ---------------------------------------------------------------------------------------------- elements
+def test_random_element_is_uniform_on_a_small_group():
+    model = ResMLP(2, 3, 2, 1, 1)  # S_3 (stream) x S_2 (block hidden): order 12
+    aut = symgraph.automorphism_group(model)
+    assert aut.order == 12
+    gen = torch.Generator().manual_seed(0)
+    draws = 1200
+    counts = Counter(tuple(aut.random_element(gen).tolist()) for _ in range(draws))
+    assert len(counts) == 12
+    assert all(aut.contains(torch.tensor(p)) for p in counts)
+    chi2 = sum((c - draws / 12) ** 2 / (draws / 12) for c in counts.values())
+    assert chi2 < 40.0  # 11 degrees of freedom: p < 1e-4 beyond 40
+
+
+def test_contains_rejects_non_automorphisms():
+    aut = symgraph.automorphism_group(mlp([3, 4, 4, 2]))
+    n = aut.graph.num_nodes
+    swap_inputs = torch.arange(n)
+    swap_inputs[0], swap_inputs[1] = 1, 0
+    assert not aut.contains(swap_inputs)
+    hid = aut.graph.role_mask("hidden").nonzero().flatten()
+    mix_layers = torch.arange(n)  # a unit of layer 1 with a unit of layer 2 (same widths)
+    a, b = int(hid[0]), int(hid[-1])
+    mix_layers[a], mix_layers[b] = b, a
+    assert not aut.contains(mix_layers)
+    assert aut.contains(aut.random_element())
+
+
+def test_orbits_and_as_dict():
+    aut = symgraph.automorphism_group(mlp([3, 4, 2]))
+    sizes = sorted(len(o) for o in aut.orbits)
+    assert sizes[-1] == 4 and sum(sizes) == aut.graph.num_nodes
+    d = json.loads(json.dumps(aut.as_dict()))
+    assert d["order"] == "24" and d["num_nodes"] == aut.graph.num_nodes and d["generators"] >= 1
+    assert d["factors"] == ["S_4 on 0 outputs"] and "total" in d["timing"]
+    assert abs(d["log10_order"] - math.log10(24)) < 1e-12
+
+
+def test_big_mlp_order_is_exact_beyond_float_range():
+    aut = symgraph.automorphism_group(mlp([5, 200, 300, 2]))
+    assert aut.order == math.factorial(200) * math.factorial(300)
+    assert abs(aut.log10_order - math.log10(math.factorial(200) * math.factorial(300))) < 1e-9
+
+
+def test_unreduced_nauty_agrees_on_a_residual_cnn_with_batchnorm():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(4, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), Block(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(3, 2))
+    aut = symgraph.automorphism_group(model, input_shape=(1, 2, 4, 4))
+    assert aut.order == math.factorial(3) * math.factorial(4) ** 2
+    assert compute_group(aut.graph, reduce=False).order == aut.order
+
+
+@pytest.mark.slow
+def test_mlp_784_1024x3_group_ci_slow():
+    aut = symgraph.automorphism_group(mlp([784, 1024, 1024, 1024, 10]))
+    assert aut.order == math.factorial(1024) ** 3
+    assert aut.contains(aut.random_element())
+
+
+# ---------------------------------------------------------------------------------------------- conjecture C.5
+def test_conjecture_c5_holds_on_the_battery_and_computation_groups_match():
+    from symgraph.automorphisms import check_conjecture_c5
+
+    results = check_conjecture_c5()
+    assert len(results) >= 4
+    for r in results:
+        assert r.holds, r.as_dict()
+        assert r.parameter_order == r.computation_order > 1
+
+
+def test_conjecture_checker_flags_a_lift_of_a_non_automorphism_negative_control():
+    from symgraph.automorphisms import lift_to_computation_graph
+
+    model = mlp([3, 4, 2]).double()
+    x = torch.randn(1, 3, dtype=torch.float64)
+    cg = symgraph.computation_graph(model, x)
+    aut = symgraph.automorphism_group(model)
+    good = lift_to_computation_graph(cg, aut.random_element(torch.Generator().manual_seed(0)))
+    assert cg.is_automorphism(good)
+    bad = torch.arange(aut.graph.num_nodes)
+    bad[0], bad[1] = 1, 0  # swaps two (fixed) input nodes
+    assert not cg.is_automorphism(lift_to_computation_graph(cg, bad))
+
+
+def test_computation_graph_group_via_sharing_graph():
+    model = nn.Sequential(nn.Conv1d(1, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(6, 2)).double()
+    x = torch.randn(1, 1, 3, dtype=torch.float64)
+    aut = symgraph.automorphism_group(model, example_input=x, graph="computation")
+    assert aut.order == math.factorial(3)
+    cg = aut.computation_graph
+    for g in aut.restricted_generators():
+        assert cg.is_automorphism(g)
