@@ -1,0 +1,32 @@
+"""Baseline metanetworks of the paper's tables, one file each.
+
+- :class:`DeepSetsBaseline` (``deepsets.py``): the parameters as a set (any architecture).
+- :class:`DMC` (``dmc.py``): 1D CNN over the flattened parameter vector (any architecture).
+- :class:`StatNN` (``statnn.py``): per-tensor statistics -> MLP (any architecture; ``layout`` for mixing).
+- :class:`NPNFN` (``npnfn.py``): NP-NFN equivariant layers for chains of Linear/Conv layers; anything else
+  raises :class:`UnsupportedArchitectureError`.
+
+DeepSets, DMC and StatNN take the same ``torch_geometric`` batches of :func:`gmn.graph_to_data` as
+:class:`gmn.GMN`; NP-NFN takes a list of :class:`~symgraph.graph.NeuralGraph` (it needs each tensor's
+shape).
+"""
+
+from .common import ParamElements, UnsupportedArchitectureError, param_elements
+from .deepsets import DeepSetsBaseline
+from .dmc import DMC
+from .npnfn import NPNFN, NFNLayerSpec, NFNSpec, NPLinear
+from .statnn import StatNN, tensor_statistics
+
+__all__ = [
+    "UnsupportedArchitectureError",
+    "ParamElements",
+    "param_elements",
+    "DeepSetsBaseline",
+    "DMC",
+    "StatNN",
+    "tensor_statistics",
+    "NPNFN",
+    "NPLinear",
+    "NFNSpec",
+    "NFNLayerSpec",
+]

@@ -1,0 +1,271 @@
+"""`GMN`: encoders -> :class:`~gmn.layers.GMNLayer` stack -> invariant and/or equivariant heads.
+
+Input: a ``torch_geometric`` ``Batch`` of :func:`gmn.graph_to_data` outputs (graphs of any architectures).
+
+- Encoders: one embedding table per categorical column (``x_cat``, ``edge_cat``), summed, plus an MLP of
+  the float columns (``x``, ``edge_attr``; the weight value enters here).
+- Layers: ``num_layers`` :class:`GMNLayer` with residual connections and LayerNorm.
+- Invariant head (``out_dim``): mean-pool the final edge features (and node features, ``pool=("edge",
+  "node")``) per graph, concatenate the global feature, MLP -> ``[num_graphs, out_dim]``. The output is a
+  *logit*: for accuracy prediction use ``BCEWithLogitsLoss`` and ``torch.sigmoid`` for predictions
+  (:func:`gmn.train.train_regressor` does both), as the paper's sigmoid + BCE.
+- Equivariant edge head (``edge_out_dim``): an MLP of the final features of each forward edge and of its
+  reverse copy -> ``[num_forward_edges_in_batch, edge_out_dim]``, in the order of the forward edges
+  (graph by graph); :func:`edge_output_to_state_dict` maps one graph's rows back onto parameters.
+
+Every input feature is invariant to neural DAG automorphisms and every operation is permutation
+equivariant, so the graph output is invariant and the edge output equivariant (paper Prop. 2 / C.6).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from symgraph.graph import NeuralGraph
+
+from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, NODE_CAT_SIZES, NODE_FLOAT_DIM
+from .layers import ConcatMLP, GMNLayer, scatter_reduce
+
+__all__ = ["GMN", "GMNEdgeHead", "FeatureEncoder", "edge_output_to_state_dict", "split_edge_output"]
+
+
+class FeatureEncoder(nn.Module):
+    """Sum of embeddings of categorical columns plus an MLP of float columns.
+
+    Example
+    -------
+    >>> enc = FeatureEncoder((3, 5), 2, 8)
+    >>> enc(torch.tensor([[0, 4], [2, 1]]), torch.randn(2, 2)).shape
+    torch.Size([2, 8])
+    """
+
+    def __init__(self, cat_sizes: Sequence[int], float_dim: int, out_dim: int):
+        super().__init__()
+        self.cat_sizes, self.float_dim, self.out_dim = tuple(cat_sizes), float_dim, out_dim
+        self.embeddings = nn.ModuleList(nn.Embedding(s, out_dim) for s in self.cat_sizes)
+        self.mlp = ConcatMLP(float_dim, out_dim, out_dim, num_layers=2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for emb in self.embeddings:
+            nn.init.normal_(emb.weight, std=0.1)
+        self.mlp.reset_parameters()
+
+    def forward(self, cat: Tensor, flt: Tensor) -> Tensor:
+        out = self.mlp(flt)
+        for k, emb in enumerate(self.embeddings):
+            out = out + emb(cat[:, k]).to(out.dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cat_sizes={self.cat_sizes}, float_dim={self.float_dim}, out={self.out_dim})"
+
+
+class GMN(nn.Module):
+    """Graph metanetwork over parameter graphs (paper Sec. 2.3).
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width of node and edge features.
+    num_layers : int
+        Number of :class:`GMNLayer`.
+    out_dim : int or None
+        Width of the invariant per-graph output (``None``: no graph head).
+    edge_out_dim : int or None
+        Width of the equivariant per-forward-edge output (``None``: no edge head).
+    use_global : bool
+        Keep a global feature of width ``global_dim`` (default ``hidden_dim``) updated by Eq. 3. The paper's
+        experiments do not use it; its expressivity results (Prop. 3) need it.
+    pool : sequence of "edge", "node"
+        What the invariant head mean-pools per graph.
+    aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers
+        Passed to every :class:`GMNLayer`. ``global_reduce`` defaults to ``"mean"`` here (sums over
+        100k-edge graphs are large numbers); the layer's default is the paper's sum.
+
+    Example
+    -------
+    >>> import torch.nn as nn, symgraph, gmn
+    >>> from torch_geometric.data import Batch
+    >>> gs = [symgraph.parameter_graph(nn.Sequential(nn.Linear(2, k), nn.ReLU(), nn.Linear(k, 1))) for k in (3, 5)]
+    >>> batch = Batch.from_data_list([gmn.graph_to_data(g) for g in gs])
+    >>> gmn.GMN(hidden_dim=16, num_layers=2)(batch).shape
+    torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int = 64,
+        num_layers: int = 4,
+        out_dim: int | None = 1,
+        edge_out_dim: int | None = None,
+        use_global: bool = True,
+        global_dim: int | None = None,
+        pool: Sequence[str] = ("edge", "node"),
+        aggr: str = "sum",
+        global_reduce: str = "mean",
+        norm: str | None = "layernorm",
+        residual: bool = True,
+        order: Sequence[str] = ("edge", "node", "global"),
+        global_aggr: str = "after",
+        mlp_layers: int = 2,
+    ):
+        super().__init__()
+        if out_dim is None and edge_out_dim is None:
+            raise ValueError("Expected out_dim or edge_out_dim (got neither)")
+        if not set(pool) <= {"edge", "node"} or not pool:
+            raise ValueError(f"Expected pool made of 'edge' and 'node' (got {pool!r})")
+        h = hidden_dim
+        du = (global_dim or h) if use_global else 0
+        self.hidden_dim, self.num_layers, self.out_dim, self.edge_out_dim = h, num_layers, out_dim, edge_out_dim
+        self.global_dim, self.pool = du, tuple(pool)
+        self.node_encoder = FeatureEncoder(NODE_CAT_SIZES, NODE_FLOAT_DIM, h)
+        self.edge_encoder = FeatureEncoder(EDGE_CAT_SIZES, EDGE_FLOAT_DIM, h)
+        self.u0 = nn.Parameter(torch.zeros(du))
+        self.layers = nn.ModuleList(
+            GMNLayer(h, h, du, h, order=order, global_aggr=global_aggr, aggr=aggr, global_reduce=global_reduce,
+                     residual=residual, norm=norm, mlp_layers=mlp_layers)
+            for _ in range(num_layers)
+        )
+        self.head = None
+        if out_dim is not None:
+            self.head = ConcatMLP(h * len(self.pool) + du, h, out_dim, num_layers=2)
+        self.edge_head = None
+        if edge_out_dim is not None:
+            self.edge_head = ConcatMLP(2 * h + du, h, edge_out_dim, num_layers=2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.node_encoder.reset_parameters()
+        self.edge_encoder.reset_parameters()
+        nn.init.zeros_(self.u0)
+        for layer in self.layers:
+            layer.reset_parameters()
+        for head in (self.head, self.edge_head):
+            if head is not None:
+                head.reset_parameters()
+
+    def encode(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Final ``(v, e, u, node_batch, edge_batch)`` features of a batch."""
+        v = self.node_encoder(batch.x_cat, batch.x)
+        e = self.edge_encoder(batch.edge_cat, batch.edge_attr)
+        node_batch = getattr(batch, "batch", None)
+        if node_batch is None:
+            node_batch = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
+        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+        edge_batch = node_batch[batch.edge_index[1]]
+        u = self.u0.to(v.dtype).expand(num_graphs, self.global_dim)
+        for layer in self.layers:
+            v, e, u = layer(v, batch.edge_index, e, u, node_batch, edge_batch)
+        return v, e, u, node_batch, edge_batch
+
+    def forward(self, batch) -> Tensor | tuple[Tensor, Tensor]:
+        """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple)."""
+        v, e, u, node_batch, edge_batch = self.encode(batch)
+        num_graphs = u.shape[0]
+        out_graph = out_edge = None
+        if self.head is not None:
+            pooled = []
+            if "edge" in self.pool:
+                pooled.append(scatter_reduce(e, edge_batch, num_graphs, "mean"))
+            if "node" in self.pool:
+                pooled.append(scatter_reduce(v, node_batch, num_graphs, "mean"))
+            out_graph = self.head(*pooled, u)
+        if self.edge_head is not None:
+            fwd = batch.edge_is_forward
+            fwd_batch = edge_batch[fwd]
+            out_edge = self.edge_head(e[fwd], e[~fwd], u[fwd_batch])
+        if out_graph is not None and out_edge is not None:
+            return out_graph, out_edge
+        return out_graph if out_graph is not None else out_edge
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, "
+                f"out_dim={self.out_dim}, edge_out_dim={self.edge_out_dim}, global_dim={self.global_dim}, "
+                f"pool={self.pool})")
+
+
+class GMNEdgeHead(GMN):
+    """A :class:`GMN` with only the equivariant per-edge output (``edge_out_dim``, default 1).
+
+    ``forward(batch)`` gives ``[num_forward_edges_in_batch, edge_out_dim]`` (e.g. a weight edit ``delta``
+    for INR editing; map it back with :func:`edge_output_to_state_dict`).
+    """
+
+    def __init__(self, hidden_dim: int = 64, num_layers: int = 4, edge_out_dim: int = 1, **kw):
+        kw.setdefault("out_dim", None)
+        super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, edge_out_dim=edge_out_dim, **kw)
+
+
+def split_edge_output(batch, edge_out: Tensor) -> list[Tensor]:
+    """Split a batch's forward-edge output into one tensor per graph (in batch order)."""
+    counts = batch.num_forward_edges
+    counts = counts.tolist() if isinstance(counts, Tensor) else [int(counts)]
+    return list(torch.split(edge_out, counts, dim=0))
+
+
+def edge_output_to_state_dict(
+    graph: NeuralGraph,
+    edge_out: Tensor,
+    node_out: Tensor | None = None,
+    residual_scale: float | Tensor | None = None,
+) -> OrderedDict[str, Tensor]:
+    """Map a per-edge output of one graph back onto the model's parameters (a new state_dict).
+
+    Parameters
+    ----------
+    graph : NeuralGraph
+        The graph the output was computed on.
+    edge_out : Tensor
+        ``[E]`` or ``[E, 1]`` values for the graph's forward edges (in edge order); rows of
+        parameter-free edges are ignored.
+    node_out : Tensor, optional
+        ``[N, len(graph.node_weight_columns)]`` values for node-stored parameters; without it these keep
+        their values (and under ``residual_scale`` they are unchanged).
+    residual_scale : float, optional
+        ``None``: the output *replaces* the parameters. A number ``gamma``: parameters become
+        ``theta + gamma * out`` (INR editing).
+
+    Gradients flow from the returned tensors to ``edge_out`` (nothing is detached), so the result can be
+    used with ``torch.func.functional_call``. Buffers and extras keep their values.
+
+    Example
+    -------
+    >>> import torch, torch.nn as nn, symgraph, gmn
+    >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> g = symgraph.parameter_graph(m)
+    >>> sd = gmn.edge_output_to_state_dict(g, torch.zeros(g.num_edges), residual_scale=0.1)
+    >>> m.load_state_dict(sd)
+    <All keys matched successfully>
+    """
+    if edge_out.dim() == 2:
+        if edge_out.shape[1] != 1:
+            raise ValueError(f"Expected edge_out of shape [E] or [E, 1] (got {tuple(edge_out.shape)})")
+        edge_out = edge_out[:, 0]
+    if edge_out.shape[0] != graph.num_edges:
+        raise ValueError(f"Expected edge_out with {graph.num_edges} rows (got {edge_out.shape[0]})")
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    by_name = {s.name: s for s in graph.slots}
+    for name in graph.state_keys:
+        s = by_name[name]
+        if s.location == "edge" and not s.is_buffer:
+            new = edge_out[s.start : s.start + s.numel]
+            old = graph.edge_weight[s.start : s.start + s.numel].to(new.device)
+        elif s.location == "node" and not s.is_buffer and node_out is not None:
+            new = node_out[s.start : s.start + s.numel, s.column]
+            old = graph.node_weight[s.start : s.start + s.numel, s.column].to(new.device)
+        elif s.location == "extra":
+            out[name] = graph.extras[name].clone()
+            continue
+        else:
+            src = graph.edge_weight if s.location == "edge" else graph.node_weight[:, s.column]
+            out[name] = src[s.start : s.start + s.numel].to(s.dtype).reshape(s.shape).clone()
+            continue
+        val = new if residual_scale is None else old.to(new.dtype) + residual_scale * new
+        out[name] = val.to(s.dtype).reshape(s.shape)
+    return out
