@@ -1,0 +1,74 @@
+"""Figure 4: the computation graph beside the parameter graph of the same tiny CNN (paper appendix C.1).
+
+The computation graph has a node per activation (channel × pixel) and an edge per use of a weight, so one
+convolution weight appears on many edges (weight sharing); the parameter graph has a node per channel and an
+edge per weight. Needs :func:`symgraph.computation_graph`.
+
+Example
+-------
+>>> import matplotlib; matplotlib.use("Agg")
+>>> from figures import fig4_computation
+>>> fig4_computation.missing() is None or "computation_graph" in fig4_computation.missing()
+True
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+
+import symgraph
+from symgraph.draw import draw
+
+from .common import FigureUnavailable, seeded
+
+__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "model", "example_input"]
+
+NAME, STEM = "fig4", "fig4_computation_vs_parameter"
+TITLE = "computation graph vs parameter graph of a tiny CNN"
+
+
+def _computation_graph():
+    fn = getattr(symgraph, "computation_graph", None)
+    if fn is None:
+        try:
+            from symgraph.computation import computation_graph as fn
+        except ImportError:
+            return None
+    return fn
+
+
+def missing() -> str | None:
+    return None if _computation_graph() is not None else "symgraph.computation_graph is not available yet"
+
+
+def model() -> nn.Module:
+    with seeded(4):
+        return nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+
+
+def example_input() -> torch.Tensor:
+    with seeded(4):
+        return torch.randn(1, 1, 3, 3)
+
+
+def make(notes: list[str]) -> plt.Figure:
+    reason = missing()
+    if reason:
+        raise FigureUnavailable(reason)
+    net, x = model(), example_input()
+    comp = _computation_graph()(net, x)
+    par = symgraph.parameter_graph(net, example_input=x)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.0), gridspec_kw={"width_ratios": [1.5, 1.0]})
+    draw(
+        comp,
+        ax=axes[0],
+        arrows=False,
+        title=f"(a) computation graph: a node per activation, {comp.num_edges} edges for "
+        f"{sum(p.numel() for p in net.parameters())} parameters (shared)",
+    )
+    draw(par, ax=axes[1], title=f"(b) parameter graph: a node per channel, {par.num_edges} edges, one per parameter")
+    fig.suptitle("Conv2d(1→2, 2×2) → ReLU → flatten → Linear(8→2) on a 3×3 input", fontsize=11)
+    fig.tight_layout()
+    return fig
