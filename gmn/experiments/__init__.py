@@ -1,0 +1,1 @@
+"""Experiments: one runnable module per paper table (``python -m gmn.experiments.<name> --help``)."""

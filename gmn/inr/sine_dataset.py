@@ -1,0 +1,171 @@
+"""Sine-wave INR dataset (paper Sec. 4.3 / E.3, protocol of Navon et al., 2023), generated offline.
+
+Each INR is a SIREN 1 -> 32 -> 32 -> 1 (omega0 = 30) fitted to ``f(x) = a * sin(b * x)`` with
+``a, b ~ U(0, 10)`` on ``x = arange(-pi, pi, pi / 1000)`` (2000 points).
+
+Schedule (fixed, the same for every INR; chosen because it converges on CPU in ~0.3 s per INR):
+full-batch Adam, learning rate 5e-3 with cosine decay to 5e-5, 250 steps, no early stop. Each INR's final MSE
+is stored; ``manifest.json`` records the schedule and the MSE statistics per split.
+
+Splits: ``train`` (``--n-train``, default 2000), ``val`` (1000), ``test`` (1000). INRs are fitted in shards of
+``--shard-size`` at once (stacked parameters, batched matmuls: see :mod:`gmn.inr.fit`); each shard is written
+atomically as ``{split}_{k:04d}.pt`` holding the stacked state_dict, ``a``, ``b`` and ``mse``, and has its own
+seed, so an interrupted run resumes where it stopped and gives the same data.
+
+CLI::
+
+    python -m gmn.inr.sine_dataset --n-train 2000 --out data/sine_inrs [--device auto] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .fit import FitConfig, fit_sirens, init_siren_params
+from .io import atomic_torch_save, atomic_write_json
+
+__all__ = ["SINE_FIT", "SINE_ARCH", "sine_grid", "sine_targets", "generate", "load_split", "main"]
+
+#: The fitting schedule of every sine INR.
+SINE_FIT = FitConfig(steps=250, lr=5e-3, lr_decay_to=0.01)
+#: The SIREN architecture: in_dim, hidden, out_dim, omega0.
+SINE_ARCH = {"in_dim": 1, "hidden": (32, 32), "out_dim": 1, "omega0": 30.0}
+_SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+
+def sine_grid() -> torch.Tensor:
+    """The 2000 coordinates ``arange(-pi, pi, pi/1000)`` as a column ``[2000, 1]``."""
+    return torch.arange(-math.pi, math.pi, math.pi / 1000).unsqueeze(1)
+
+
+def sine_targets(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """``a * sin(b * x)`` for each (a, b): ``[B, P, 1]``."""
+    x = sine_grid() if x is None else x
+    return (a[:, None] * torch.sin(b[:, None] * x[None, :, 0])).unsqueeze(-1)
+
+
+def _fit_shard(split: str, k: int, n: int, seed: int, device: torch.device, fit: FitConfig, progress: bool) -> dict:
+    g = torch.Generator().manual_seed(seed * 7919 + _SPLIT_OFFSET[split] + k)
+    a = torch.rand(n, generator=g) * 10
+    b = torch.rand(n, generator=g) * 10
+    arch = SINE_ARCH
+    p0 = init_siren_params(n, arch["in_dim"], arch["hidden"], arch["out_dim"], arch["omega0"], generator=g)
+    x = sine_grid().to(device)
+    y = sine_targets(a, b).to(device)
+    params, mse = fit_sirens({k_: v.to(device) for k_, v in p0.items()}, x, y, fit, arch["omega0"],
+                             progress=progress, desc=f"{split}[{k}]")
+    return {"params": {k_: v.cpu() for k_, v in params.items()}, "a": a, "b": b, "mse": mse.cpu()}
+
+
+def generate(out: str | Path, n_train: int = 2000, n_val: int = 1000, n_test: int = 1000, shard_size: int = 50,
+             seed: int = 0, device: str | torch.device = "cpu", fit: FitConfig = SINE_FIT,
+             progress: bool = True) -> dict:
+    """Fit (or resume fitting) every shard of every split under ``out``; returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    jobs = []
+    for split, n in sizes.items():
+        m = math.ceil(n / shard_size)
+        for k in range(m):
+            jobs.append(((k + 0.5) / m, split, k, min(shard_size, n - k * shard_size)))
+    # splits progress in proportion, so that a partly generated dataset has usable train, val and test parts
+    jobs = [j[1:] for j in sorted(jobs, key=lambda j: j[0])]
+    manifest = {"arch": {**SINE_ARCH, "hidden": list(SINE_ARCH["hidden"])}, "fit": asdict(fit), "seed": seed,
+                "target": "a*sin(b*x), a,b~U(0,10), x=arange(-pi,pi,pi/1000)", "shard_size": shard_size,
+                "splits": {}}
+    t0 = time.time()
+    for split, k, n in tqdm(jobs, desc="shards", disable=not progress):
+        path = out / f"{split}_{k:04d}.pt"
+        if path.exists():
+            shard = torch.load(path, weights_only=True)
+            if shard["a"].numel() == n:
+                continue
+        atomic_torch_save(_fit_shard(split, k, n, seed, device, fit, progress), path)
+    for split, n in sizes.items():
+        _, a, _, mse = load_split(out, split, n_shards=math.ceil(n / shard_size))
+        manifest["splits"][split] = {"n": int(a.numel()), "shards": math.ceil(n / shard_size),
+                                     "mse_mean": float(mse.mean()), "mse_median": float(mse.median()),
+                                     "mse_max": float(mse.max())}
+    manifest["seconds_this_run"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_split(root: str | Path, split: str, n_shards: int | None = None, limit: int | None = None):
+    """Load a split: ``(params, a, b, mse)`` with ``params`` a dict of stacked tensors (SIREN state_dict keys).
+
+    Without a manifest (generation still running) the contiguous shards present are loaded. ``limit`` keeps
+    the first ``limit`` INRs.
+    """
+    root = Path(root)
+    if n_shards is None:
+        man = root / "manifest.json"
+        if man.exists():
+            n_shards = json.loads(man.read_text())["splits"][split]["shards"]
+        else:
+            n_shards = 0
+            while (root / f"{split}_{n_shards:04d}.pt").exists():
+                n_shards += 1
+    if n_shards == 0:
+        raise FileNotFoundError(f"Expected shards '{split}_*.pt' under {root} (found none)")
+    shards = [torch.load(root / f"{split}_{k:04d}.pt", weights_only=True) for k in range(n_shards)]
+    sl = slice(0, limit)
+    params = {key: torch.cat([s["params"][key] for s in shards])[sl] for key in shards[0]["params"]}
+    cat = lambda name: torch.cat([s[name] for s in shards])[sl]
+    return params, cat("a"), cat("b"), cat("mse")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gmn.inr.sine_dataset", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-val", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--shard-size", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=SINE_FIT.steps, help="Adam steps per INR")
+    ap.add_argument("--lr", type=float, default=SINE_FIT.lr)
+    ap.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    args = ap.parse_args(argv)
+    if min(args.n_train, args.n_val, args.n_test) < 0 or args.shard_size < 1:
+        print("error: expected non-negative split sizes and a positive --shard-size", file=sys.stderr)
+        return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        device = _resolve_device(args.device)
+        fit = FitConfig(steps=args.steps, lr=args.lr, lr_decay_to=SINE_FIT.lr_decay_to)
+        man = generate(args.out, args.n_train, args.n_val, args.n_test, args.shard_size, args.seed, device, fit)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(man))
+    else:
+        for split, s in man["splits"].items():
+            print(f"{split}: {s['n']} INRs, MSE mean {s['mse_mean']:.2e}, median {s['mse_median']:.2e}, "
+                  f"max {s['mse_max']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

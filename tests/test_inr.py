@@ -1,0 +1,189 @@
+"""Implicit neural representations: SIREN encoding, batched fitting, sine dataset, augmentations, probe,
+weight-swapped GMN batches, NT-Xent, editing and the SSL experiment (bounded sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import gmn
+import symgraph
+from gmn.experiments import inr_editing, ssl_sine
+from gmn.inr.augment import WeightAugment, gaussian_noise, random_mask
+from gmn.inr.fit import FitConfig, batched_siren_forward, fit_sirens, init_siren_params, stack, unstack
+from gmn.inr.graph_batch import WeightGraphBatcher
+from gmn.inr.ntxent import nt_xent
+from gmn.inr.probe import linear_probe_mse
+from gmn.inr.sine_dataset import SINE_FIT, generate, load_split, sine_grid, sine_targets
+from symgraph.models.siren import SIREN
+
+torch.set_num_threads(1)
+
+
+def _sirens(n: int, in_dim: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    return init_siren_params(n, in_dim, (32, 32), 1, 30.0, generator=torch.Generator().manual_seed(seed))
+
+
+def test_siren_parameter_graph_records_sin_and_omega0_and_inverts_exactly():
+    net = SIREN(1, (32, 32), 1, omega0=30.0)
+    g = symgraph.parameter_graph(net, input_shape=net.example_input_shape)
+    hidden_keys = [k for k in g.node_color_keys if k[0] == "hidden"]
+    assert hidden_keys and all(k[2] == ("mul(30)", "sin") for k in hidden_keys)
+    assert g.num_edges == sum(p.numel() for p in net.parameters())
+    sd = g.to_state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in net.state_dict().items())
+    other = symgraph.parameter_graph(SIREN(1, (32, 32), 1, omega0=10.0))
+    assert other.node_color_keys != g.node_color_keys  # the frequency is part of the colour
+
+
+def test_siren_init_uses_sitzmann_bounds():
+    net = SIREN(2, (64, 64), 1, omega0=30.0)
+    w0, w1 = net.layers[0].weight.detach(), net.layers[1].weight.detach()
+    assert float(w0.abs().max()) <= 1 / 2 and float(w0.abs().max()) > 0.4
+    bound = (6 / 64) ** 0.5 / 30
+    assert float(w1.abs().max()) <= bound and float(w1.abs().max()) > 0.9 * bound
+
+
+def test_batched_forward_equals_siren_forward_and_unstack_loads():
+    p = _sirens(3, in_dim=2)
+    x = torch.rand(50, 2) * 2 - 1
+    out = batched_siren_forward(p, x, 30.0)
+    for j in range(3):
+        net = SIREN(2, (32, 32), 1)
+        net.load_state_dict(unstack(p, j))
+        torch.testing.assert_close(out[j], net(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(stack([unstack(p, j) for j in range(3)])[k], v) for k, v in p.items())
+
+
+def test_a_dozen_sine_inrs_fit_to_under_one_percent_of_signal_power():
+    g = torch.Generator().manual_seed(123)
+    a, b = torch.rand(12, generator=g) * 10, torch.rand(12, generator=g) * 10
+    a = a.clamp_min(0.5)  # keep the relative criterion meaningful
+    x, y = sine_grid(), sine_targets(a, b)
+    p0 = _sirens(12, seed=1)
+    start = (batched_siren_forward(p0, x) - y).pow(2).mean(dim=(1, 2))
+    _, mse = fit_sirens(p0, x, y, SINE_FIT, progress=False)
+    power = a**2 / 2
+    assert bool((start / power > 0.3).all())  # negative control: the unfitted INRs are far off
+    assert bool((mse / power < 0.01).all()), (mse / power).max()
+    assert float(mse.mean()) < 0.02
+
+
+def test_sine_dataset_cli_writes_shards_and_resumes(tmp_path):
+    from gmn.inr import sine_dataset
+
+    out = tmp_path / "sine"
+    rc = sine_dataset.main(["--out", str(out), "--n-train", "3", "--n-val", "2", "--n-test", "2", "--shard-size", "2",
+                            "--steps", "5", "--json"])
+    assert rc == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["splits"]["train"]["n"] == 3 and man["fit"]["steps"] == 5
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+    assert len(mtimes) == 4
+    generate(out, 3, 2, 2, shard_size=2, fit=FitConfig(steps=5, lr=5e-3, lr_decay_to=0.01), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == mtimes  # resumed: nothing refitted
+    params, a, b, mse = load_split(out, "train")
+    assert params["layers.1.weight"].shape == (3, 32, 32) and a.shape == b.shape == mse.shape == (3,)
+    assert bool(((a >= 0) & (a <= 10) & (b >= 0) & (b <= 10)).all())
+    assert sine_dataset.main(["--out", str(out), "--shard-size", "0"]) == 2
+
+
+def test_augmentations_keep_shapes_and_are_seeded():
+    p = _sirens(4)
+    aug = WeightAugment(noise_std=0.1, mask_prob=0.2)
+    v1 = aug(p, torch.Generator().manual_seed(5))
+    v2 = aug(p, torch.Generator().manual_seed(5))
+    v3 = aug(p, torch.Generator().manual_seed(6))
+    assert all(v1[k].shape == p[k].shape for k in p)
+    assert all(torch.equal(v1[k], v2[k]) for k in p)
+    assert any(not torch.equal(v1[k], v3[k]) for k in p)
+    assert any(not torch.equal(v1[k], p[k]) for k in p)
+    masked = random_mask(torch.ones(1000), 0.3, torch.Generator().manual_seed(0))
+    assert 0.2 < float((masked == 0).float().mean()) < 0.4
+    noisy = gaussian_noise(torch.zeros(4000), 0.5, torch.Generator().manual_seed(0))
+    assert 0.45 < float(noisy.std()) < 0.55
+    with pytest.raises(ValueError):
+        random_mask(p, 1.5)
+
+
+def test_probe_is_chance_on_random_embeddings_and_exact_on_true_features():
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(1200, 2, generator=g) * 10
+    var = float(y.var(dim=0).mean())  # ~100/12
+    rand = torch.randn(1200, 16, generator=g)
+    mse_rand = linear_probe_mse(rand[:800], y[:800], rand[800:], y[800:])
+    assert abs(mse_rand - var) / var < 0.2
+    feats = torch.cat([y, torch.randn(1200, 3, generator=g)], 1) @ torch.randn(5, 5, generator=g)
+    assert linear_probe_mse(feats[:800], y[:800], feats[800:], y[800:]) < 1e-6
+
+
+def test_weight_swapped_batch_equals_batch_of_built_graphs():
+    p = _sirens(3)
+    g = symgraph.parameter_graph(SIREN())
+    wb = WeightGraphBatcher(g)
+    fast = wb.batch(wb.edge_weights(p))
+    graphs = []
+    for j in range(3):
+        net = SIREN()
+        net.load_state_dict(unstack(p, j))
+        graphs.append(gmn.graph_to_data(symgraph.parameter_graph(net)))
+    ref = Batch.from_data_list(graphs)
+    assert torch.equal(fast.edge_attr, ref.edge_attr) and torch.equal(fast.edge_index, ref.edge_index)
+    # negative control: the same batch with the INRs in another order differs
+    shuffled = wb.batch(wb.edge_weights({k: v[[1, 0, 2]] for k, v in p.items()}))
+    assert not torch.equal(shuffled.edge_attr, ref.edge_attr)
+
+
+def test_nt_xent_prefers_matched_views():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 8, generator=g)
+    near = z + 0.01 * torch.randn(16, 8, generator=g)
+    assert float(nt_xent(z, near, 0.1)) < 0.1
+    assert float(nt_xent(z, near[torch.randperm(16, generator=g)], 0.1)) > 1.0  # mismatched pairs
+
+
+def test_editing_one_step_on_four_images_and_edited_state_dict_loads():
+    from gmn.inr.image_dataset import make_images, pixel_grid
+
+    imgs, targets = make_images("dilate", 4, 12, seed=0)
+    assert imgs.shape == targets.shape == (4, 12, 12) and bool((targets >= imgs - 1e-6).all())  # dilation grows
+    p = _sirens(4, in_dim=2)
+    graph = symgraph.parameter_graph(SIREN(2, (32, 32), 1))
+    stats = {k: (float(v.mean()), float(v.std())) for k, v in p.items()}
+    grid = pixel_grid(12)
+    for kind in ("gmn", "npnfn", "mlp"):
+        torch.manual_seed(0)
+        editor = inr_editing.INREditor(kind, graph, 8, 1, stats, gamma_init=0.01)
+        assert torch.allclose(editor.gamma, torch.full_like(editor.gamma, 0.01))
+        opt = torch.optim.Adam(editor.parameters(), lr=1e-3)
+        loss = (batched_siren_forward(editor(p), grid)[..., 0] - targets.reshape(4, -1)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss) and not torch.allclose(editor.gamma, torch.full_like(editor.gamma, 0.01))
+        sd = inr_editing.edited_state_dict(editor, unstack(p, 2))
+        net = SIREN(2, (32, 32), 1)
+        net.load_state_dict(sd)
+        with torch.no_grad():
+            batched = batched_siren_forward(editor(p), grid)[2]
+            torch.testing.assert_close(net(grid), batched, rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(sd["layers.1.weight"], p["layers.1.weight"][2])
+
+
+def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
+    data = tmp_path / "sine"
+    generate(data, 8, 4, 4, shard_size=8, fit=FitConfig(steps=3, lr=5e-3), progress=False)
+    out = tmp_path / "ssl"
+    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--seeds", "0",
+            "--encoders", "gmn,npnfn,mlp", "--no-progress"]
+    assert ssl_sine.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {"gmn/seed0", "npnfn/seed0", "mlp/seed0", "raw_weights"} <= set(res["runs"])
+    assert all(r["test_mse"] >= 0 for r in res["runs"].values())
+    assert (out / "ckpt_gmn_seed0.pt").exists()
+    assert ssl_sine.main(args) == 0  # resumed: finished runs are kept
+    assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
+    assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
