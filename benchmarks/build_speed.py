@@ -42,8 +42,9 @@ def build_model(name: str):
 
     if name == "resnet50":
         m = registry_build("resnet50_like")
-    elif name == "vit_b":
-        m = registry_build("vit_b_like")
+    elif name == "vit_b":  # ViT-B/16 shapes: 224x224x3, patch 16, width 768, 12 blocks of 12 heads, MLP 3072
+        m = registry_build("vit", in_shape=(3, 224, 224), patch=16, dim=768, depth=12, heads=12, mlp_dim=3072,
+                           out_dim=1000)
     else:
         raise SystemExit(f"error: unknown case {name!r} (expected one of {CASES})")
     return m, tuple(m.example_input_shape)
