@@ -51,7 +51,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -61,6 +60,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Data
 
+from symgraph.cli_util import atomic_torch_save, atomic_write
 from symgraph.errors import ShapeMismatchError
 from symgraph.graph import ROLES, NeuralGraph
 
@@ -365,24 +365,6 @@ def graph_to_data(
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _data_to_plain(d: Data) -> dict[str, Any]:
     return {k: v for k, v in d.to_dict().items()}
 
@@ -451,7 +433,7 @@ class GraphDataset(torch.utils.data.Dataset):
             if not buf:
                 return
             name = f"shard_{len(shards):05d}.pt"
-            _atomic_save(list(buf), root / name)
+            atomic_torch_save(list(buf), root / name)
             shards.append({"file": name, "count": len(buf)})
             buf.clear()
 
@@ -486,7 +468,7 @@ class GraphDataset(torch.utils.data.Dataset):
             "edge_cat_sizes": list(EDGE_CAT_SIZES),
             "meta": meta or {},
         }
-        _atomic_write_text(json.dumps(manifest, indent=1), root / cls.MANIFEST)
+        atomic_write(root / cls.MANIFEST, json.dumps(manifest, indent=1))
         return cls(root)
 
     def __len__(self) -> int:

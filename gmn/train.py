@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from symgraph.cli_util import atomic_torch_save  # re-exported: checkpoints are written atomically
 
 __all__ = ["train_regressor", "evaluate", "regression_metrics", "resolve_device", "atomic_torch_save"]
 
@@ -41,20 +42,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:

@@ -38,6 +38,7 @@ from typing import IO, Any
 from .errors import SymgraphError
 
 __all__ = [
+    "atomic_torch_save",
     "EXIT_OK",
     "EXIT_VERIFY_FAILED",
     "EXIT_BAD_INPUT",
@@ -182,6 +183,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (see :func:`atomic_open`), creating the parent directory if needed.
+
+    The one implementation of atomic checkpoints and shards for the whole project (gmn uses it too).
+    """
+    import torch
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

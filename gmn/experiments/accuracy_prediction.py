@@ -271,10 +271,10 @@ def run_experiment(dataset="diverse", splits=("50", "5", "ood"), scale: Scale | 
             rows.append(run_metanet(name, graphs, pyg, idx, sc, dev, progress=False, log=log))
         results["splits"][split] = rows
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    from gmn.zoo.generate import atomic_write_bytes
+    from symgraph.cli_util import atomic_write
 
-    atomic_write_bytes(out_dir / "results.json", json.dumps(results).encode())
-    atomic_write_bytes(out_dir / "runs.json", json.dumps(_plot_runs(results)).encode())
+    atomic_write(out_dir / "results.json", json.dumps(results))
+    atomic_write(out_dir / "runs.json", json.dumps(_plot_runs(results)))
     return results
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,34 +23,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from symgraph.cli_util import atomic_torch_save, atomic_write
+
 from .data import load_data
 from .families import NetConfig, sample_config
 from .train_many import HParams, train_group
 
-__all__ = ["plan_chunks", "generate_zoo", "load_zoo", "atomic_write_bytes", "atomic_torch_save"]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+__all__ = ["plan_chunks", "generate_zoo", "load_zoo"]
 
 
 def plan_chunks(configs: list[NetConfig], group_size: int) -> list[list[NetConfig]]:
@@ -105,7 +82,7 @@ def generate_zoo(
             raise ValueError(f"Expected the settings this zoo was started with in {out} (got changes {diff}); "
                              "use another --out or the same settings")
     else:
-        atomic_write_bytes(req_path, json.dumps(request, indent=1).encode())
+        atomic_write(req_path, json.dumps(request, indent=1))
     ds = load_data(data, seed=seed)
     if train_subset is not None:  # a quick zoo (tests, smoke runs): the first train_subset training images
         ds = dataclasses.replace(ds, x_train=ds.x_train[:train_subset], y_train=ds.y_train[:train_subset])
@@ -148,7 +125,7 @@ def _write_manifest(out: Path, chunks) -> None:
         "networks_done": sum(len(chunks[k]) for k in done if k < len(chunks)),
         "networks_total": sum(len(c) for c in chunks),
     }
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def load_zoo(out_dir: str | Path) -> list[dict]:
