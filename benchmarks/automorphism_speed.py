@@ -24,8 +24,15 @@ import torch.nn as nn
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                         nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(
+        nn.Linear(784, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 10),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -80,9 +87,16 @@ def _group(model, input_shape=None, reduce=True) -> dict:
     t1 = time.perf_counter()
     aut = compute_group(g, reduce)
     t2 = time.perf_counter()
-    return {"build_s": t1 - t0, "group_s": t2 - t1, "log10_order": aut.log10_order, "nodes": g.num_nodes,
-            "edges": g.num_edges, "quotient_nodes": aut.quotient.n, "timing": aut.timing,
-            "factors": aut.factors[:6]}
+    return {
+        "build_s": t1 - t0,
+        "group_s": t2 - t1,
+        "log10_order": aut.log10_order,
+        "nodes": g.num_nodes,
+        "edges": g.num_edges,
+        "quotient_nodes": aut.quotient.n,
+        "timing": aut.timing,
+        "factors": aut.factors[:6],
+    }
 
 
 def _raw_child() -> None:
@@ -101,29 +115,38 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     red = _group(mlp())
-    print(f"MLP 784-1024-1024-1024-10: {red['nodes']} nodes, {red['edges']} edges; "
-          f"build {red['build_s']:.2f} s; group with twin reduction {red['group_s']:.3f} s "
-          f"(quotient {red['quotient_nodes']} nodes); log10|Aut| = {red['log10_order']:.2f}")
+    print(
+        f"MLP 784-1024-1024-1024-10: {red['nodes']} nodes, {red['edges']} edges; "
+        f"build {red['build_s']:.2f} s; group with twin reduction {red['group_s']:.3f} s "
+        f"(quotient {red['quotient_nodes']} nodes); log10|Aut| = {red['log10_order']:.2f}"
+    )
     t0 = time.perf_counter()
     try:
-        out = subprocess.run([sys.executable, __file__, "--raw-child"], capture_output=True, text=True,
-                             timeout=args.raw_timeout)
+        out = subprocess.run(
+            [sys.executable, __file__, "--raw-child"], capture_output=True, text=True, timeout=args.raw_timeout
+        )
         raw = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  raw graph (no twin reduction): group {raw['group_s']:.2f} s, log10|Aut| = "
-              f"{raw['log10_order']:.2f}; speed-up of twin reduction: {raw['group_s'] / red['group_s']:.1f}x")
+        print(
+            f"  raw graph (no twin reduction): group {raw['group_s']:.2f} s, log10|Aut| = "
+            f"{raw['log10_order']:.2f}; speed-up of twin reduction: {raw['group_s'] / red['group_s']:.1f}x"
+        )
         if abs(raw["log10_order"] - red["log10_order"]) > 1e-9:
             print("  MISMATCH between raw and reduced orders")
             return 1
     except subprocess.TimeoutExpired:
         waited = time.perf_counter() - t0
-        print(f"  raw graph (no twin reduction): did not finish within {waited:.0f} s; "
-              f"speed-up of twin reduction > {waited / red['group_s']:.0f}x")
+        print(
+            f"  raw graph (no twin reduction): did not finish within {waited:.0f} s; "
+            f"speed-up of twin reduction > {waited / red['group_s']:.0f}x"
+        )
     if not args.skip_resnet:
         res = _group(ResNet18(), input_shape=(1, 3, 64, 64))
         n_params = sum(p.numel() for p in ResNet18().parameters())
-        print(f"ResNet-18 ({n_params} parameters): {res['nodes']} nodes, {res['edges']} edges; build "
-              f"{res['build_s']:.2f} s; group {res['group_s']:.3f} s (quotient {res['quotient_nodes']} nodes); "
-              f"log10|Aut| = {res['log10_order']:.2f}")
+        print(
+            f"ResNet-18 ({n_params} parameters): {res['nodes']} nodes, {res['edges']} edges; build "
+            f"{res['build_s']:.2f} s; group {res['group_s']:.3f} s (quotient {res['quotient_nodes']} nodes); "
+            f"log10|Aut| = {res['log10_order']:.2f}"
+        )
         print(f"  timing: {', '.join(f'{k} {v:.3f} s' for k, v in res['timing'].items())}")
         print(f"  factors: {res['factors']}")
     return 0

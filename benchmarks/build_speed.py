@@ -43,8 +43,9 @@ def build_model(name: str):
     if name == "resnet50":
         m = registry_build("resnet50_like")
     elif name == "vit_b":  # ViT-B/16 shapes: 224x224x3, patch 16, width 768, 12 blocks of 12 heads, MLP 3072
-        m = registry_build("vit", in_shape=(3, 224, 224), patch=16, dim=768, depth=12, heads=12, mlp_dim=3072,
-                           out_dim=1000)
+        m = registry_build(
+            "vit", in_shape=(3, 224, 224), patch=16, dim=768, depth=12, heads=12, mlp_dim=3072, out_dim=1000
+        )
     else:
         raise SystemExit(f"error: unknown case {name!r} (expected one of {CASES})")
     return m, tuple(m.example_input_shape)
@@ -60,8 +61,9 @@ def run_case(name: str) -> dict:
 
     # one-off library start-up (fx, meta kernels) is paid once per process: time it apart on tiny models
     t = time.perf_counter()
-    symgraph.parameter_graph(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)),
-                             input_shape=(1, 1, 3, 3))
+    symgraph.parameter_graph(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)), input_shape=(1, 1, 3, 3)
+    )
     t_startup = time.perf_counter() - t
     model, shape = build_model(name)
     n_params = sum(p.numel() for p in model.parameters())
@@ -113,13 +115,17 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps(row))
     if not args.json:
-        hdr = (f"{'case':<9} {'params':>11} {'edges':>11} {'build s':>8} {'s/25M':>6} {'B/edge':>7} "
-               f"{'copy s':>7} {'x copy':>7} {'peakRSS MiB':>11}")
+        hdr = (
+            f"{'case':<9} {'params':>11} {'edges':>11} {'build s':>8} {'s/25M':>6} {'B/edge':>7} "
+            f"{'copy s':>7} {'x copy':>7} {'peakRSS MiB':>11}"
+        )
         print(hdr)
         for r in rows:
-            print(f"{r['case']:<9} {r['params']:>11,} {r['edges']:>11,} {r['seconds']:>8.3f} "
-                  f"{r['seconds_per_25M_edges']:>6.2f} {r['bytes_per_edge']:>7.1f} {r['copy_floor_seconds']:>7.3f} "
-                  f"{r['ratio_to_copy_floor']:>7.1f} {r['peak_rss_mib']:>11.1f}")
+            print(
+                f"{r['case']:<9} {r['params']:>11,} {r['edges']:>11,} {r['seconds']:>8.3f} "
+                f"{r['seconds_per_25M_edges']:>6.2f} {r['bytes_per_edge']:>7.1f} {r['copy_floor_seconds']:>7.3f} "
+                f"{r['ratio_to_copy_floor']:>7.1f} {r['peak_rss_mib']:>11.1f}"
+            )
         print("targets: <= 1 s per 25M edges, <= 24 bytes per edge (edge_index + edge_weight + edge_color)")
     return 0
 

@@ -26,8 +26,15 @@ def make_graphs(n: int, seed: int = 0) -> list[symgraph.NeuralGraph]:
     for i in range(n):
         h = int(torch.randint(8, 17, (1,), generator=gen))
         if i % 2 == 0:
-            m = nn.Sequential(nn.Conv2d(3, h, 3), nn.ReLU(), nn.Conv2d(h, h, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                              nn.Flatten(), nn.Linear(h, 10))
+            m = nn.Sequential(
+                nn.Conv2d(3, h, 3),
+                nn.ReLU(),
+                nn.Conv2d(h, h, 3),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(h, 10),
+            )
             out.append(symgraph.parameter_graph(m, input_shape=(1, 3, 8, 8)))
         else:
             m = nn.Sequential(nn.Linear(64, 4 * h), nn.ReLU(), nn.Linear(4 * h, 4 * h), nn.ReLU(), nn.Linear(4 * h, 10))
@@ -67,8 +74,10 @@ def main(argv=None) -> None:
         f"GMN(hidden={args.hidden}, layers={args.layers})": gmn.GMN(hidden_dim=args.hidden, num_layers=args.layers),
         f"DeepSets(hidden={args.hidden})": DeepSetsBaseline(hidden_dim=args.hidden),
     }
-    print(f"device {device}, {args.batch_size} graphs per batch ({n_edges} parameter edges, "
-          f"{n_edges / args.batch_size:.0f} per graph), {args.steps} steps, {torch.get_num_threads()} threads")
+    print(
+        f"device {device}, {args.batch_size} graphs per batch ({n_edges} parameter edges, "
+        f"{n_edges / args.batch_size:.0f} per graph), {args.steps} steps, {torch.get_num_threads()} threads"
+    )
     rates = {}
     for name, model in models.items():
         model.to(device)

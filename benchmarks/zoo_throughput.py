@@ -54,9 +54,11 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.arch} x{len(hps)}, {args.epochs} epochs on digits: vmap {res['vmap']['networks_per_second']} "
-              f"nets/s, sequential {res['sequential']['networks_per_second']} nets/s, speedup {res['speedup']}x "
-              "(target >= 5x)")
+        print(
+            f"{args.arch} x{len(hps)}, {args.epochs} epochs on digits: vmap {res['vmap']['networks_per_second']} "
+            f"nets/s, sequential {res['sequential']['networks_per_second']} nets/s, speedup {res['speedup']}x "
+            "(target >= 5x)"
+        )
     return 0
 
 

@@ -88,23 +88,101 @@ __all__ = [
 ROLE_VOCAB: tuple[str, ...] = (*ROLES, "other")
 #: Layer kinds (second element of a node colour key).
 LAYER_KIND_VOCAB: tuple[str, ...] = (
-    "input", "linear", "conv1d", "conv2d", "conv3d", "act", "sum", "batchnorm", "layernorm", "groupnorm",
-    "instancenorm", "norm", "attention", "attention_v", "attention_kv", "qk", "head", "group", "deepsets",
-    "embedding", "position", "token", "tokens", "constant", "add", "grid", "pool", "other",
+    "input",
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "act",
+    "sum",
+    "batchnorm",
+    "layernorm",
+    "groupnorm",
+    "instancenorm",
+    "norm",
+    "attention",
+    "attention_v",
+    "attention_kv",
+    "qk",
+    "head",
+    "group",
+    "deepsets",
+    "embedding",
+    "position",
+    "token",
+    "tokens",
+    "constant",
+    "add",
+    "grid",
+    "pool",
+    "other",
 )
 #: Elementwise operations (activation names without their arguments).
 ACTIVATION_VOCAB: tuple[str, ...] = (
-    "none", "relu", "gelu", "tanh", "sigmoid", "silu", "sin", "cos", "exp", "elu", "celu", "selu",
-    "leaky_relu", "softplus", "mish", "hardtanh", "relu6", "hardswish", "hardsigmoid", "tanhshrink",
-    "softsign", "logsigmoid", "softmax", "mul", "div", "add", "sub", "other",
+    "none",
+    "relu",
+    "gelu",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "sin",
+    "cos",
+    "exp",
+    "elu",
+    "celu",
+    "selu",
+    "leaky_relu",
+    "softplus",
+    "mish",
+    "hardtanh",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "tanhshrink",
+    "softsign",
+    "logsigmoid",
+    "softmax",
+    "mul",
+    "div",
+    "add",
+    "sub",
+    "other",
 )
 #: Edge kinds: ``"a:b"`` matches keys starting with ``(a, b)``, ``"a"`` keys starting with ``a``.
 EDGE_KIND_VOCAB: tuple[str, ...] = (
-    "linear", "linear:flat", "bias", "bias:attention", "conv", "residual", "residual:embedding", "identity",
-    "identity:elementwise", "norm", "norm:batchnorm", "norm:layernorm", "norm:groupnorm", "norm:instancenorm",
-    "attention", "attention:q", "attention:k", "attention:v", "attention:o", "attention:head",
-    "attention:in_proj", "attention:bias_k", "attention:bias_v", "deepsets", "deepsets:identity",
-    "deepsets:pool", "embedding", "embedding:token", "token_cat", "grid", "grid:entry", "grid:coord", "position",
+    "linear",
+    "linear:flat",
+    "bias",
+    "bias:attention",
+    "conv",
+    "residual",
+    "residual:embedding",
+    "identity",
+    "identity:elementwise",
+    "norm",
+    "norm:batchnorm",
+    "norm:layernorm",
+    "norm:groupnorm",
+    "norm:instancenorm",
+    "attention",
+    "attention:q",
+    "attention:k",
+    "attention:v",
+    "attention:o",
+    "attention:head",
+    "attention:in_proj",
+    "attention:bias_k",
+    "attention:bias_v",
+    "deepsets",
+    "deepsets:identity",
+    "deepsets:pool",
+    "embedding",
+    "embedding:token",
+    "token_cat",
+    "grid",
+    "grid:entry",
+    "grid:coord",
+    "position",
     "other",
 )
 MAX_DEPTH = 64
@@ -114,16 +192,33 @@ MAX_POSITIONS = 1024
 KEY_HASH_BUCKETS = 1024
 NODE_PARAM_DIM = 8
 NODE_CAT_COLUMNS = ("role", "kind", "act_first", "act_last", "depth", "position", "key_hash")
-NODE_CAT_SIZES = (len(ROLE_VOCAB), len(LAYER_KIND_VOCAB), len(ACTIVATION_VOCAB), len(ACTIVATION_VOCAB),
-                  MAX_DEPTH, 1 + 2 * MAX_POSITIONS, KEY_HASH_BUCKETS)
+NODE_CAT_SIZES = (
+    len(ROLE_VOCAB),
+    len(LAYER_KIND_VOCAB),
+    len(ACTIVATION_VOCAB),
+    len(ACTIVATION_VOCAB),
+    MAX_DEPTH,
+    1 + 2 * MAX_POSITIONS,
+    KEY_HASH_BUCKETS,
+)
 EDGE_CAT_COLUMNS = ("kind", "direction", "depth", "key_hash")
 EDGE_CAT_SIZES = (len(EDGE_KIND_VOCAB), 2, MAX_DEPTH, KEY_HASH_BUCKETS)
 NODE_FLOAT_DIM = NODE_PARAM_DIM + 3  # node params, depth / max depth, two activation arguments
 EDGE_FLOAT_DIM = 7  # value, has-param, 3 kernel offsets, flatten position, flattened flag
 
 # fixed slots of node-stored parameter columns (by name fragment); other columns fill slots 4.. in order
-_NODE_COLUMN_SLOTS = (("running_mean", 2), ("running_var", 3), ("mean", 2), ("var", 3), ("gamma", 0),
-                      ("weight", 0), ("scale", 0), ("beta", 1), ("bias", 1), ("shift", 1))
+_NODE_COLUMN_SLOTS = (
+    ("running_mean", 2),
+    ("running_var", 3),
+    ("mean", 2),
+    ("var", 3),
+    ("gamma", 0),
+    ("weight", 0),
+    ("scale", 0),
+    ("beta", 1),
+    ("bias", 1),
+    ("shift", 1),
+)
 _NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -144,8 +239,21 @@ def _kind_id(kind: Any) -> int:
     if kind in LAYER_KIND_VOCAB:
         return LAYER_KIND_VOCAB.index(kind)
     low = kind.lower()
-    for frag in ("batchnorm", "layernorm", "groupnorm", "instancenorm", "norm", "attention", "conv1d", "conv2d",
-                 "conv3d", "embedding", "deepsets", "pool", "linear"):
+    for frag in (
+        "batchnorm",
+        "layernorm",
+        "groupnorm",
+        "instancenorm",
+        "norm",
+        "attention",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "embedding",
+        "deepsets",
+        "pool",
+        "linear",
+    ):
         if frag in low:
             return LAYER_KIND_VOCAB.index(frag)
     if "attn" in low:
@@ -211,8 +319,11 @@ def _node_column_slots(columns: Sequence[str]) -> list[int]:
         if slot is None:
             slot = next((s for s in range(4, NODE_PARAM_DIM) if s not in used), None)
         if slot is None:
-            raise ShapeMismatchError(f"at most {NODE_PARAM_DIM} node-stored parameter columns",
-                                     f"{len(columns)}: {list(columns)}", "gmn.graph_to_data")
+            raise ShapeMismatchError(
+                f"at most {NODE_PARAM_DIM} node-stored parameter columns",
+                f"{len(columns)}: {list(columns)}",
+                "gmn.graph_to_data",
+            )
         used.add(slot)
         slots.append(slot)
     return slots
@@ -320,8 +431,15 @@ def graph_to_data(
     col = g.edge_color.long()
     src, dst = g.edge_index
     e_depth = depth[dst].clamp(0, MAX_DEPTH - 1)
-    fwd_cat = torch.stack([ekind[col] if E else ekind.new_zeros(0), torch.zeros(E, dtype=torch.long), e_depth,
-                           ehash[col] if E else ehash.new_zeros(0)], 1)
+    fwd_cat = torch.stack(
+        [
+            ekind[col] if E else ekind.new_zeros(0),
+            torch.zeros(E, dtype=torch.long),
+            e_depth,
+            ehash[col] if E else ehash.new_zeros(0),
+        ],
+        1,
+    )
     rev_cat = fwd_cat.clone()
     rev_cat[:, 1] = 1
     fwd_attr = torch.cat([w.view(-1, 1), has_param.to(dtype).view(-1, 1), efl[col] if E else efl], dim=1)
@@ -334,8 +452,9 @@ def graph_to_data(
     if node_slots:
         np_node, np_col = torch.cat(np_nodes), torch.cat(np_cols)
         np_val = g.node_weight[np_node, np_col].to(dtype)
-        np_slot = torch.cat([torch.full((s.numel,), n_edge_slots + k, dtype=torch.long)
-                             for k, s in enumerate(node_slots)])
+        np_slot = torch.cat(
+            [torch.full((s.numel,), n_edge_slots + k, dtype=torch.long) for k, s in enumerate(node_slots)]
+        )
         np_col = torch.tensor(colmap, dtype=torch.long)[np_col]
     else:
         np_node = np_col = np_slot = torch.zeros(0, dtype=torch.long)

@@ -69,8 +69,9 @@ class ConcatMLP(nn.Module):
     torch.Size([5, 4])
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
-                 act: Callable[[], nn.Module] = nn.ReLU):
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, act: Callable[[], nn.Module] = nn.ReLU
+    ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {num_layers})")
@@ -217,15 +218,24 @@ class GMNLayer(nn.Module):
             if global_aggr == "after":
                 self.global_fn = global_fn if global_fn is not None else ConcatMLP(dv + de + du, h, du, mlp_layers)
             else:
-                self.global_fn_inside = (global_fn_inside if global_fn_inside is not None
-                                         else ConcatMLP(de + du, h, du, mlp_layers))
+                self.global_fn_inside = (
+                    global_fn_inside if global_fn_inside is not None else ConcatMLP(de + du, h, du, mlp_layers)
+                )
         self.node_norm = _make_norm(norm, dv)
         self.edge_norm = _make_norm(norm, de)
         self.global_norm = _make_norm(norm, du) if norm == "layernorm" else None
 
     def reset_parameters(self) -> None:
-        for fn in (self.edge_fn, self.msg_fn, self.node_fn, self.global_fn, self.global_fn_inside,
-                   self.node_norm, self.edge_norm, self.global_norm):
+        for fn in (
+            self.edge_fn,
+            self.msg_fn,
+            self.node_fn,
+            self.global_fn,
+            self.global_fn_inside,
+            self.node_norm,
+            self.edge_norm,
+            self.global_norm,
+        ):
             if fn is not None:
                 _reset(fn)
 
@@ -282,11 +292,17 @@ class GMNLayer(nn.Module):
                 u = self._update(u, self.global_fn(sum_v, sum_e, u), self.global_norm, self.residual)
             elif self.global_fn_inside is not None:
                 per_edge = self.global_fn_inside(e, u[edge_batch])
-                u = self._update(u, scatter_reduce(per_edge, edge_batch, num_graphs, self.global_reduce),
-                                 self.global_norm, self.residual)
+                u = self._update(
+                    u,
+                    scatter_reduce(per_edge, edge_batch, num_graphs, self.global_reduce),
+                    self.global_norm,
+                    self.residual,
+                )
         return v, e, u
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(node_dim={self.node_dim}, edge_dim={self.edge_dim}, "
-                f"global_dim={self.global_dim}, order={self.order}, global_aggr={self.global_aggr!r}, "
-                f"aggr={self.aggr!r}, residual={self.residual}, norm={self.norm_kind!r})")
+        return (
+            f"{type(self).__name__}(node_dim={self.node_dim}, edge_dim={self.edge_dim}, "
+            f"global_dim={self.global_dim}, order={self.order}, global_aggr={self.global_aggr!r}, "
+            f"aggr={self.aggr!r}, residual={self.residual}, norm={self.norm_kind!r})"
+        )

@@ -128,8 +128,19 @@ class GMN(nn.Module):
         self.edge_encoder = FeatureEncoder(EDGE_CAT_SIZES, EDGE_FLOAT_DIM, h)
         self.u0 = nn.Parameter(torch.zeros(du))
         self.layers = nn.ModuleList(
-            GMNLayer(h, h, du, h, order=order, global_aggr=global_aggr, aggr=aggr, global_reduce=global_reduce,
-                     residual=residual, norm=norm, mlp_layers=mlp_layers)
+            GMNLayer(
+                h,
+                h,
+                du,
+                h,
+                order=order,
+                global_aggr=global_aggr,
+                aggr=aggr,
+                global_reduce=global_reduce,
+                residual=residual,
+                norm=norm,
+                mlp_layers=mlp_layers,
+            )
             for _ in range(num_layers)
         )
         self.head = None
@@ -185,9 +196,11 @@ class GMN(nn.Module):
         return out_graph if out_graph is not None else out_edge
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, "
-                f"out_dim={self.out_dim}, edge_out_dim={self.edge_out_dim}, global_dim={self.global_dim}, "
-                f"pool={self.pool})")
+        return (
+            f"{type(self).__name__}(hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, "
+            f"out_dim={self.out_dim}, edge_out_dim={self.edge_out_dim}, global_dim={self.global_dim}, "
+            f"pool={self.pool})"
+        )
 
 
 class GMNEdgeHead(GMN):

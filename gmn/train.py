@@ -83,8 +83,13 @@ def _to(batch, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, loss: str = "bce", device: str | torch.device = "auto",
-             forward: ForwardFn | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss: str = "bce",
+    device: str | torch.device = "auto",
+    forward: ForwardFn | None = None,
+) -> dict[str, Any]:
     """Loss, R^2, Kendall tau and MSE of ``model`` on ``loader``; also the predictions and targets.
 
     With ``loss="bce"`` predictions are ``sigmoid(logits)``; with ``"mse"`` the raw outputs.
@@ -103,8 +108,14 @@ def evaluate(model: nn.Module, loader: Iterable, loss: str = "bce", device: str 
         targets.append(y.cpu())
     model.train(was_training)
     if n == 0:
-        return {"loss": float("nan"), "r2": float("nan"), "tau": float("nan"), "mse": float("nan"),
-                "pred": torch.zeros(0), "target": torch.zeros(0)}
+        return {
+            "loss": float("nan"),
+            "r2": float("nan"),
+            "tau": float("nan"),
+            "mse": float("nan"),
+            "pred": torch.zeros(0),
+            "target": torch.zeros(0),
+        }
     pred, target = torch.cat(preds), torch.cat(targets)
     return {"loss": total / n, **regression_metrics(pred, target), "pred": pred, "target": target}
 
@@ -211,8 +222,16 @@ def train_regressor(
                 msg += f" val_loss {row['val_loss']:.4f} R2 {row['val_r2']:.3f} tau {row['val_tau']:.3f}"
             tqdm.write(msg)
         if ckpt is not None:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                               "history": history, "best_model": best_state}, ckpt)
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best_model": best_state,
+                },
+                ckpt,
+            )
     if history["best_metric"] is not None:
         history["best_metric"] = sign * history["best_metric"]
     if restore_best and best_state is not None:

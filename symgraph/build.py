@@ -54,6 +54,9 @@ def parameter_graph(
     unencoded = [k for k in state if not builder.has_slot(k)]
     for k in unencoded:
         builder.add_extra(k, state[k].detach(), is_buffer=k not in dict(model.named_parameters()))
-    g = builder.finalize(tuple(state.keys()), spec=spec, meta={"model_type": type(model).__name__,
-                                                             "unencoded": unencoded, "encoding": encoding})
+    g = builder.finalize(
+        tuple(state.keys()),
+        spec=spec,
+        meta={"model_type": type(model).__name__, "unencoded": unencoded, "encoding": encoding},
+    )
     return g

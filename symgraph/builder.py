@@ -178,9 +178,7 @@ class GraphBuilder:
         """
         if param is not None:
             if param.numel() != count:
-                raise SymgraphError(
-                    f"Expected {param.numel()} edges for parameter '{param_name}' (got {count})"
-                )
+                raise SymgraphError(f"Expected {param.numel()} edges for parameter '{param_name}' (got {count})")
             self._claim(param_name)
             self._slots[param_name] = ParamSlot(
                 param_name, "edge", self.num_edges, count, tuple(param.shape), param.dtype, is_buffer=is_buffer
@@ -253,8 +251,14 @@ class GraphBuilder:
         self._claim(name)
         col = self.node_column(column)
         self._slots[name] = ParamSlot(
-            name, "node", int(nodes[0]) if nodes.numel() else 0, param.numel(), tuple(param.shape), param.dtype,
-            column=col, is_buffer=is_buffer,
+            name,
+            "node",
+            int(nodes[0]) if nodes.numel() else 0,
+            param.numel(),
+            tuple(param.shape),
+            param.dtype,
+            column=col,
+            is_buffer=is_buffer,
         )
         self._note_dtype(param.dtype)
         self._node_values.append((nodes, col, param.detach().reshape(-1)))
@@ -262,8 +266,9 @@ class GraphBuilder:
     def add_extra(self, name: str, value: torch.Tensor, is_buffer: bool = True) -> None:
         """Keep a state entry that has no place in the graph (e.g. ``num_batches_tracked``) verbatim."""
         self._claim(name)
-        self._slots[name] = ParamSlot(name, "extra", 0, value.numel(), tuple(value.shape), value.dtype,
-                                      is_buffer=is_buffer)
+        self._slots[name] = ParamSlot(
+            name, "extra", 0, value.numel(), tuple(value.shape), value.dtype, is_buffer=is_buffer
+        )
         self._extras[name] = value.detach().clone()
 
     def has_slot(self, name: str) -> bool:

@@ -71,10 +71,22 @@ _ROLES = ("input", "hidden", "output", "bias")
 
 # ====================================================================== activations
 _PLAIN_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu, "relu6": F.relu6, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu,
-    "selu": F.selu, "mish": F.mish, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
-    "tanhshrink": F.tanhshrink, "softsign": F.softsign, "logsigmoid": F.logsigmoid, "sin": torch.sin,
-    "cos": torch.cos, "exp": torch.exp, "neg": torch.neg,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "selu": F.selu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "tanhshrink": F.tanhshrink,
+    "softsign": F.softsign,
+    "logsigmoid": F.logsigmoid,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "exp": torch.exp,
+    "neg": torch.neg,
 }
 # Parametrised activations: canonical argument names and defaults (a name always lists every argument, so
 # that F.leaky_relu(x) and nn.LeakyReLU() get the same node colour).
@@ -87,11 +99,18 @@ _ACT_PARAMS: dict[str, tuple[tuple[str, Any], ...]] = {
     "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
 }
 _PARAM_ACTS: dict[str, Callable[..., torch.Tensor]] = {
-    "leaky_relu": lambda x, s: F.leaky_relu(x, s), "elu": lambda x, a: F.elu(x, a),
-    "celu": lambda x, a: F.celu(x, a), "softplus": lambda x, b, t: F.softplus(x, b, t),
-    "gelu": lambda x, a: F.gelu(x, approximate=a), "hardtanh": lambda x, lo, hi: F.hardtanh(x, lo, hi),
-    "mul": lambda x, c: x * c, "div": lambda x, c: x / c, "add": lambda x, c: x + c,
-    "sub": lambda x, c: x - c, "rsub": lambda x, c: c - x, "rdiv": lambda x, c: c / x,
+    "leaky_relu": lambda x, s: F.leaky_relu(x, s),
+    "elu": lambda x, a: F.elu(x, a),
+    "celu": lambda x, a: F.celu(x, a),
+    "softplus": lambda x, b, t: F.softplus(x, b, t),
+    "gelu": lambda x, a: F.gelu(x, approximate=a),
+    "hardtanh": lambda x, lo, hi: F.hardtanh(x, lo, hi),
+    "mul": lambda x, c: x * c,
+    "div": lambda x, c: x / c,
+    "add": lambda x, c: x + c,
+    "sub": lambda x, c: x - c,
+    "rsub": lambda x, c: c - x,
+    "rdiv": lambda x, c: c / x,
 }
 _NAME_RE = re.compile(r"^([a-z_0-9]+)(?:\((.*)\))?$")
 
@@ -155,17 +174,49 @@ def _module_act(module: nn.Module) -> str:
     return type(module).__name__.lower()
 
 
-_ACT_MODULES = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
-                nn.Softplus, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
-                nn.Softsign, nn.LogSigmoid)
+_ACT_MODULES = (
+    nn.ReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Tanhshrink,
+    nn.Softsign,
+    nn.LogSigmoid,
+)
 _ACT_FUNCTIONS: dict[Any, str] = {}
 for _name, _targets in {
-    "relu": (F.relu, torch.relu, "relu"), "gelu": (F.gelu, "gelu"), "tanh": (torch.tanh, F.tanh, "tanh"),
-    "sigmoid": (torch.sigmoid, F.sigmoid, "sigmoid"), "silu": (F.silu,), "sin": (torch.sin, "sin"),
-    "cos": (torch.cos, "cos"), "exp": (torch.exp, "exp"), "elu": (F.elu,), "celu": (F.celu,),
-    "leaky_relu": (F.leaky_relu,), "softplus": (F.softplus,), "mish": (F.mish,), "relu6": (F.relu6,),
-    "hardtanh": (F.hardtanh,), "selu": (F.selu,), "hardswish": (F.hardswish,), "hardsigmoid": (F.hardsigmoid,),
-    "softsign": (F.softsign,), "tanhshrink": (F.tanhshrink,), "logsigmoid": (F.logsigmoid,),
+    "relu": (F.relu, torch.relu, "relu"),
+    "gelu": (F.gelu, "gelu"),
+    "tanh": (torch.tanh, F.tanh, "tanh"),
+    "sigmoid": (torch.sigmoid, F.sigmoid, "sigmoid"),
+    "silu": (F.silu,),
+    "sin": (torch.sin, "sin"),
+    "cos": (torch.cos, "cos"),
+    "exp": (torch.exp, "exp"),
+    "elu": (F.elu,),
+    "celu": (F.celu,),
+    "leaky_relu": (F.leaky_relu,),
+    "softplus": (F.softplus,),
+    "mish": (F.mish,),
+    "relu6": (F.relu6,),
+    "hardtanh": (F.hardtanh,),
+    "selu": (F.selu,),
+    "hardswish": (F.hardswish,),
+    "hardsigmoid": (F.hardsigmoid,),
+    "softsign": (F.softsign,),
+    "tanhshrink": (F.tanhshrink,),
+    "logsigmoid": (F.logsigmoid,),
     "neg": (operator.neg, torch.neg, "neg"),
 }.items():
     for _t in _targets:
@@ -275,8 +326,9 @@ class ComputationGraph(NeuralGraph):
         cls = self.edge_class[self.edge_class >= 0]
         return torch.bincount(cls, minlength=self.num_parameters)
 
-    def to_state_dict(self, edge_weight: torch.Tensor | None = None, node_weight: torch.Tensor | None = None,
-                      check: bool = True):
+    def to_state_dict(
+        self, edge_weight: torch.Tensor | None = None, node_weight: torch.Tensor | None = None, check: bool = True
+    ):
         """The model's state dict read back from the edges (one representative edge per class).
 
         Parameter scalars that sit on no edge (kernel taps that only ever meet padding) keep their values from
@@ -337,7 +389,8 @@ class ComputationGraph(NeuralGraph):
             return False
         m = src_c >= 0
         return _is_function(src_c[m], dst_c[m], self.num_parameters) and _is_function(
-            dst_c[m], src_c[m], self.num_parameters)
+            dst_c[m], src_c[m], self.num_parameters
+        )
 
     def is_automorphism(self, perm: torch.Tensor) -> bool:
         """A neural DAG automorphism (C.2): edges, colours, fixed nodes *and* weight sharing preserved."""
@@ -395,12 +448,24 @@ class ComputationGraph(NeuralGraph):
         ecol_keys += [("shared", "in"), ("shared", "out"), ("shared", "class")]
         src, dst = self.edge_index
         m = edge_node[shared]
-        edge_index = torch.cat([self.edge_index[:, ~shared], torch.stack([src[shared], m]),
-                                torch.stack([m, dst[shared]]), torch.stack([class_node[cls[shared]], m])], 1)
+        edge_index = torch.cat(
+            [
+                self.edge_index[:, ~shared],
+                torch.stack([src[shared], m]),
+                torch.stack([m, dst[shared]]),
+                torch.stack([class_node[cls[shared]], m]),
+            ],
+            1,
+        )
         ones = torch.ones(n_edge_nodes, dtype=torch.int32)
         edge_color = torch.cat([self.edge_color[~shared], ones * k_in, ones * k_out, ones * k_cls])
-        edge_weight = torch.cat([self.edge_weight[~shared], self.edge_weight[shared],
-                                 torch.ones(2 * n_edge_nodes, dtype=self.edge_weight.dtype)])
+        edge_weight = torch.cat(
+            [
+                self.edge_weight[~shared],
+                self.edge_weight[shared],
+                torch.ones(2 * n_edge_nodes, dtype=self.edge_weight.dtype),
+            ]
+        )
         lvl = self.node_layer
         node_layer = torch.cat([lvl, lvl[src[shared]], torch.zeros(n_class, dtype=torch.long)])
         groups = tuple(self.node_groups)
@@ -410,10 +475,18 @@ class ComputationGraph(NeuralGraph):
             groups += (NodeGroup("weight-sharing classes", "group", N + n_edge_nodes, n_class, "", "weight class"),)
         total = N + n_edge_nodes + n_class
         sg = NeuralGraph(
-            edge_index=edge_index, edge_weight=edge_weight, edge_color=edge_color, node_color=node_color,
-            node_weight=torch.zeros((total, 1), dtype=self.node_weight.dtype), node_layer=node_layer,
-            edge_color_keys=tuple(ecol_keys), node_color_keys=tuple(ncol_keys), node_groups=groups, slots=(),
-            state_keys=(), kind="computation-sharing",
+            edge_index=edge_index,
+            edge_weight=edge_weight,
+            edge_color=edge_color,
+            node_color=node_color,
+            node_weight=torch.zeros((total, 1), dtype=self.node_weight.dtype),
+            node_layer=node_layer,
+            edge_color_keys=tuple(ecol_keys),
+            node_color_keys=tuple(ncol_keys),
+            node_groups=groups,
+            slots=(),
+            state_keys=(),
+            kind="computation-sharing",
             meta={"num_original_nodes": N, "edge_node": edge_node, "class_node": class_node},
         )
         self.__dict__["_sharing_graph"] = sg
@@ -442,8 +515,10 @@ class ComputationGraph(NeuralGraph):
     def to_parameter_graph_map(self) -> tuple[torch.Tensor, torch.Tensor, NeuralGraph]:
         """``(param_node [N], param_edge [E], parameter_graph)``: the homomorphism of paper C.5."""
         if self.param_node is None or self.parameter_graph is None:
-            raise SymgraphError("no parameter-graph map: built with parameter_map=False or the parameter graph failed "
-                            f"({self.meta.get('parameter_map_error')})")
+            raise SymgraphError(
+                "no parameter-graph map: built with parameter_map=False or the parameter graph failed "
+                f"({self.meta.get('parameter_map_error')})"
+            )
         return self.param_node, self.param_edge, self.parameter_graph
 
     def is_parameter_graph_homomorphism(self, param_node: torch.Tensor | None = None) -> bool:
@@ -457,8 +532,11 @@ class ComputationGraph(NeuralGraph):
         src, dst = pn[self.edge_index[0]], pn[self.edge_index[1]]
         has = self.edge_class >= 0
         pe = _param_graph_edge_of_class(self, pg)
-        ok_param = (pe[has] >= 0).all() and torch.equal(pg.edge_index[0, pe[has]], src[has]) and torch.equal(
-            pg.edge_index[1, pe[has]], dst[has])
+        ok_param = (
+            (pe[has] >= 0).all()
+            and torch.equal(pg.edge_index[0, pe[has]], src[has])
+            and torch.equal(pg.edge_index[1, pe[has]], dst[has])
+        )
         if not ok_param:
             return False
         const = ~has
@@ -496,13 +574,13 @@ class ComputationGraph(NeuralGraph):
             for c in torch.unique(colors).tolist():
                 if acts[c]:
                     idx = (colors == c).nonzero().flatten()
-                    groups.append((None if idx.numel() == hi - lo else idx,
-                                   [activation_function(a) for a in acts[c]]))
+                    groups.append((None if idx.numel() == hi - lo else idx, [activation_function(a) for a in acts[c]]))
             levels.append((lo, hi, eids, torch.stack([rows, cols]), groups))
         n0 = int(ptr[1])
         n_in = int(self.input_index.numel())
         if not torch.equal(self.input_index.reshape(-1), torch.arange(n_in)) or not bool(
-                self.role_mask("bias")[n_in:n0].all()):
+            self.role_mask("bias")[n_in:n0].all()
+        ):
             raise SymgraphError("internal: level 0 must hold the input nodes (first) and the bias nodes only")
         plan = {"levels": levels, "n0": n0, "n_in": n_in}
         self.__dict__["_eval_plan"] = plan
@@ -513,19 +591,20 @@ class ComputationGraph(NeuralGraph):
         plan = self._plan()
         x = torch.as_tensor(x)
         if tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise ShapeMismatchError(f"an input of shape (B, {', '.join(map(str, self.input_shape[1:]))})",
-                                     f"{tuple(x.shape)}")
+            raise ShapeMismatchError(
+                f"an input of shape (B, {', '.join(map(str, self.input_shape[1:]))})", f"{tuple(x.shape)}"
+            )
         ew = self.edge_weight if edge_weight is None else torch.as_tensor(edge_weight)
         if ew.shape != (self.num_edges,):
             raise ShapeMismatchError(f"edge_weight of shape ({self.num_edges},)", f"{tuple(ew.shape)}")
         dtype = torch.promote_types(ew.dtype, x.dtype) if x.is_floating_point() else ew.dtype
         B = x.shape[0]
         ew = ew.to(dtype=dtype, device=x.device)
-        h = torch.cat([x.reshape(B, -1).T.to(dtype),
-                       torch.ones(plan["n0"] - plan["n_in"], B, dtype=dtype, device=x.device)])
+        h = torch.cat(
+            [x.reshape(B, -1).T.to(dtype), torch.ones(plan["n0"] - plan["n_in"], B, dtype=dtype, device=x.device)]
+        )
         for lo, hi, eids, idx, groups in plan["levels"]:
-            a = torch.sparse_coo_tensor(idx.to(x.device), ew[eids.to(x.device)], (hi - lo, lo),
-                                        check_invariants=False)
+            a = torch.sparse_coo_tensor(idx.to(x.device), ew[eids.to(x.device)], (hi - lo, lo), check_invariants=False)
             z = torch.sparse.mm(a, h)
             for rows, fns in groups:
                 if rows is None:
@@ -559,9 +638,11 @@ class ComputationGraph(NeuralGraph):
         return self.evaluate(x)
 
     def __repr__(self) -> str:
-        return (f"ComputationGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
-                f"parameters={self.num_parameters}, classes={self.num_classes}, "
-                f"input_shape={tuple(self.input_shape)}, output_shape={tuple(self.output_shape)})")
+        return (
+            f"ComputationGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
+            f"parameters={self.num_parameters}, classes={self.num_classes}, "
+            f"input_shape={tuple(self.input_shape)}, output_shape={tuple(self.output_shape)})"
+        )
 
 
 def _is_function(a: torch.Tensor, b: torch.Tensor, n: int) -> bool:
@@ -579,8 +660,9 @@ def _param_graph_edge_of_class(cg: ComputationGraph, pg: NeuralGraph) -> torch.T
     out = torch.full((cg.num_edges,), -1, dtype=torch.long)
     pslots = {s.name: s for s in pg.slots if s.location == "edge"}
     slot, flat = cg.edge_param.lookup(torch.arange(cg.num_edges))
-    starts = torch.tensor([pslots[s.name].start if s.name in pslots else -1 for s in cg.edge_param.slots] + [-1],
-                          dtype=torch.long)
+    starts = torch.tensor(
+        [pslots[s.name].start if s.name in pslots else -1 for s in cg.edge_param.slots] + [-1], dtype=torch.long
+    )
     st = starts[slot]  # slot -1 -> the trailing -1
     ok = (slot >= 0) & (st >= 0)
     out[ok] = st[ok] + flat[ok]
@@ -739,8 +821,7 @@ def _out_shape(op: OpSpec) -> tuple[int, ...]:
 def _linear(b: _Builder, op: OpSpec, x: _Val, weight, bias, wname: str, bname: str | None, module: str) -> _Val:
     n_out, n_in = weight.shape
     if x.nodes.dim() == 0 or x.nodes.shape[-1] != n_in:
-        raise ShapeMismatchError(f"{n_in} input features on the last axis", f"shape {tuple(x.nodes.shape)}",
-                                 _where(op))
+        raise ShapeMismatchError(f"{n_in} input features on the last axis", f"shape {tuple(x.nodes.shape)}", _where(op))
     lead = tuple(x.nodes.shape[:-1])
     R = math.prod(lead)
     out = b.add_nodes(R * n_out, "hidden", "linear", f"{module or wname} outputs", module, x.nodes).view(R, n_out)
@@ -766,7 +847,7 @@ def _combine(coords: list[torch.Tensor], valid: list[torch.Tensor], in_sizes: tu
     kernel axes and of the output's spatial axes.
     """
     n = len(coords)
-    strides = [math.prod(in_sizes[d + 1:]) for d in range(n)]
+    strides = [math.prod(in_sizes[d + 1 :]) for d in range(n)]
     pos = torch.zeros([1] * (2 * n), dtype=torch.long)
     ok = torch.ones([1] * (2 * n), dtype=torch.bool)
     for d in range(n):
@@ -806,16 +887,22 @@ def _conv(b: _Builder, op: OpSpec, m: Any, x: _Val, path: str) -> _Val:
     c_out, cin_g = w.shape[:2]
     G = m.groups
     if x.nodes.dim() != nd + 1 or x.nodes.shape[0] != cin_g * G:
-        raise ShapeMismatchError(f"a ({cin_g * G}, <{nd} spatial dims>) input per sample",
-                                 f"{tuple(x.nodes.shape)}", _where(op))
+        raise ShapeMismatchError(
+            f"a ({cin_g * G}, <{nd} spatial dims>) input per sample", f"{tuple(x.nodes.shape)}", _where(op)
+        )
     S = tuple(x.nodes.shape[1:])
     O = _out_shape(op)[1:]
     if isinstance(m.padding, str):
         pads = [0 if m.padding == "valid" else m.dilation[d] * (m.kernel_size[d] - 1) // 2 for d in range(nd)]
     else:
         pads = list(m.padding)
-    coords, valid = zip(*[_window_coords(S[d], O[d], m.kernel_size[d], m.stride[d], pads[d], m.dilation[d],
-                                         m.padding_mode) for d in range(nd)], strict=True)
+    coords, valid = zip(
+        *[
+            _window_coords(S[d], O[d], m.kernel_size[d], m.stride[d], pads[d], m.dilation[d], m.padding_mode)
+            for d in range(nd)
+        ],
+        strict=True,
+    )
     pos, ok = _combine(list(coords), list(valid), S)
     K = pos.shape[1]
     q_idx, k_idx = ok.nonzero(as_tuple=True)  # valid (output position, kernel tap) pairs
@@ -829,7 +916,7 @@ def _conv(b: _Builder, op: OpSpec, m: Any, x: _Val, path: str) -> _Val:
     in_nodes = x.nodes.reshape(cin_g * G, -1)
     src = in_nodes[(oc // opg) * cin_g + ic, pos[q_idx, k_idx].view(1, 1, V)]
     dst = out[oc, q_idx.view(1, 1, V)].expand(c_out, cin_g, V)
-    flat = ((oc * cin_g + ic) * K + k_idx.view(1, 1, V))
+    flat = (oc * cin_g + ic) * K + k_idx.view(1, 1, V)
     pad_key = m.padding if isinstance(m.padding, str) else tuple(m.padding)
     key = (kind, tuple(m.kernel_size), tuple(m.stride), pad_key, tuple(m.dilation), G, m.padding_mode)
     kpos = torch.cartesian_prod(*[torch.arange(k) for k in m.kernel_size]).view(K, nd).tolist()
@@ -840,8 +927,9 @@ def _conv(b: _Builder, op: OpSpec, m: Any, x: _Val, path: str) -> _Val:
     return _Val(out.view(c_out, *O), owned=op.num_users == 1)
 
 
-def _average(b: _Builder, op: OpSpec, x: _Val, nd: int, coords, valid, in_win, module: str, kind: str,
-             divisor_override=None) -> _Val:
+def _average(
+    b: _Builder, op: OpSpec, x: _Val, nd: int, coords, valid, in_win, module: str, kind: str, divisor_override=None
+) -> _Val:
     """Windowed averaging over the last ``nd`` axes: constant edges of weight 1/divisor (per output position).
 
     ``in_win`` [O, K] marks window entries inside the padded input (they count in the divisor when padding is
@@ -850,7 +938,7 @@ def _average(b: _Builder, op: OpSpec, x: _Val, nd: int, coords, valid, in_win, m
     lead = tuple(x.nodes.shape[:-nd])
     S = tuple(x.nodes.shape[-nd:])
     pos, ok = _combine(list(coords), list(valid), S)
-    O = _out_shape(op)[len(lead):]
+    O = _out_shape(op)[len(lead) :]
     nO, R = math.prod(O), math.prod(lead)
     if divisor_override:
         div = torch.full((nO,), int(divisor_override), dtype=torch.long)
@@ -863,13 +951,24 @@ def _average(b: _Builder, op: OpSpec, x: _Val, nd: int, coords, valid, in_win, m
     dst = out[:, q_idx]
     d = div[q_idx].view(1, V).expand(R, V).reshape(-1)
     for dv in torch.unique(d).tolist():  # one colour per distinct constant (few)
-        sel = (d == dv)
+        sel = d == dv
         b.add_const_edges(src.reshape(-1)[sel], dst.reshape(-1)[sel], ("avgpool", int(dv)), 1.0 / dv)
     return _Val(out.view(*lead, *O), owned=op.num_users == 1)
 
 
-def _avg_pool(b: _Builder, op: OpSpec, x: _Val, nd: int, kernel, stride, padding, ceil_mode, include_pad,
-              divisor_override, module: str) -> _Val:
+def _avg_pool(
+    b: _Builder,
+    op: OpSpec,
+    x: _Val,
+    nd: int,
+    kernel,
+    stride,
+    padding,
+    ceil_mode,
+    include_pad,
+    divisor_override,
+    module: str,
+) -> _Val:
     def tup(v):
         return tuple(v) if isinstance(v, tuple | list) else (v,) * nd
 
@@ -885,8 +984,7 @@ def _avg_pool(b: _Builder, op: OpSpec, x: _Val, nd: int, kernel, stride, padding
         inwin.append(c < S[d] + padding[d])  # window entries past the padded input never count (ceil_mode)
     _, okp = _combine(coords, inwin, S)
     _, okv = _combine(coords, valid, S)
-    return _average(b, op, x, nd, coords, valid, okp if include_pad else okv, module, "avgpool",
-                    divisor_override)
+    return _average(b, op, x, nd, coords, valid, okp if include_pad else okv, module, "avgpool", divisor_override)
 
 
 def _adaptive_avg_pool(b: _Builder, op: OpSpec, x: _Val, nd: int, module: str) -> _Val:
@@ -946,12 +1044,19 @@ def _add(b: _Builder, op: OpSpec, a, c, sub: bool) -> _Val:
     try:
         na, nc = torch.broadcast_tensors(a.nodes, c.nodes)
     except RuntimeError:
-        raise ShapeMismatchError(f"operands that broadcast (got {tuple(a.nodes.shape)})",
-                                 f"{tuple(c.nodes.shape)}", _where(op)) from None
+        raise ShapeMismatchError(
+            f"operands that broadcast (got {tuple(a.nodes.shape)})", f"{tuple(c.nodes.shape)}", _where(op)
+        ) from None
     if tuple(na.shape) != _out_shape(op):
         raise UnsupportedModuleError(op.name, "an addition that broadcasts over the batch dim")
-    out = b.add_nodes(na.numel(), "hidden", "sum", f"{op.name} (residual sum)", "", torch.cat([a.nodes.reshape(-1),
-                                                                                               c.nodes.reshape(-1)]))
+    out = b.add_nodes(
+        na.numel(),
+        "hidden",
+        "sum",
+        f"{op.name} (residual sum)",
+        "",
+        torch.cat([a.nodes.reshape(-1), c.nodes.reshape(-1)]),
+    )
     shared = bool(torch.isin(a.nodes, c.nodes).any())
     key_a = ("residual", 0) if shared else ("residual",)
     key_c = ("residual", "sub" if sub else 1) if (shared or sub) else ("residual",)
@@ -995,12 +1100,29 @@ _IDENTITY_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous
 def _call_module(b: _Builder, op: OpSpec, m: nn.Module, args: tuple, kw: dict, batch: int):
     x = args[0] if args else kw.get("input")
     if isinstance(m, nn.Linear):
-        return _linear(b, op, _val(x, op), m.weight, m.bias, f"{op.target}.weight",
-                       f"{op.target}.bias" if m.bias is not None else None, op.target)
+        return _linear(
+            b,
+            op,
+            _val(x, op),
+            m.weight,
+            m.bias,
+            f"{op.target}.weight",
+            f"{op.target}.bias" if m.bias is not None else None,
+            op.target,
+        )
     if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        spec = SimpleNamespace(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                               groups=m.groups, padding_mode=m.padding_mode, weight=m.weight, bias=m.bias,
-                               weight_name=f"{op.target}.weight", bias_name=f"{op.target}.bias")
+        spec = SimpleNamespace(
+            kernel_size=m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            dilation=m.dilation,
+            groups=m.groups,
+            padding_mode=m.padding_mode,
+            weight=m.weight,
+            bias=m.bias,
+            weight_name=f"{op.target}.weight",
+            bias_name=f"{op.target}.bias",
+        )
         return _conv(b, op, spec, _val(x, op), op.target)
     if isinstance(m, _ACT_MODULES):
         return _elementwise(b, op, _val(x, op), _module_act(m))
@@ -1009,15 +1131,28 @@ def _call_module(b: _Builder, op: OpSpec, m: nn.Module, args: tuple, kw: dict, b
     if isinstance(m, nn.Flatten):
         return _reshape(op, _val(x, op), batch)
     if type(m) in _POOL_AVG:
-        return _avg_pool(b, op, _val(x, op), _POOL_AVG[type(m)], m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                         m.count_include_pad, getattr(m, "divisor_override", None), op.target)
+        return _avg_pool(
+            b,
+            op,
+            _val(x, op),
+            _POOL_AVG[type(m)],
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.ceil_mode,
+            m.count_include_pad,
+            getattr(m, "divisor_override", None),
+            op.target,
+        )
     if type(m) in _POOL_ADAPT:
         return _adaptive_avg_pool(b, op, _val(x, op), _POOL_ADAPT[type(m)], op.target)
-    raise UnsupportedModuleError(op.target, f"no computation-graph builder for {type(m).__module__}."
-                                 f"{type(m).__qualname__} (supported: Linear, Conv1d/2d/3d, elementwise "
-                                 "activations, flatten/reshape, dropout/identity, average pooling, mean, residual add)",
-                                 "Computation graphs support the layers of appendix C.1 only; use "
-                                 "symgraph.parameter_graph for other models.")
+    raise UnsupportedModuleError(
+        op.target,
+        f"no computation-graph builder for {type(m).__module__}."
+        f"{type(m).__qualname__} (supported: Linear, Conv1d/2d/3d, elementwise "
+        "activations, flatten/reshape, dropout/identity, average pooling, mean, residual add)",
+        "Computation graphs support the layers of appendix C.1 only; use symgraph.parameter_graph for other models.",
+    )
 
 
 def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
@@ -1028,16 +1163,31 @@ def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
     if t in (operator.add, operator.iadd, torch.add, "add", operator.sub, operator.isub, torch.sub, "sub"):
         if kw.get("alpha", 1) != 1:
             raise UnsupportedModuleError(op.name, "torch.add with alpha != 1")
-        return _add(b, op, args[0], args[1] if len(args) > 1 else kw.get("other"),
-                    t in (operator.sub, operator.isub, torch.sub, "sub"))
+        return _add(
+            b,
+            op,
+            args[0],
+            args[1] if len(args) > 1 else kw.get("other"),
+            t in (operator.sub, operator.isub, torch.sub, "sub"),
+        )
     if t in (operator.mul, operator.imul, torch.mul, "mul", operator.truediv, torch.div, "div"):
-        return _scale(b, op, args[0], args[1] if len(args) > 1 else kw.get("other"),
-                      t in (operator.truediv, torch.div, "div"))
+        return _scale(
+            b, op, args[0], args[1] if len(args) > 1 else kw.get("other"), t in (operator.truediv, torch.div, "div")
+        )
     if t in _IDENTITY_FUNCS:
         x = _val(args[0], op)
         return _Val(x.nodes, owned=x.owned and op.num_users == 1)
-    if t in (torch.flatten, "flatten", "view", "reshape", torch.reshape, "unsqueeze", torch.unsqueeze, "squeeze",
-             torch.squeeze):
+    if t in (
+        torch.flatten,
+        "flatten",
+        "view",
+        "reshape",
+        torch.reshape,
+        "unsqueeze",
+        torch.unsqueeze,
+        "squeeze",
+        torch.squeeze,
+    ):
         return _reshape(op, _val(args[0], op), batch)
     if t in ("permute", torch.permute):
         dims = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
@@ -1058,8 +1208,19 @@ def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
         names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
         defaults = dict(zip(names, (None, None, 0, False, True, None), strict=True))
         vals = {**defaults, **dict(zip(names, args[1:], strict=False)), **{k: v for k, v in kw.items() if k in names}}
-        return _avg_pool(b, op, _val(args[0], op), nd, vals["kernel_size"], vals["stride"], vals["padding"],
-                         vals["ceil_mode"], vals["count_include_pad"], vals["divisor_override"], "")
+        return _avg_pool(
+            b,
+            op,
+            _val(args[0], op),
+            nd,
+            vals["kernel_size"],
+            vals["stride"],
+            vals["padding"],
+            vals["ceil_mode"],
+            vals["count_include_pad"],
+            vals["divisor_override"],
+            "",
+        )
     if t in _F_ADAPT:
         return _adaptive_avg_pool(b, op, _val(args[0], op), _F_ADAPT[t], "")
     if t in ("size", "dim"):
@@ -1075,8 +1236,15 @@ def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
         return args[0][args[1]]
     if t in _F_CONV:
         names = ("weight", "bias", "stride", "padding", "dilation", "groups")
-        vals = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
-                **dict(zip(names, args[1:], strict=False)), **{k: v for k, v in kw.items() if k in names}}
+        vals = {
+            "bias": None,
+            "stride": 1,
+            "padding": 0,
+            "dilation": 1,
+            "groups": 1,
+            **dict(zip(names, args[1:], strict=False)),
+            **{k: v for k, v in kw.items() if k in names},
+        }
         w, bias = vals["weight"], vals["bias"]
         if not isinstance(w, _Attr) or (bias is not None and not isinstance(bias, _Attr)):
             raise UnsupportedModuleError(op.name, "a functional convolution with computed weights")
@@ -1086,22 +1254,40 @@ def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
             return tuple(v) if isinstance(v, tuple | list) else (v,) * nd
 
         pad = vals["padding"] if isinstance(vals["padding"], str) else tup(vals["padding"])
-        spec = SimpleNamespace(kernel_size=tuple(w.tensor.shape[2:]), stride=tup(vals["stride"]), padding=pad,
-                               dilation=tup(vals["dilation"]), groups=vals["groups"], padding_mode="zeros",
-                               weight=w.tensor, bias=None if bias is None else bias.tensor, weight_name=w.name,
-                               bias_name=None if bias is None else bias.name)
+        spec = SimpleNamespace(
+            kernel_size=tuple(w.tensor.shape[2:]),
+            stride=tup(vals["stride"]),
+            padding=pad,
+            dilation=tup(vals["dilation"]),
+            groups=vals["groups"],
+            padding_mode="zeros",
+            weight=w.tensor,
+            bias=None if bias is None else bias.tensor,
+            weight_name=w.name,
+            bias_name=None if bias is None else bias.name,
+        )
         return _conv(b, op, spec, _val(args[0], op), w.name.rsplit(".", 1)[0] if "." in w.name else "")
     if t in (F.linear, torch._C._nn.linear):
         w = args[1] if len(args) > 1 else kw.get("weight")
         bias = args[2] if len(args) > 2 else kw.get("bias")
         if not isinstance(w, _Attr) or (bias is not None and not isinstance(bias, _Attr)):
             raise UnsupportedModuleError(op.name, "F.linear with computed weights")
-        return _linear(b, op, _val(args[0], op), w.tensor, None if bias is None else bias.tensor, w.name,
-                       None if bias is None else bias.name, w.name.rsplit(".", 1)[0] if "." in w.name else "")
+        return _linear(
+            b,
+            op,
+            _val(args[0], op),
+            w.tensor,
+            None if bias is None else bias.tensor,
+            w.name,
+            None if bias is None else bias.name,
+            w.name.rsplit(".", 1)[0] if "." in w.name else "",
+        )
     name = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
-    raise UnsupportedModuleError(op.name, f"no computation-graph builder for the operation '{name}' ({op.op})",
-                                 "Computation graphs support the layers of appendix C.1 only; use "
-                                 "symgraph.parameter_graph for other models.")
+    raise UnsupportedModuleError(
+        op.name,
+        f"no computation-graph builder for the operation '{name}' ({op.op})",
+        "Computation graphs support the layers of appendix C.1 only; use symgraph.parameter_graph for other models.",
+    )
 
 
 def _build(model: nn.Module, spec: ModelSpec) -> tuple[_Builder, dict, _Val, tuple, tuple]:
@@ -1131,8 +1317,10 @@ def _build(model: nn.Module, spec: ModelSpec) -> tuple[_Builder, dict, _Val, tup
         if op.op == "output":
             res = _resolve(vals, op.args[0])
             if not isinstance(res, _Val):
-                raise UnsupportedModuleError(op.name, f"a model output of type {type(res).__name__} (computation "
-                                             "graphs need a single tensor output)")
+                raise UnsupportedModuleError(
+                    op.name,
+                    f"a model output of type {type(res).__name__} (computation graphs need a single tensor output)",
+                )
             out = _mark_output(b, res)
             continue
         args = _resolve(vals, op.args)
@@ -1171,8 +1359,11 @@ def _parameter_graph_and_values(model: nn.Module, spec: ModelSpec):
     params = dict(model.named_parameters())
     for k in unencoded:
         pb.add_extra(k, state[k].detach(), is_buffer=k not in params)
-    pg = pb.finalize(tuple(state.keys()), spec=spec, meta={"model_type": type(model).__name__,
-                                                           "unencoded": unencoded, "encoding": "sound"})
+    pg = pb.finalize(
+        tuple(state.keys()),
+        spec=spec,
+        meta={"model_type": type(model).__name__, "unencoded": unencoded, "encoding": "sound"},
+    )
     return pg, ctx.values
 
 
@@ -1222,8 +1413,12 @@ def _input_map(pg: NeuralGraph, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # ====================================================================== public entry point
-def computation_graph(model: nn.Module, example_input: torch.Tensor | None = None,
-                      input_shape: tuple[int, ...] | None = None, parameter_map: bool = True) -> ComputationGraph:
+def computation_graph(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    parameter_map: bool = True,
+) -> ComputationGraph:
     """The computation graph of ``model`` for inputs shaped like ``example_input`` (paper appendix C.1).
 
     Parameters
@@ -1265,8 +1460,9 @@ def computation_graph(model: nn.Module, example_input: torch.Tensor | None = Non
     params = {n for n, _ in model.named_parameters()}
     for k, v in b.state.items():
         if k in b.offsets:
-            slots.append(ParamSlot(k, "shared", b.offsets[k], v.numel(), tuple(v.shape), v.dtype,
-                                   is_buffer=k not in params))
+            slots.append(
+                ParamSlot(k, "shared", b.offsets[k], v.numel(), tuple(v.shape), v.dtype, is_buffer=k not in params)
+            )
         else:
             slots.append(ParamSlot(k, "extra", 0, v.numel(), tuple(v.shape), v.dtype, is_buffer=k not in params))
         extras[k] = v.detach().clone()
@@ -1292,7 +1488,8 @@ def computation_graph(model: nn.Module, example_input: torch.Tensor | None = Non
     combo = combo[order]
     uniq, inv = torch.unique(combo, return_inverse=True)
     first = torch.full((uniq.numel(),), combo.numel(), dtype=torch.long).scatter_reduce(
-        0, inv, torch.arange(combo.numel()), "amin")
+        0, inv, torch.arange(combo.numel()), "amin"
+    )
     rank = torch.empty_like(first)
     rank[torch.argsort(first)] = torch.arange(first.numel())
     node_color = rank[inv]
@@ -1302,18 +1499,34 @@ def computation_graph(model: nn.Module, example_input: torch.Tensor | None = Non
         kind, act = divmod(rest, A)
         keys[r] = (_ROLES[role], kinds[kind], b.act_keys[act])
     groups = sorted(
-        (NodeGroup(blk.name, _ROLES[int(b.role[blk.start])], int(new_id[blk.start]), blk.count, blk.module, blk.kind)
-         for blk in b.blocks), key=lambda g: g.start)
+        (
+            NodeGroup(blk.name, _ROLES[int(b.role[blk.start])], int(new_id[blk.start]), blk.count, blk.module, blk.kind)
+            for blk in b.blocks
+        ),
+        key=lambda g: g.start,
+    )
     param_node = param_edge = None
     cg = ComputationGraph(
-        edge_index=edge_index, edge_weight=w, edge_color=col, node_color=node_color,
-        node_weight=torch.zeros((b.num_nodes, 1), dtype=b.dtype), node_layer=level[order],
-        edge_color_keys=tuple(b.color_ids), node_color_keys=tuple(keys), node_groups=tuple(groups),
-        slots=tuple(slots), state_keys=tuple(b.state.keys()), extras=extras, kind="computation", spec=spec,
-        meta={"model_type": type(model).__name__, "parameter_map_error": map_error}, edge_class=cls,
-        input_index=new_id[vals[next(o.name for o in spec.ops if o.op == "placeholder" and o.shape is not None)]
-                           .nodes],
-        output_index=new_id[out.nodes], input_shape=in_shape, output_shape=out_shape,
+        edge_index=edge_index,
+        edge_weight=w,
+        edge_color=col,
+        node_color=node_color,
+        node_weight=torch.zeros((b.num_nodes, 1), dtype=b.dtype),
+        node_layer=level[order],
+        edge_color_keys=tuple(b.color_ids),
+        node_color_keys=tuple(keys),
+        node_groups=tuple(groups),
+        slots=tuple(slots),
+        state_keys=tuple(b.state.keys()),
+        extras=extras,
+        kind="computation",
+        spec=spec,
+        meta={"model_type": type(model).__name__, "parameter_map_error": map_error},
+        edge_class=cls,
+        input_index=new_id[vals[next(o.name for o in spec.ops if o.op == "placeholder" and o.shape is not None)].nodes],
+        output_index=new_id[out.nodes],
+        input_shape=in_shape,
+        output_shape=out_shape,
     )
     if pg is not None:
         param_node = torch.full((b.num_nodes,), -1, dtype=torch.long)

@@ -370,9 +370,7 @@ class NeuralGraph:
         ecol = self.edge_color.tolist()
         ew = self.edge_weight.tolist()
         for e in range(self.num_edges):
-            g.add_edge(
-                src[e], dst[e], key=e, color=ecol[e], color_key=self.edge_color_keys[ecol[e]], weight=ew[e]
-            )
+            g.add_edge(src[e], dst[e], key=e, color=ecol[e], color_key=self.edge_color_keys[ecol[e]], weight=ew[e])
         return g
 
     # ------------------------------------------------------------------ text

@@ -66,8 +66,14 @@ def _state_like(graph, like: dict) -> dict:
     return out
 
 
-def permute_model(model: nn.Module, perm: torch.Tensor, example_input=None, graph=None,
-                  input_shape: tuple[int, ...] | None = None, check: bool = True) -> nn.Module:
+def permute_model(
+    model: nn.Module,
+    perm: torch.Tensor,
+    example_input=None,
+    graph=None,
+    input_shape: tuple[int, ...] | None = None,
+    check: bool = True,
+) -> nn.Module:
     """A deep copy of ``model`` with Phi(perm) applied to its parameters and buffers.
 
     Parameters
@@ -134,8 +140,16 @@ def _set_mode(model: nn.Module, mode: str) -> None:
                 mod.eval()
 
 
-def check_function_preservation(model: nn.Module, perm: torch.Tensor, inputs, modes: Iterable[str] = ("train", "eval"),
-                                graph=None, example_input=None, input_shape=None, seed: int = 0) -> float:
+def check_function_preservation(
+    model: nn.Module,
+    perm: torch.Tensor,
+    inputs,
+    modes: Iterable[str] = ("train", "eval"),
+    graph=None,
+    example_input=None,
+    input_shape=None,
+    seed: int = 0,
+) -> float:
     """Largest absolute difference between ``model`` and ``permute_model(model, perm)``, in float64.
 
     Both models are deep copies converted to float64. In ``"train"`` mode the comparison also covers the

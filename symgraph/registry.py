@@ -21,8 +21,13 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["register_encoder", "register_function", "encoder_for_module", "encoder_for_function",
-           "registered_module_types"]
+__all__ = [
+    "register_encoder",
+    "register_function",
+    "encoder_for_module",
+    "encoder_for_function",
+    "registered_module_types",
+]
 
 _MODULE_ENCODERS: dict[type, Callable] = {}
 _FUNCTION_ENCODERS: dict[Any, Callable] = {}

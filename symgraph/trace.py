@@ -22,8 +22,16 @@ from .builder import Features, GraphBuilder
 from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
 from .registry import encoder_for_function, encoder_for_module
 
-__all__ = ["ModelSpec", "OpSpec", "LazyInput", "ParamRef", "EncodeContext", "trace_model", "encode_model",
-           "resolve_example_input"]
+__all__ = [
+    "ModelSpec",
+    "OpSpec",
+    "LazyInput",
+    "ParamRef",
+    "EncodeContext",
+    "trace_model",
+    "encode_model",
+    "resolve_example_input",
+]
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,8 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, x: torch.Tensor) -> 
             ShapeProp(gm).propagate(x)
     except Exception as exc:
         raise ShapeMismatchError(
-            "an input the model accepts", f"{type(exc).__name__} with input shape {tuple(x.shape)}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            "an input the model accepts",
+            f"{type(exc).__name__} with input shape {tuple(x.shape)}: {str(exc).splitlines()[0] if str(exc) else ''}",
         ) from None
     finally:
         model.train(was_training)
@@ -188,9 +196,11 @@ def _trace_failure(model: nn.Module, failed_at, exc: Exception) -> str:
         construct = "an unsupported construct"
     path, mtype = failed_at if failed_at is not None else ("", type(model))
     where = f"module '{path}' ({mtype.__name__})" if path else f"the model's own forward ({type(model).__name__})"
-    return (f"torch.fx could not trace {type(model).__name__}: {construct} in {where}: {type(exc).__name__}: "
-            f"{text}. Data-dependent control flow or an unsupported construct: make the offending submodule a "
-            f"leaf with @symgraph.register_encoder({mtype.__name__}) and encode it yourself.")
+    return (
+        f"torch.fx could not trace {type(model).__name__}: {construct} in {where}: {type(exc).__name__}: "
+        f"{text}. Data-dependent control flow or an unsupported construct: make the offending submodule a "
+        f"leaf with @symgraph.register_encoder({mtype.__name__}) and encode it yourself."
+    )
 
 
 def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple[ModelSpec, fx.GraphModule]:
@@ -335,15 +345,17 @@ def encode_model(model: nn.Module, spec: ModelSpec, builder: GraphBuilder) -> En
             module = model.get_submodule(op.target)
             fn = encoder_for_module(module)
             if fn is None:
-                raise UnsupportedModuleError(op.target, f"no encoder for module type {type(module).__module__}."
-                                             f"{type(module).__qualname__}")
+                raise UnsupportedModuleError(
+                    op.target, f"no encoder for module type {type(module).__module__}.{type(module).__qualname__}"
+                )
         else:
             module = None
             fn = encoder_for_function(op.target)
             if fn is None:
                 name = op.target if isinstance(op.target, str) else getattr(op.target, "__name__", repr(op.target))
                 raise UnsupportedModuleError(
-                    op.name, f"no encoder for the operation '{name}' ({op.op})",
+                    op.name,
+                    f"no encoder for the operation '{name}' ({op.op})",
                     "Wrap the code that uses it in a module and register an encoder for that module with "
                     "@symgraph.register_encoder(YourModuleType), or register the function with "
                     "@symgraph.register_function(fn).",

@@ -20,8 +20,9 @@ from gmn.train import regression_metrics
 from gmn.zoo import make_split, sample_config
 from symgraph.models import build_model
 
-TINY = Scale(n=0, zoo_epochs=0, train_subset=None, epochs=1, search_epochs=1, seeds=1, budget=3000, lrs=(1e-3,),
-             batch_size=8)
+TINY = Scale(
+    n=0, zoo_epochs=0, train_subset=None, epochs=1, search_epochs=1, seeds=1, budget=3000, lrs=(1e-3,), batch_size=8
+)
 
 
 def _fake_records(family="diverse", n=15):
@@ -109,9 +110,16 @@ def test_table6_protocol_runs_on_the_small_cnn_zoo_format_with_npnfn_and_statnn(
     rng = np.random.default_rng(0)
     np.save(tmp_path / "weights.npy", (0.1 * rng.normal(size=(14, 4970))).astype(np.float32))
     (tmp_path / "metrics.csv").write_text("test_accuracy\n" + "".join(f"{a}\n" for a in rng.uniform(size=14)))
-    res = run_experiment(splits=("50",), scale=TINY.__class__(**{**TINY.__dict__, "n": 14}), out_dir=tmp_path / "o",
-                         metanets=("npnfn", "statnn"), device="cpu", progress=False, log=lambda *a: None,
-                         unterthiner=tmp_path)
+    res = run_experiment(
+        splits=("50",),
+        scale=TINY.__class__(**{**TINY.__dict__, "n": 14}),
+        out_dir=tmp_path / "o",
+        metanets=("npnfn", "statnn"),
+        device="cpu",
+        progress=False,
+        log=lambda *a: None,
+        unterthiner=tmp_path,
+    )
     rows = {r["metanet"]: r for r in res["splits"]["50"]}
     assert rows["npnfn"]["supported"] and rows["statnn"]["supported"]
     assert (tmp_path / "o" / "results.json").exists() and (tmp_path / "o" / "runs.json").exists()

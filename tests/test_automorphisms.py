@@ -46,9 +46,11 @@ def vf2_count(graph) -> int:
 def raw_graph(n, src, dst, ecol, vcol, fixed=None):
     """A NeuralGraph-like object from arrays (for synthetic graphs)."""
     return SimpleNamespace(
-        num_nodes=n, num_edges=len(src),
+        num_nodes=n,
+        num_edges=len(src),
         edge_index=torch.tensor([list(src), list(dst)], dtype=torch.long).reshape(2, -1),
-        edge_color=torch.tensor(list(ecol), dtype=torch.int32), node_color=torch.tensor(list(vcol)),
+        edge_color=torch.tensor(list(ecol), dtype=torch.int32),
+        node_color=torch.tensor(list(vcol)),
         fixed_mask=torch.zeros(n, dtype=torch.bool) if fixed is None else torch.tensor(fixed, dtype=torch.bool),
         node_groups=(),
     )
@@ -71,8 +73,9 @@ class ResMLP(nn.Module):
     def __init__(self, d_in, width, hidden, blocks, d_out):
         super().__init__()
         self.inp = nn.Linear(d_in, width)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
-                                    for _ in range(blocks))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width)) for _ in range(blocks)
+        )
         self.out = nn.Linear(width, d_out)
 
     def forward(self, x):
@@ -206,17 +209,18 @@ def test_twin_reduction_collapses_layers_and_lifts_exactly():
 
 def test_chain_contraction_and_fixed_folding_keep_the_group():
     # 0 -> 1 -> 2 and 3 -> 4 -> 5 chains hanging from a fixed root 6: the chains swap (order 2)
-    g = raw_graph(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0],
-                  [False] * 6 + [True])
+    g = raw_graph(
+        7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0], [False] * 6 + [True]
+    )
     cls, pos, _ = chain_classes(7, [0, 1, 3, 4], [1, 2, 4, 5], [1, 1, 1, 1], [1] * 6 + [0])
     assert cls[0] == cls[1] == cls[2] != cls[3] and pos[:3].tolist() == [0, 1, 2]
     assert compute_group(g).order == vf2_count(g) == 2
-    (m, *_), keep = fold_fixed(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1],
-                               [1] * 6 + [0], [False] * 6 + [True])
+    (m, *_), keep = fold_fixed(
+        7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1], [1] * 6 + [0], [False] * 6 + [True]
+    )
     assert m == 6 and keep.tolist() == [0, 1, 2, 3, 4, 5]
     # negative control: colouring one chain's middle edge differently breaks the symmetry
-    g2 = raw_graph(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 2, 1], [1] * 6 + [0],
-                   [False] * 6 + [True])
+    g2 = raw_graph(7, [6, 0, 1, 6, 3, 4], [0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 2, 1], [1] * 6 + [0], [False] * 6 + [True])
     assert compute_group(g2).order == vf2_count(g2) == 1
 
 
@@ -274,8 +278,7 @@ def test_unreduced_nauty_agrees_on_a_residual_cnn_with_batchnorm():
         def forward(self, x):
             return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
 
-    model = nn.Sequential(nn.Conv2d(2, 3, 1), Block(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(3, 2))
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), Block(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
     aut = symgraph.automorphism_group(model, input_shape=(1, 2, 4, 4))
     assert aut.order == math.factorial(3) * math.factorial(4) ** 2
     assert compute_group(aut.graph, reduce=False).order == aut.order

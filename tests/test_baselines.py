@@ -23,9 +23,17 @@ def _mlp(widths=(3, 5, 4, 2), bias=True):
 
 def _cnn(bias=True):
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=bias), nn.ReLU(), nn.Conv2d(3, 4, 3, bias=bias),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5, bias=bias), nn.ReLU(),
-                         nn.Linear(5, 2, bias=bias)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, bias=bias),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 5, bias=bias),
+        nn.ReLU(),
+        nn.Linear(5, 2, bias=bias),
+    ).double()
 
 
 def _graphs():
@@ -162,7 +170,7 @@ def test_npnfn_equivariance_check_flags_a_non_symmetry():
     out, out_b = model.forward_edges(g)[0], model.forward_edges(gb)[0]
     # where the rows went, if it were a symmetry
     idx = torch.arange(g.num_edges)
-    idx[r.start : r.stop] = (r.start + torch.arange(15).view(5, 3)[rows].reshape(-1))
+    idx[r.start : r.stop] = r.start + torch.arange(15).view(5, 3)[rows].reshape(-1)
     assert (out_b - out[idx]).abs().max() > 1e-6
 
 
@@ -185,12 +193,15 @@ def test_npnfn_edge_output_maps_back_onto_the_parameters():
     m.load_state_dict(sd)
 
 
-@pytest.mark.parametrize("name, kw, match", [
-    ("resnet", dict(in_shape=(2, 6, 6), hidden=4, norm="none"), "only linear, convolution and bias edges"),
-    ("vit", dict(in_shape=(2, 8, 8), dim=8, depth=1), "expected an MLP or CNN without normalisation"),
-    ("deepsets", dict(in_shape=(2, 4, 4), hidden=8), "only linear, convolution and bias edges"),
-    ("cnn2d", dict(in_shape=(2, 6, 6), hidden=4, norm="batchnorm"), "without normalisation layers"),
-])
+@pytest.mark.parametrize(
+    "name, kw, match",
+    [
+        ("resnet", dict(in_shape=(2, 6, 6), hidden=4, norm="none"), "only linear, convolution and bias edges"),
+        ("vit", dict(in_shape=(2, 8, 8), dim=8, depth=1), "expected an MLP or CNN without normalisation"),
+        ("deepsets", dict(in_shape=(2, 4, 4), hidden=8), "only linear, convolution and bias edges"),
+        ("cnn2d", dict(in_shape=(2, 6, 6), hidden=4, norm="batchnorm"), "without normalisation layers"),
+    ],
+)
 def test_npnfn_raises_unsupported_architecture_on_residual_attention_deepsets_and_norms(name, kw, match):
     pytest.importorskip("symgraph.models")
     from symgraph.models import build_model

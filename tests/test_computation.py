@@ -108,11 +108,11 @@ def cnns(draw):
         modes = ["zeros"] + (["circular", "replicate"] if pad <= size else []) + (["reflect"] if pad < size else [])
         mode = draw(st.sampled_from(modes)) if pad > 0 else "zeros"
         bias = draw(st.booleans())
-        conv = [nn.Conv1d, nn.Conv2d, nn.Conv3d][nd - 1](c_in, c_out, k, stride=stride, padding=pad, dilation=dil,
-                                                          groups=groups, bias=bias, padding_mode=mode)
+        conv = [nn.Conv1d, nn.Conv2d, nn.Conv3d][nd - 1](
+            c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias, padding_mode=mode
+        )
         layers.append(conv)
-        info.append(dict(c_in=c_in, c_out=c_out, k=k, s=stride, p=pad, d=dil, g=groups, bias=bias, mode=mode,
-                         S=size))
+        info.append(dict(c_in=c_in, c_out=c_out, k=k, s=stride, p=pad, d=dil, g=groups, bias=bias, mode=mode, S=size))
         size = _out_size(size, k, stride, pad, dil)
         c_in = c_out
         if i < depth - 1:
@@ -124,8 +124,11 @@ def cnns(draw):
         if head == "mean":
             layers += [MeanHead(nd), nn.Linear(c_in, n_out)]
         elif head == "adaptive":
-            layers += [[nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d][nd - 1](1), nn.Flatten(),
-                       nn.Linear(c_in, n_out)]
+            layers += [
+                [nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d][nd - 1](1),
+                nn.Flatten(),
+                nn.Linear(c_in, n_out),
+            ]
         else:
             layers += [nn.Flatten(), nn.Linear(c_in * size**nd, n_out)]
     model = nn.Sequential(*layers).double().eval()
@@ -169,8 +172,11 @@ def _expected_counts(model, shape, meta) -> tuple[int, int]:
 def _used_scalars(model, x) -> set[tuple[str, int]]:
     """Independent oracle of the parameter scalars the function uses: d(sum of conv(1))/dW != 0 with all ones."""
     shapes = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, key=name: shapes.__setitem__(key, inp[0].shape))
-             for name, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, key=name: shapes.__setitem__(key, inp[0].shape))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -197,8 +203,11 @@ def _classes(cg: ComputationGraph) -> set[tuple[str, int]]:
 
 
 def _group(cg: ComputationGraph, module: str, role: str = "hidden"):
-    return next(g for g in cg.node_groups if g.module == module and g.kind != "" and g.role in (role, "output")
-                and "bias" not in g.name)
+    return next(
+        g
+        for g in cg.node_groups
+        if g.module == module and g.kind != "" and g.role in (role, "output") and "bias" not in g.name
+    )
 
 
 # ---------------------------------------------------------------------- Eq. 7 and sizes
@@ -213,7 +222,8 @@ def test_eq7_evaluator_reproduces_random_mlp_and_sizes_follow_formula(case):
     assert _max_diff(out, model(x)) <= F64_TOL
     assert cg.num_nodes == sum(widths) + sum(biases)
     assert cg.num_edges == sum(a * b for a, b in zip(widths, widths[1:])) + sum(
-        w for w, b in zip(widths[1:], biases, strict=True) if b)
+        w for w, b in zip(widths[1:], biases, strict=True) if b
+    )
     # one class per parameter scalar, each on exactly one edge (an MLP's computation graph is its parameter graph)
     assert cg.num_classes == cg.num_parameters == sum(p.numel() for p in model.parameters())
     assert bool((cg.class_sizes() == 1).all())
@@ -252,8 +262,9 @@ def test_parameter_map_is_homomorphism_onto_parameter_graph(case):
     has = cg.edge_class >= 0
     pslot, pflat = pg.edge_param.lookup(param_edge[has])
     cslot, cflat = cg.edge_param.lookup(has.nonzero().flatten())
-    assert [pg.edge_param.slots[i].name for i in pslot.tolist()] == [cg.edge_param.slots[i].name
-                                                                     for i in cslot.tolist()]
+    assert [pg.edge_param.slots[i].name for i in pslot.tolist()] == [
+        cg.edge_param.slots[i].name for i in cslot.tolist()
+    ]
     assert torch.equal(pflat, cflat)
     assert torch.equal(pg.edge_index[:, param_edge[has]], param_node[cg.edge_index[:, has]])
     # conv edges keep their colour key (kernel position) under the map
@@ -263,9 +274,11 @@ def test_parameter_map_is_homomorphism_onto_parameter_graph(case):
     # roles: inputs -> input nodes, bias -> bias nodes; neuron (c, p) of a conv layer -> channel node c
     assert bool(pg.role_mask("input")[param_node[cg.role_mask("input")]].all())
     assert bool(pg.role_mask("bias")[param_node[cg.role_mask("bias")]].all())
-    for L, name in zip(meta["layers"], [n for n, m in model.named_children() if isinstance(m, nn.Conv1d | nn.Conv2d
-                                                                                           | nn.Conv3d)],
-                       strict=True):
+    for L, name in zip(
+        meta["layers"],
+        [n for n, m in model.named_children() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)],
+        strict=True,
+    ):
         g = _group(cg, name)
         img = param_node[g.start : g.stop].view(L["c_out"], -1)
         assert bool((img == img[:, :1]).all()) and torch.unique(img[:, 0]).numel() == L["c_out"]
@@ -367,22 +380,37 @@ class Tokens(nn.Module):
         self.c = nn.Linear(2, 1)
 
     def forward(self, x):
-        h = F.gelu(self.a(x))                  # (B, 5, 4)
-        h = self.b(h.transpose(1, 2))          # (B, 2, 4)
+        h = F.gelu(self.a(x))  # (B, 5, 4)
+        h = self.b(h.transpose(1, 2))  # (B, 2, 4)
         h = h.permute(0, 2, 1).sum(dim=1, keepdim=True) + h.mean(-1).unsqueeze(1)
         return self.c(h).view(x.shape[0], -1)
 
 
-@pytest.mark.parametrize("model_fn,shape,has_map", [
-    (ResMLP, (4, 3), True),
-    (ResCNN, (2, 2, 7, 6), True),
-    (Tokens, (3, 5, 3), False),  # the parameter graph has no encoder for unsqueeze: no C.5 map, said in meta
-    (lambda: nn.Sequential(nn.Conv3d(2, 4, 2, groups=2, stride=(1, 2, 1)), nn.Hardtanh(-0.5, 0.5),
-                           nn.AdaptiveAvgPool3d((2, 1, 2)), nn.Flatten(), nn.Dropout(0.3), nn.Linear(16, 2)),
-     (2, 2, 4, 5, 3), True),
-    (lambda: nn.Sequential(nn.Linear(3, 4), Siren(30.0), nn.Linear(4, 4), Siren(30.0), nn.Linear(4, 1)), (6, 3),
-     True),
-])
+@pytest.mark.parametrize(
+    "model_fn,shape,has_map",
+    [
+        (ResMLP, (4, 3), True),
+        (ResCNN, (2, 2, 7, 6), True),
+        (Tokens, (3, 5, 3), False),  # the parameter graph has no encoder for unsqueeze: no C.5 map, said in meta
+        (
+            lambda: nn.Sequential(
+                nn.Conv3d(2, 4, 2, groups=2, stride=(1, 2, 1)),
+                nn.Hardtanh(-0.5, 0.5),
+                nn.AdaptiveAvgPool3d((2, 1, 2)),
+                nn.Flatten(),
+                nn.Dropout(0.3),
+                nn.Linear(16, 2),
+            ),
+            (2, 2, 4, 5, 3),
+            True,
+        ),
+        (
+            lambda: nn.Sequential(nn.Linear(3, 4), Siren(30.0), nn.Linear(4, 4), Siren(30.0), nn.Linear(4, 1)),
+            (6, 3),
+            True,
+        ),
+    ],
+)
 def test_eq7_reproduces_models_with_residuals_pooling_and_reshapes(model_fn, shape, has_map, tol):
     torch.manual_seed(3)
     model = model_fn().double().eval()
@@ -415,8 +443,9 @@ def test_shared_edge_param_index_and_state_dict_roundtrip():
     assert cg.edge_param[0] == ("0.weight", 0)
     assert torch.equal(cg.class_sizes()[:4], torch.full((4,), 2))  # each tap used at 2 positions
     e = cg.edge_param.edges_of("0.weight")
-    assert e.numel() == 2 * 2 * 2 and torch.equal(cg.edge_weight[e].sort().values,
-                                                  model[0].weight.detach().reshape(-1).repeat(2).sort().values)
+    assert e.numel() == 2 * 2 * 2 and torch.equal(
+        cg.edge_weight[e].sort().values, model[0].weight.detach().reshape(-1).repeat(2).sort().values
+    )
     sd = cg.to_state_dict()
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
 
@@ -442,8 +471,13 @@ def test_unsupported_ops_raise_typed_errors_naming_the_op():
 # ---------------------------------------------------------------------- automorphisms and weight sharing
 def _cnn_and_channel_perm():
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Tanh(), nn.Conv2d(3, 2, 2, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(2 * 16, 2)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 1), nn.Tanh(), nn.Conv2d(3, 2, 2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16, 2)
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(4, 2, 3, 3)
     cg = symgraph.computation_graph(model, x)
     g0 = _group(cg, "0")
@@ -506,9 +540,13 @@ def test_sharing_graph_sizes():
 
 def test_activation_names_parse_and_match_functions():
     xs = torch.linspace(-3, 3, 13)
-    for name, fn in [("relu", F.relu), ("gelu(tanh)", lambda t: F.gelu(t, approximate="tanh")),
-                     ("softplus(2.0,20.0)", lambda t: F.softplus(t, 2.0, 20.0)), ("rsub(1.5)", lambda t: 1.5 - t),
-                     ("hardtanh(-0.5,0.5)", lambda t: F.hardtanh(t, -0.5, 0.5))]:
+    for name, fn in [
+        ("relu", F.relu),
+        ("gelu(tanh)", lambda t: F.gelu(t, approximate="tanh")),
+        ("softplus(2.0,20.0)", lambda t: F.softplus(t, 2.0, 20.0)),
+        ("rsub(1.5)", lambda t: 1.5 - t),
+        ("hardtanh(-0.5,0.5)", lambda t: F.hardtanh(t, -0.5, 0.5)),
+    ]:
         assert torch.equal(activation_function(name)(xs), fn(xs))
     with pytest.raises(UnsupportedModuleError):
         activation_function("softmax")

@@ -23,8 +23,15 @@ def _mlp(widths, act=nn.ReLU):
 
 def _cnn(c=(3, 4, 5), k=3):
     return nn.Sequential(
-        nn.Conv2d(c[0], c[1], k, padding=1), nn.ReLU(), nn.Conv2d(c[1], c[2], k), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * c[2], 6), nn.Tanh(), nn.Linear(6, 2),
+        nn.Conv2d(c[0], c[1], k, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c[1], c[2], k),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * c[2], 6),
+        nn.Tanh(),
+        nn.Linear(6, 2),
     ).double()
 
 
@@ -122,11 +129,14 @@ def test_gmn_edge_output_is_not_equivariant_to_input_swap():
     assert (out_p[eperm] - out).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("config", [
-    dict(order=("global", "node", "edge"), global_aggr="inside"),
-    dict(use_global=False, pool=("edge",)),
-    dict(aggr="mean", global_reduce="sum", norm=None, residual=False),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(order=("global", "node", "edge"), global_aggr="inside"),
+        dict(use_global=False, pool=("edge",)),
+        dict(aggr="mean", global_reduce="sum", norm=None, residual=False),
+    ],
+)
 def test_gmn_variants_are_invariant(config, tol):
     g = GRAPHS["cnn"]()
     model = _model(**config)
@@ -186,7 +196,7 @@ def test_edge_output_to_state_dict_loads_into_the_model():
     out = model(Batch.from_data_list([gmn.graph_to_data(g)]))
     sd = gmn.edge_output_to_state_dict(g, out)
     m.load_state_dict(sd)
-    assert torch.equal(m[0].weight.detach().flatten(), out[: 12, 0].detach())
+    assert torch.equal(m[0].weight.detach().flatten(), out[:12, 0].detach())
     sd2 = gmn.edge_output_to_state_dict(g, out, residual_scale=0.5)
     ref = g.to_state_dict()
     k = "2.bias"
@@ -237,8 +247,9 @@ def test_gmn_layer_global_inside_sums_per_graph():
     """Eq. 35 with global_fn_inside(e, u) = e: u becomes the per-graph sum of edge features."""
     gs = [symgraph.parameter_graph(_mlp((2, 3, 1))), symgraph.parameter_graph(_mlp((3, 4, 2)))]
     batch = Batch.from_data_list([g.to_pyg() for g in gs])
-    layer = GMNLayer(1, 1, 1, order=("global",), global_aggr="inside",
-                     global_fn_inside=lambda e, u: e, residual=False, norm=None)
+    layer = GMNLayer(
+        1, 1, 1, order=("global",), global_aggr="inside", global_fn_inside=lambda e, u: e, residual=False, norm=None
+    )
     v = torch.zeros(batch.num_nodes, 1, dtype=torch.float64)
     _, _, u = layer(v, batch.edge_index, batch.edge_weight.view(-1, 1), None, batch.batch)
     expected = torch.stack([g.edge_weight.sum() for g in gs]).view(-1, 1)
@@ -306,8 +317,9 @@ def test_train_regressor_checkpoints_atomically_and_resumes(tmp_path):
     assert ckpt.exists() and not [p for p in ckpt.parent.iterdir() if p.suffix == ".tmp"]
     # resume: a fresh model continues from epoch 2 with the saved weights and history
     model2 = gmn.GMN(hidden_dim=8, num_layers=1)
-    h2 = gmn.train_regressor(model2, train, val, epochs=3, lr=1e-3, checkpoint=ckpt, progress=False, device="cpu",
-                             restore_best=False)
+    h2 = gmn.train_regressor(
+        model2, train, val, epochs=3, lr=1e-3, checkpoint=ckpt, progress=False, device="cpu", restore_best=False
+    )
     assert [r["epoch"] for r in h2["epochs"]] == [0, 1, 2]
     assert h2["epochs"][0]["train_loss"] == h1["epochs"][0]["train_loss"]
     ev = gmn.evaluate(model2, val, device="cpu")

@@ -23,8 +23,9 @@ def _mlp():
 
 def _cnn():
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(12, 2))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    )
 
 
 def _hidden_shuffle(g, seed=0):

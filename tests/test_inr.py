@@ -76,8 +76,23 @@ def test_sine_dataset_cli_writes_shards_and_resumes(tmp_path):
     from gmn.inr import sine_dataset
 
     out = tmp_path / "sine"
-    rc = sine_dataset.main(["--out", str(out), "--n-train", "3", "--n-val", "2", "--n-test", "2", "--shard-size", "2",
-                            "--steps", "5", "--json"])
+    rc = sine_dataset.main(
+        [
+            "--out",
+            str(out),
+            "--n-train",
+            "3",
+            "--n-val",
+            "2",
+            "--n-test",
+            "2",
+            "--shard-size",
+            "2",
+            "--steps",
+            "5",
+            "--json",
+        ]
+    )
     assert rc == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["splits"]["train"]["n"] == 3 and man["fit"]["steps"] == 5
@@ -177,8 +192,21 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
     data = tmp_path / "sine"
     generate(data, 8, 4, 4, shard_size=8, fit=FitConfig(steps=3, lr=5e-3), progress=False)
     out = tmp_path / "ssl"
-    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--seeds", "0",
-            "--encoders", "gmn,npnfn,mlp", "--no-progress"]
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--seeds",
+        "0",
+        "--encoders",
+        "gmn,npnfn,mlp",
+        "--no-progress",
+    ]
     assert ssl_sine.main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert {"gmn/seed0", "npnfn/seed0", "mlp/seed0", "raw_weights"} <= set(res["runs"])

@@ -67,8 +67,10 @@ def cnns(draw, max_depth=4):
         groups = draw(st.sampled_from(g_choices))
         c_out = groups * draw(st.integers(1, 4))
         bias = draw(st.booleans())
-        layers += [conv(chans[-1], c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias),
-                   nn.ReLU()]
+        layers += [
+            conv(chans[-1], c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias),
+            nn.ReLU(),
+        ]
         desc.append((chans[-1], c_out, k, groups, bias))
         chans.append(c_out)
         spatial = (spatial + 2 * pad - eff) // stride + 1
@@ -202,8 +204,9 @@ def test_permuting_hidden_units_by_hand_gives_isomorphic_graph_and_same_function
 
 def test_permuting_cnn_channels_by_hand_is_an_automorphism_and_preserves_function():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    ).double()
     g = symgraph.parameter_graph(model, input_shape=(1, 2, 6, 6))
     grp = [x for x in g.node_groups if x.role == "hidden"][1]  # second conv's output channels
     perm = torch.tensor([2, 0, 3, 1])
@@ -318,8 +321,9 @@ def test_custom_module_with_chained_forward_is_traced():
 
 
 def test_exports_to_pyg_and_networkx_keep_counts():
-    g = symgraph.parameter_graph(nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Conv1d(3, 2, 2)),
-                                 input_shape=(1, 2, 8))
+    g = symgraph.parameter_graph(
+        nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Conv1d(3, 2, 2)), input_shape=(1, 2, 8)
+    )
     d = g.to_pyg()
     assert d.num_nodes == g.num_nodes and d.edge_index.shape[1] == g.num_edges
     nxg = g.to_networkx()

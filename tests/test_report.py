@@ -22,8 +22,16 @@ class ResMLP(nn.Module):
 
 def groupnorm_cnn():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    )
     m[1].weight.data.normal_()
     m[1].bias.data.normal_()
     return m
@@ -32,8 +40,19 @@ def groupnorm_cnn():
 def test_report_on_mlp_cnn_and_residual_models_is_sound_and_complete():
     models = [
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)), None),
-        (nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.ReLU(),
-                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)), (1, 2, 5, 5)),
+        (
+            nn.Sequential(
+                nn.Conv2d(2, 3, 3),
+                nn.BatchNorm2d(3),
+                nn.ReLU(),
+                nn.Conv2d(3, 2, 1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(2, 2),
+            ),
+            (1, 2, 5, 5),
+        ),
         (ResMLP(), None),
     ]
     for model, shape in models:

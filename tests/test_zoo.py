@@ -119,14 +119,18 @@ def test_one_group_mixes_optimizers_and_dropout_rates_exactly_like_separate_runs
     def maker(p):
         return lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 10))
 
-    hps = [HParams(5e-2, 1e-4, 0.0, "sgd", 0), HParams(1e-2, 1e-4, 0.1, "adam", 1),
-           HParams(1e-2, 0.0, 0.0, "rmsprop", 2)]
+    hps = [
+        HParams(5e-2, 1e-4, 0.0, "sgd", 0),
+        HParams(1e-2, 1e-4, 0.1, "adam", 1),
+        HParams(1e-2, 0.0, 0.0, "rmsprop", 2),
+    ]
     makers = [maker(0.0), maker(0.0), maker(0.0)]
     together = train_group(makers, hps, data, epochs=1, vectorize=True)
     alone = train_group(makers, hps, data, epochs=1, vectorize=False)
     for a, b in zip(together, alone):
-        assert set(a.state_dict) == set(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.0),
-                                                      nn.Linear(16, 10)).state_dict())  # no dropout buffer saved
+        assert set(a.state_dict) == set(
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.0), nn.Linear(16, 10)).state_dict()
+        )  # no dropout buffer saved
         for k in a.state_dict:
             assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-5, rtol=1e-4)
     # dropout rates really differ per network in a group: with p = 0.9 for one, its training loss differs
@@ -160,8 +164,25 @@ def test_splits_are_disjoint_and_cover_the_right_networks(split):
 
 # ----------------------------------------------------------------------------------------------- generation
 def _gen_cmd(out: Path, n: int) -> list[str]:
-    return [sys.executable, "-m", "gmn.zoo", "generate", "--family", "varying-cnn", "--n", str(n), "--out",
-            str(out), "--epochs", "1", "--group-size", "2", "--train-subset", "128", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "gmn.zoo",
+        "generate",
+        "--family",
+        "varying-cnn",
+        "--n",
+        str(n),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--group-size",
+        "2",
+        "--train-subset",
+        "128",
+        "--json",
+    ]
 
 
 def _registry_has(name: str) -> bool:
@@ -196,8 +217,7 @@ def test_generated_zoo_records_architecture_hyperparameters_and_accuracy(tmp_pat
 def test_ci_slow_zoo_generation_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "zoo"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(_gen_cmd(out, 6), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_gen_cmd(out, 6), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("shard_*.pt"))) < 1:
         time.sleep(0.05)

@@ -38,8 +38,9 @@ class DeepSetsBaseline(nn.Module):
     torch.Size([1, 1])
     """
 
-    def __init__(self, hidden_dim: int = 64, phi_layers: int = 3, rho_layers: int = 2, out_dim: int = 1,
-                 reduce: str = "mean"):
+    def __init__(
+        self, hidden_dim: int = 64, phi_layers: int = 3, rho_layers: int = 2, out_dim: int = 1, reduce: str = "mean"
+    ):
         super().__init__()
         self.hidden_dim, self.out_dim, self.reduce = hidden_dim, out_dim, reduce
         self.kind_emb = nn.Embedding(len(EDGE_KIND_VOCAB), hidden_dim)

@@ -49,8 +49,9 @@ class DMC(nn.Module):
     torch.Size([1, 1])
     """
 
-    def __init__(self, channels: int = 64, num_conv: int = 4, kernel_size: int = 7, first_stride: int = 4,
-                 out_dim: int = 1):
+    def __init__(
+        self, channels: int = 64, num_conv: int = 4, kernel_size: int = 7, first_stride: int = 4, out_dim: int = 1
+    ):
         super().__init__()
         self.channels, self.num_conv, self.kernel_size = channels, num_conv, kernel_size
         self.first_stride, self.out_dim = first_stride, out_dim
@@ -91,5 +92,7 @@ class DMC(nn.Module):
         return self.head(mean, mx)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(channels={self.channels}, num_conv={self.num_conv}, "
-                f"kernel_size={self.kernel_size}, first_stride={self.first_stride}, out_dim={self.out_dim})")
+        return (
+            f"{type(self).__name__}(channels={self.channels}, num_conv={self.num_conv}, "
+            f"kernel_size={self.kernel_size}, first_stride={self.first_stride}, out_dim={self.out_dim})"
+        )

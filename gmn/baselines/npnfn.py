@@ -73,13 +73,17 @@ class NFNSpec:
         name = "NP-NFN"
         node_slots = [s.name for s in g.slots if s.location == "node"]
         if node_slots:
-            raise UnsupportedArchitectureError(name, "an MLP or CNN without normalisation layers",
-                                               f"node-stored parameters {node_slots[:3]}")
+            raise UnsupportedArchitectureError(
+                name, "an MLP or CNN without normalisation layers", f"node-stored parameters {node_slots[:3]}"
+            )
         keys = g.edge_color_keys
         for k in keys:
             if not k or k[0] not in (*_DENSE_KINDS, "bias"):
-                raise UnsupportedArchitectureError(name, "only linear, convolution and bias edges",
-                                                   f"an edge of kind {k[:2]!r} (residual, attention, ...)")
+                raise UnsupportedArchitectureError(
+                    name,
+                    "only linear, convolution and bias edges",
+                    f"an edge of kind {k[:2]!r} (residual, attention, ...)",
+                )
             if k[0] == "conv" and len(k) > 6 and k[6] != 1:
                 raise UnsupportedArchitectureError(name, "convolutions with groups=1", f"groups={k[6]}")
         has = g.edge_param.has_param()
@@ -120,8 +124,9 @@ class NFNSpec:
             raise UnsupportedArchitectureError(name, "a first layer reading the input nodes", "other wiring")
         for a, b in zip(layers[:-1], layers[1:]):
             if not torch.equal(a["rows"], b["cols"]):
-                raise UnsupportedArchitectureError(name, "a sequential chain of layers",
-                                                   f"'{b['weight']}' not reading the outputs of '{a['weight']}'")
+                raise UnsupportedArchitectureError(
+                    name, "a sequential chain of layers", f"'{b['weight']}' not reading the outputs of '{a['weight']}'"
+                )
         if not torch.equal(layers[-1]["rows"], g.output_nodes):
             raise UnsupportedArchitectureError(name, "a last layer writing the output nodes", "other wiring")
         return cls(tuple(NFNLayerSpec(L["weight"], L["bias"], L["n_out"], L["n_in"], L["K"]) for L in layers))
@@ -165,23 +170,29 @@ class NPLinear(nn.Module):
         self.A6 = nn.ModuleList(nn.Linear(w_in[l], w_out[l]) for l in range(L))
         self.A2 = nn.ModuleList(nn.Linear(w_in[l], w_out[l], bias=False) for l in range(L))
         self.A4 = nn.ModuleList(nn.Linear(w_in[l], w_out[l], bias=False) for l in range(L))
-        self.A3 = nn.ModuleList(nn.Linear(w_in[l - 1], w_out[l], bias=False) if l > 0 else nn.Identity()
-                                for l in range(L))
-        self.A5 = nn.ModuleList(nn.Linear(w_in[l + 1], w_out[l], bias=False) if l < L - 1 else nn.Identity()
-                                for l in range(L))
+        self.A3 = nn.ModuleList(
+            nn.Linear(w_in[l - 1], w_out[l], bias=False) if l > 0 else nn.Identity() for l in range(L)
+        )
+        self.A5 = nn.ModuleList(
+            nn.Linear(w_in[l + 1], w_out[l], bias=False) if l < L - 1 else nn.Identity() for l in range(L)
+        )
         self.A1 = nn.ModuleList(nn.Linear(g_in, w_out[l], bias=False) for l in range(L))
-        self.A8 = nn.ModuleList(nn.Linear(b_in[l], w_out[l], bias=False) if b_in[l] else nn.Identity()
-                                for l in range(L))
-        self.A9 = nn.ModuleList(nn.Linear(b_in[l - 1], w_out[l], bias=False) if l > 0 and b_in[l - 1]
-                                else nn.Identity() for l in range(L))
-        self.C5 = nn.ModuleList(nn.Linear(b_in[l], b_out[l]) if b_in[l] and b_out[l] else nn.Identity()
-                                for l in range(L))
-        self.C2 = nn.ModuleList(nn.Linear(w_in[l], b_out[l], bias=False) if b_out[l] else nn.Identity()
-                                for l in range(L))
-        self.C3 = nn.ModuleList(nn.Linear(w_in[l + 1], b_out[l], bias=False) if b_out[l] and l < L - 1
-                                else nn.Identity() for l in range(L))
-        self.C1 = nn.ModuleList(nn.Linear(g_in, b_out[l], bias=False) if b_out[l] else nn.Identity()
-                                for l in range(L))
+        self.A8 = nn.ModuleList(
+            nn.Linear(b_in[l], w_out[l], bias=False) if b_in[l] else nn.Identity() for l in range(L)
+        )
+        self.A9 = nn.ModuleList(
+            nn.Linear(b_in[l - 1], w_out[l], bias=False) if l > 0 and b_in[l - 1] else nn.Identity() for l in range(L)
+        )
+        self.C5 = nn.ModuleList(
+            nn.Linear(b_in[l], b_out[l]) if b_in[l] and b_out[l] else nn.Identity() for l in range(L)
+        )
+        self.C2 = nn.ModuleList(
+            nn.Linear(w_in[l], b_out[l], bias=False) if b_out[l] else nn.Identity() for l in range(L)
+        )
+        self.C3 = nn.ModuleList(
+            nn.Linear(w_in[l + 1], b_out[l], bias=False) if b_out[l] and l < L - 1 else nn.Identity() for l in range(L)
+        )
+        self.C1 = nn.ModuleList(nn.Linear(g_in, b_out[l], bias=False) if b_out[l] else nn.Identity() for l in range(L))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -249,8 +260,14 @@ class NPNFN(nn.Module):
     torch.Size([2, 1])
     """
 
-    def __init__(self, spec: NFNSpec | NeuralGraph, hidden_dim: int = 16, num_layers: int = 2,
-                 out_dim: int | None = 1, edge_out_dim: int | None = None):
+    def __init__(
+        self,
+        spec: NFNSpec | NeuralGraph,
+        hidden_dim: int = 16,
+        num_layers: int = 2,
+        out_dim: int | None = 1,
+        edge_out_dim: int | None = None,
+    ):
         super().__init__()
         if isinstance(spec, NeuralGraph):
             spec = NFNSpec.from_graph(spec)
@@ -272,8 +289,9 @@ class NPNFN(nn.Module):
         self.head = ConcatMLP(sum(w_in) + sum(b_in), h, out_dim, 2) if out_dim is not None else None
         self.edge_layer = None
         if edge_out_dim is not None:
-            self.edge_layer = NPLinear(w_in, [k * edge_out_dim for k in Ks], b_in,
-                                       [edge_out_dim if b else 0 for b in hb])
+            self.edge_layer = NPLinear(
+                w_in, [k * edge_out_dim for k in Ks], b_in, [edge_out_dim if b else 0 for b in hb]
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -289,7 +307,8 @@ class NPNFN(nn.Module):
         for s in specs:
             if s.signature != self.signature:
                 raise UnsupportedArchitectureError(
-                    "NPNFN", f"networks with layer signature (kernel, bias) {self.signature}", f"{s.signature}")
+                    "NPNFN", f"networks with layer signature (kernel, bias) {self.signature}", f"{s.signature}"
+                )
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(specs):
             groups.setdefault(s.shapes, []).append(i)
@@ -298,8 +317,9 @@ class NPNFN(nn.Module):
             spec = specs[idx[0]]
             per = [spec.weights(graphs[i], dtype) for i in idx]
             Ws = [torch.stack([p[0][l] for p in per]) for l in range(len(spec.layers))]
-            bs = [None if per[0][1][l] is None else torch.stack([p[1][l] for p in per])
-                  for l in range(len(spec.layers))]
+            bs = [
+                None if per[0][1][l] is None else torch.stack([p[1][l] for p in per]) for l in range(len(spec.layers))
+            ]
             dev = next(self.parameters()).device
             yield idx, spec, [W.to(dev) for W in Ws], [None if b is None else b.to(dev) for b in bs]
 
@@ -347,5 +367,7 @@ class NPNFN(nn.Module):
         return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(signature={self.signature}, hidden_dim={self.hidden_dim}, "
-                f"num_layers={self.num_layers}, out_dim={self.out_dim}, edge_out_dim={self.edge_out_dim})")
+        return (
+            f"{type(self).__name__}(signature={self.signature}, hidden_dim={self.hidden_dim}, "
+            f"num_layers={self.num_layers}, out_dim={self.out_dim}, edge_out_dim={self.edge_out_dim})"
+        )

@@ -83,8 +83,9 @@ class StatNN(nn.Module):
     torch.Size([1, 1])
     """
 
-    def __init__(self, hidden_dim: int = 64, num_layers: int = 3, out_dim: int = 1, layout: str = "pad",
-                 max_tensors: int = 16):
+    def __init__(
+        self, hidden_dim: int = 64, num_layers: int = 3, out_dim: int = 1, layout: str = "pad", max_tensors: int = 16
+    ):
         super().__init__()
         if layout not in ("pad", "pool"):
             raise ValueError(f"Expected layout 'pad' or 'pool' (got {layout!r})")
@@ -121,7 +122,9 @@ class StatNN(nn.Module):
             if T > self.max_tensors:
                 raise UnsupportedArchitectureError(
                     f"StatNN(layout='pad', max_tensors={self.max_tensors})",
-                    f"at most {self.max_tensors} parameter tensors", f"a network with {T}")
+                    f"at most {self.max_tensors} parameter tensors",
+                    f"a network with {T}",
+                )
             if T < self.max_tensors:
                 feats = torch.cat([feats, feats.new_zeros(G, self.max_tensors - T, NUM_STATS + 1)], 1)
             return self.mlp(feats.reshape(G, -1))
@@ -133,5 +136,7 @@ class StatNN(nn.Module):
         return self.mlp(pooled)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(hidden_dim={self.hidden_dim}, out_dim={self.out_dim}, "
-                f"layout={self.layout!r}, max_tensors={self.max_tensors})")
+        return (
+            f"{type(self).__name__}(hidden_dim={self.hidden_dim}, out_dim={self.out_dim}, "
+            f"layout={self.layout!r}, max_tensors={self.max_tensors})"
+        )

@@ -33,23 +33,41 @@ LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)
 
 #: Paper Table 1 (CIFAR-10 zoos): (R^2, tau) as (mean, std) pairs; None where the paper has no entry.
 PAPER_TABLE1 = {
-    ("varying-cnn", "50"): {"deepsets": ((.778, .002), (.697, .002)), "dmc": ((.948, .009), (.876, .003)),
-                            "gmn": ((.978, .002), (.915, .006))},
-    ("diverse", "50"): {"deepsets": ((.562, .020), (.559, .011)), "dmc": ((.957, .009), (.883, .007)),
-                        "gmn": ((.975, .002), (.908, .004))},
-    ("varying-cnn", "5"): {"deepsets": ((.692, .006), (.648, .002)), "dmc": ((.816, .038), (.762, .014)),
-                           "gmn": ((.876, .010), (.797, .005))},
-    ("diverse", "5"): {"deepsets": ((.126, .015), (.290, .010)), "dmc": ((.810, .046), (.758, .013)),
-                       "gmn": ((.918, .002), (.828, .005))},
-    ("varying-cnn", "ood"): {"deepsets": ((.741, .015), (.683, .005)), "dmc": ((.387, .229), (.760, .024)),
-                             "gmn": ((.891, .037), (.870, .010))},
-    ("diverse", "ood"): {"deepsets": ((.128, .071), (.380, .014)), "dmc": ((-.134, .147), (.566, .055)),
-                         "gmn": ((.768, .063), (.780, .030))},
+    ("varying-cnn", "50"): {
+        "deepsets": ((0.778, 0.002), (0.697, 0.002)),
+        "dmc": ((0.948, 0.009), (0.876, 0.003)),
+        "gmn": ((0.978, 0.002), (0.915, 0.006)),
+    },
+    ("diverse", "50"): {
+        "deepsets": ((0.562, 0.020), (0.559, 0.011)),
+        "dmc": ((0.957, 0.009), (0.883, 0.007)),
+        "gmn": ((0.975, 0.002), (0.908, 0.004)),
+    },
+    ("varying-cnn", "5"): {
+        "deepsets": ((0.692, 0.006), (0.648, 0.002)),
+        "dmc": ((0.816, 0.038), (0.762, 0.014)),
+        "gmn": ((0.876, 0.010), (0.797, 0.005)),
+    },
+    ("diverse", "5"): {
+        "deepsets": ((0.126, 0.015), (0.290, 0.010)),
+        "dmc": ((0.810, 0.046), (0.758, 0.013)),
+        "gmn": ((0.918, 0.002), (0.828, 0.005)),
+    },
+    ("varying-cnn", "ood"): {
+        "deepsets": ((0.741, 0.015), (0.683, 0.005)),
+        "dmc": ((0.387, 0.229), (0.760, 0.024)),
+        "gmn": ((0.891, 0.037), (0.870, 0.010)),
+    },
+    ("diverse", "ood"): {
+        "deepsets": ((0.128, 0.071), (0.380, 0.014)),
+        "dmc": ((-0.134, 0.147), (0.566, 0.055)),
+        "gmn": ((0.768, 0.063), (0.780, 0.030)),
+    },
 }
 
 
 #: Paper Table 6 (small CNNs of Unterthiner et al.): test Kendall tau (mean, std); the R^2 column is not given.
-PAPER_TABLE6 = {"npnfn": (.922, .001), "statnn": (.915, .002), "gmn": (.938, .000)}
+PAPER_TABLE6 = {"npnfn": (0.922, 0.001), "statnn": (0.915, 0.002), "gmn": (0.938, 0.000)}
 
 
 @dataclass(frozen=True)
@@ -66,11 +84,11 @@ class Scale:
 
 
 SCALES = {
-    "smoke": Scale(n=40, zoo_epochs=1, train_subset=256, epochs=2, search_epochs=1, seeds=2, budget=5_000,
-                   lrs=(1e-3, 5e-3)),
+    "smoke": Scale(
+        n=40, zoo_epochs=1, train_subset=256, epochs=2, search_epochs=1, seeds=2, budget=5_000, lrs=(1e-3, 5e-3)
+    ),
     "cpu": Scale(n=600, zoo_epochs=8, train_subset=None, epochs=20, search_epochs=8, seeds=3, budget=40_000),
-    "paper": Scale(n=30_000, zoo_epochs=30, train_subset=None, epochs=100, search_epochs=30, seeds=5,
-                   budget=750_000),
+    "paper": Scale(n=30_000, zoo_epochs=30, train_subset=None, epochs=100, search_epochs=30, seeds=5, budget=750_000),
 }
 
 METANETS = ("gmn", "deepsets", "dmc", "statnn", "npnfn")
@@ -184,8 +202,9 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
     for lr in scale.lrs:
         torch.manual_seed(0)
         model = make()
-        h = train_regressor(model, tr, va, epochs=scale.search_epochs, lr=lr, device=device, progress=progress,
-                            forward=fwd, seed=0)
+        h = train_regressor(
+            model, tr, va, epochs=scale.search_epochs, lr=lr, device=device, progress=progress, forward=fwd, seed=0
+        )
         search[lr] = h["best_metric"] if h["best_metric"] is not None else float("nan")
         log(f"  {name}: lr {lr:g} -> val R2 {search[lr]:.3f}")
     finite = {k: v for k, v in search.items() if not math.isnan(v)}
@@ -194,27 +213,48 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
     for seed in range(scale.seeds):
         torch.manual_seed(seed)
         model = make()
-        train_regressor(model, tr, va, epochs=scale.epochs, lr=best_lr, device=device, progress=progress,
-                        forward=fwd, seed=seed)
+        train_regressor(
+            model, tr, va, epochs=scale.epochs, lr=best_lr, device=device, progress=progress, forward=fwd, seed=seed
+        )
         ev_te = evaluate(model, te, device=device, forward=fwd)
         ev_va = evaluate(model, va, device=device, forward=fwd)
-        runs.append({"seed": seed, "test_r2": ev_te["r2"], "test_tau": ev_te["tau"], "val_r2": ev_va["r2"],
-                     "val_tau": ev_va["tau"], "test_pred": ev_te["pred"].flatten().tolist(),
-                     "test_true": ev_te["target"].flatten().tolist(), "val_pred": ev_va["pred"].flatten().tolist(),
-                     "val_true": ev_va["target"].flatten().tolist()})
+        runs.append(
+            {
+                "seed": seed,
+                "test_r2": ev_te["r2"],
+                "test_tau": ev_te["tau"],
+                "val_r2": ev_va["r2"],
+                "val_tau": ev_va["tau"],
+                "test_pred": ev_te["pred"].flatten().tolist(),
+                "test_true": ev_te["target"].flatten().tolist(),
+                "val_pred": ev_va["pred"].flatten().tolist(),
+                "val_true": ev_va["target"].flatten().tolist(),
+            }
+        )
         log(f"  {name}: seed {seed} test R2 {ev_te['r2']:.3f} tau {ev_te['tau']:.3f}")
 
     def ms(key):
         vals = torch.tensor([r[key] for r in runs], dtype=torch.float64)
         return float(vals.mean()), float(vals.std()) if len(vals) > 1 else 0.0
 
-    return {"metanet": name, "supported": True, "hidden": hidden, "params": _n_params(make()), "lr_search": search,
-            "best_lr": best_lr, "r2": ms("test_r2"), "tau": ms("test_tau"), "runs": runs}
+    return {
+        "metanet": name,
+        "supported": True,
+        "hidden": hidden,
+        "params": _n_params(make()),
+        "lr_search": search,
+        "best_lr": best_lr,
+        "r2": ms("test_r2"),
+        "tau": ms("test_tau"),
+        "runs": runs,
+    }
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'split':<6} {'metanet':<9} {'params':>8} {'test R2 (ours)':>16} {'tau (ours)':>14} "
-             f"{'R2 (paper)':>12} {'tau (paper)':>12}"]
+    lines = [
+        f"{'split':<6} {'metanet':<9} {'params':>8} {'test R2 (ours)':>16} {'tau (ours)':>14} "
+        f"{'R2 (paper)':>12} {'tau (paper)':>12}"
+    ]
     for split, rows in results["splits"].items():
         paper = PAPER_TABLE1.get((results["dataset"], split), {})
         for r in rows:
@@ -227,16 +267,31 @@ def format_table(results: dict) -> str:
             if not r["supported"]:
                 lines.append(f"{split:<6} {r['metanet']:<9} {'':>8} {'n/a':>16} {'n/a':>14} {pr:>12} {pt:>12}")
                 continue
-            lines.append(f"{split:<6} {r['metanet']:<9} {r['params']:>8} {r['r2'][0]:>9.3f}±{r['r2'][1]:.3f} "
-                         f"{r['tau'][0]:>7.3f}±{r['tau'][1]:.3f} {pr:>12} {pt:>12}")
-    lines.append("paper: CIFAR-10 zoos of ~30 000 networks (Table 1) or Unterthiner et al.'s small CNNs (Table 6, "
-                 "tau only); ours: see 'data' and 'n' (digits by default).")
+            lines.append(
+                f"{split:<6} {r['metanet']:<9} {r['params']:>8} {r['r2'][0]:>9.3f}±{r['r2'][1]:.3f} "
+                f"{r['tau'][0]:>7.3f}±{r['tau'][1]:.3f} {pr:>12} {pt:>12}"
+            )
+    lines.append(
+        "paper: CIFAR-10 zoos of ~30 000 networks (Table 1) or Unterthiner et al.'s small CNNs (Table 6, "
+        "tau only); ours: see 'data' and 'n' (digits by default)."
+    )
     return "\n".join(lines)
 
 
-def run_experiment(dataset="diverse", splits=("50", "5", "ood"), scale: Scale | str = "cpu", data="digits",
-                   zoo_dir=None, out_dir=None, metanets=METANETS, device="auto", seed=0, progress=True,
-                   log=print, unterthiner=None) -> dict:
+def run_experiment(
+    dataset="diverse",
+    splits=("50", "5", "ood"),
+    scale: Scale | str = "cpu",
+    data="digits",
+    zoo_dir=None,
+    out_dir=None,
+    metanets=METANETS,
+    device="auto",
+    seed=0,
+    progress=True,
+    log=print,
+    unterthiner=None,
+) -> dict:
     from gmn.train import resolve_device
     from gmn.zoo import generate_zoo, load_zoo, make_split
 
@@ -255,14 +310,31 @@ def run_experiment(dataset="diverse", splits=("50", "5", "ood"), scale: Scale | 
         records = load_unterthiner(unterthiner, limit=sc.n)
     else:
         log(f"[1/3] zoo: {sc.n} {dataset} networks on {data} in {zoo_dir} (resumable)")
-        generate_zoo(zoo_dir, dataset, sc.n, seed, data, sc.zoo_epochs, group_size=32, device=dev,
-                     progress=progress, train_subset=sc.train_subset)
+        generate_zoo(
+            zoo_dir,
+            dataset,
+            sc.n,
+            seed,
+            data,
+            sc.zoo_epochs,
+            group_size=32,
+            device=dev,
+            progress=progress,
+            train_subset=sc.train_subset,
+        )
         records = load_zoo(zoo_dir)
     t_zoo = time.perf_counter() - t0
     log(f"[2/3] parameter graphs of {len(records)} networks")
     graphs, pyg = _graphs_and_data(records)
-    results = {"dataset": dataset, "data": data, "scale": scale_name, "n": len(records), "device": dev,
-               "zoo_seconds": round(t_zoo, 1), "splits": {}}
+    results = {
+        "dataset": dataset,
+        "data": data,
+        "scale": scale_name,
+        "n": len(records),
+        "device": dev,
+        "zoo_seconds": round(t_zoo, 1),
+        "splits": {},
+    }
     for split in splits:
         idx = make_split(records, split, seed=seed)
         log(f"[3/3] split {split}: train {len(idx['train'])}, val {len(idx['val'])}, test {len(idx['test'])}")
@@ -286,18 +358,35 @@ def _plot_runs(results: dict) -> dict:
             if r.get("supported") and r["runs"]:
                 s0 = r["runs"][0]
                 for subset in ("val", "test"):
-                    runs.append({"metanet": r["metanet"], "split": split, "subset": subset,
-                                 "pred": s0[f"{subset}_pred"], "true": s0[f"{subset}_true"]})
+                    runs.append(
+                        {
+                            "metanet": r["metanet"],
+                            "split": split,
+                            "subset": subset,
+                            "pred": s0[f"{subset}_pred"],
+                            "true": s0[f"{subset}_true"],
+                        }
+                    )
     return {"dataset": results["dataset"], "runs": runs}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmn.experiments.accuracy_prediction", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["diverse", "varying-cnn", "small-cnn"], default="diverse",
-                    help="zoo family to generate (small-cnn: the Table 6 architecture on digits)")
-    ap.add_argument("--unterthiner", metavar="DIR",
-                    help="use the published small-CNN zoo of Unterthiner et al. in DIR (weights.npy, metrics.csv)")
+    ap = argparse.ArgumentParser(
+        prog="python -m gmn.experiments.accuracy_prediction",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--dataset",
+        choices=["diverse", "varying-cnn", "small-cnn"],
+        default="diverse",
+        help="zoo family to generate (small-cnn: the Table 6 architecture on digits)",
+    )
+    ap.add_argument(
+        "--unterthiner",
+        metavar="DIR",
+        help="use the published small-CNN zoo of Unterthiner et al. in DIR (weights.npy, metrics.csv)",
+    )
     ap.add_argument("--split", choices=["50", "5", "ood", "all"], default="all")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--data", default="digits", help="'digits' (bundled) or 'cifar10:/path/to/cifar-10-batches-py'")
@@ -315,8 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object (no predictions)")
     args = ap.parse_args(argv)
     sc = SCALES[args.scale]
-    overrides = {k: getattr(args, k) for k in ("n", "seeds", "epochs", "search_epochs", "budget")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k) for k in ("n", "seeds", "epochs", "search_epochs", "budget") if getattr(args, k) is not None
+    }
     if args.lrs:
         try:
             overrides["lrs"] = tuple(float(x) for x in args.lrs.split(","))
@@ -332,9 +422,20 @@ def main(argv=None) -> int:
     splits = ("50", "5", "ood") if args.split == "all" else (args.split,)
     log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
     try:
-        res = run_experiment(args.dataset, splits, sc if overrides else args.scale, args.data,
-                             args.zoo, args.out, metanets, args.device, args.seed, progress=not args.json, log=log,
-                             unterthiner=args.unterthiner)
+        res = run_experiment(
+            args.dataset,
+            splits,
+            sc if overrides else args.scale,
+            args.data,
+            args.zoo,
+            args.out,
+            metanets,
+            args.device,
+            args.seed,
+            progress=not args.json,
+            log=log,
+            unterthiner=args.unterthiner,
+        )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,9 +54,13 @@ __all__ = ["EditConfig", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_di
 
 #: Paper Table 2 (test MSE; baselines from Zhou et al., 2023a;b): method -> (contrast, dilate).
 PAPER_TABLE2: dict[str, tuple[str, str]] = {
-    "MLP": (".031", ".306"), "MLP-Aug": (".029", ".307"), "NFN-PT": (".029", ".197"),
-    "NFN-HNP": (".0204 ± .0000", ".0706 ± .0005"), "NFN-NP": (".0203 ± .0000", ".0693 ± .0009"),
-    "NFT": (".0200 ± .0002", ".0510 ± .0004"), "GMN (ours)": (".0197 ± .0000", ".0603 ± .0010"),
+    "MLP": (".031", ".306"),
+    "MLP-Aug": (".029", ".307"),
+    "NFN-PT": (".029", ".197"),
+    "NFN-HNP": (".0204 ± .0000", ".0706 ± .0005"),
+    "NFN-NP": (".0203 ± .0000", ".0693 ± .0009"),
+    "NFT": (".0200 ± .0002", ".0510 ± .0004"),
+    "GMN (ours)": (".0197 ± .0000", ".0603 ± .0010"),
 }
 _PAPER_ROW = {"gmn": "GMN (ours)", "mlp": "MLP", "npnfn": "NFN-NP"}
 _LABEL = {"gmn": "GMN", "mlp": "MLP", "npnfn": "NP-NFN", "identity": "no edit (input INR)"}
@@ -81,8 +85,17 @@ class EditConfig:
 
 SCALES = {
     "cpu": EditConfig(),
-    "paper": EditConfig(n_train=10000, n_val=1000, n_test=2000, steps=50_000, batch_size=32, gmn_hidden=512,
-                        gmn_layers=4, mlp_hidden=1024, baseline_hidden=128),
+    "paper": EditConfig(
+        n_train=10000,
+        n_val=1000,
+        n_test=2000,
+        steps=50_000,
+        batch_size=32,
+        gmn_hidden=512,
+        gmn_layers=4,
+        mlp_hidden=1024,
+        baseline_hidden=128,
+    ),
 }
 
 
@@ -102,18 +115,28 @@ class INREditor(nn.Module):
         Initial value of the per-parameter scale ``gamma``.
     """
 
-    def __init__(self, kind: str, graph, hidden: int, layers: int, stats: dict[str, tuple[float, float]],
-                 gamma_init: float = 0.01, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        kind: str,
+        graph,
+        hidden: int,
+        layers: int,
+        stats: dict[str, tuple[float, float]],
+        gamma_init: float = 0.01,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.kind = kind
         self.batcher = WeightGraphBatcher(graph, device=device)
         e = self.batcher.num_edges
         if kind == "gmn":
-            self.net: nn.Module = GMN(hidden_dim=hidden, num_layers=layers, out_dim=None, edge_out_dim=1,
-                                      use_global=False)
+            self.net: nn.Module = GMN(
+                hidden_dim=hidden, num_layers=layers, out_dim=None, edge_out_dim=1, use_global=False
+            )
         elif kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(e, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, e))
+            self.net = nn.Sequential(
+                nn.Linear(e, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, e)
+            )
         elif kind == "npnfn":
             cls = _baseline_class("npnfn")
             if cls is None:
@@ -138,8 +161,9 @@ class INREditor(nn.Module):
         if self.kind == "mlp":
             return self.net(z)
         if self.kind == "npnfn":
-            return self.batcher.edge_weights(npnfn_stacked(self.net, self.spec, self.batcher.params_from_edges(z),
-                                                           edges=True))
+            return self.batcher.edge_weights(
+                npnfn_stacked(self.net, self.spec, self.batcher.params_from_edges(z), edges=True)
+            )
         return self.net(self.batcher.batch(z)).reshape(edge_w.shape)
 
     def forward(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,8 +205,9 @@ def evaluate(editor: INREditor | None, split: dict, grid: torch.Tensor, device: 
     return tot / (n * grid.shape[0])
 
 
-def train_one(kind: str, seed: int, data: dict, graph, cfg: EditConfig, out: Path, device: torch.device,
-              progress: bool = True) -> tuple[INREditor, dict]:
+def train_one(
+    kind: str, seed: int, data: dict, graph, cfg: EditConfig, out: Path, device: torch.device, progress: bool = True
+) -> tuple[INREditor, dict]:
     torch.manual_seed(seed)
     hidden = {"gmn": cfg.gmn_hidden, "mlp": cfg.mlp_hidden}.get(kind, cfg.baseline_hidden)
     editor = INREditor(kind, graph, hidden, cfg.gmn_layers, _stats(data["train"]["params"]), cfg.gamma_init, device)
@@ -214,14 +239,27 @@ def train_one(kind: str, seed: int, data: dict, graph, cfg: EditConfig, out: Pat
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
             seconds_now = seconds + time.time() - t0
-            atomic_torch_save({"editor": editor.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                               "seconds": seconds_now, "losses": losses}, ckpt)
+            atomic_torch_save(
+                {
+                    "editor": editor.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step + 1,
+                    "seconds": seconds_now,
+                    "losses": losses,
+                },
+                ckpt,
+            )
     seconds += time.time() - t0
-    metrics = {"method": kind, "seed": seed, "steps": cfg.steps, "train_seconds": round(seconds, 1),
-               "params": sum(p.numel() for p in editor.net.parameters()),
-               "final_train_loss": float(sum(losses[-20:]) / max(len(losses[-20:]), 1)) if losses else None,
-               "val_mse": evaluate(editor, data["val"], grid, device),
-               "test_mse": evaluate(editor, data["test"], grid, device)}
+    metrics = {
+        "method": kind,
+        "seed": seed,
+        "steps": cfg.steps,
+        "train_seconds": round(seconds, 1),
+        "params": sum(p.numel() for p in editor.net.parameters()),
+        "final_train_loss": float(sum(losses[-20:]) / max(len(losses[-20:]), 1)) if losses else None,
+        "val_mse": evaluate(editor, data["val"], grid, device),
+        "test_mse": evaluate(editor, data["test"], grid, device),
+    }
     return editor, metrics
 
 
@@ -257,8 +295,11 @@ def figure(path: Path, data: dict, editors: dict[str, INREditor], size: int, dev
     test = data["test"]
     grid = pixel_grid(size).to(device)
     p = {key: v[:k].to(device) for key, v in test["params"].items()}
-    cols = [("input image", test["images"][:k]), ("input INR", _render(p, grid).cpu().reshape(k, size, size)),
-            ("target", test["targets"][:k])]
+    cols = [
+        ("input image", test["images"][:k]),
+        ("input INR", _render(p, grid).cpu().reshape(k, size, size)),
+        ("target", test["targets"][:k]),
+    ]
     for name, ed in editors.items():
         ed.eval()
         cols.append((f"{_LABEL[name]} edit", _render(ed(p), grid).cpu().reshape(k, size, size)))
@@ -280,23 +321,40 @@ def figure(path: Path, data: dict, editors: dict[str, INREditor], size: int, dev
     os.replace(tmp, path)
 
 
-def run(task: str, data_dir: str | Path, out: str | Path, methods: list[str], seeds: list[int], cfg: EditConfig,
-        device: torch.device, progress: bool = True, fig_path: str | Path | None = None) -> dict:
+def run(
+    task: str,
+    data_dir: str | Path,
+    out: str | Path,
+    methods: list[str],
+    seeds: list[int],
+    cfg: EditConfig,
+    device: torch.device,
+    progress: bool = True,
+    fig_path: str | Path | None = None,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     data = build(data_dir, task, sizes, cfg.size, seed=0, device=device, progress=progress)
-    graph = symgraph.parameter_graph(SIREN(IMAGE_ARCH["in_dim"], IMAGE_ARCH["hidden"], IMAGE_ARCH["out_dim"],
-                                           IMAGE_ARCH["omega0"]))
+    graph = symgraph.parameter_graph(
+        SIREN(IMAGE_ARCH["in_dim"], IMAGE_ARCH["hidden"], IMAGE_ARCH["out_dim"], IMAGE_ARCH["omega0"])
+    )
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
     if results.get("config") not in (None, asdict(cfg)):
         raise ValueError(f"Expected {res_path} from the same configuration (got another): use a new --out")
-    results.update(task=task, config=asdict(cfg), device=str(device),
-                   inr_fit_mse={s: float(d["mse"].mean()) for s, d in data.items()})
+    results.update(
+        task=task,
+        config=asdict(cfg),
+        device=str(device),
+        inr_fit_mse={s: float(d["mse"].mean()) for s, d in data.items()},
+    )
     grid = pixel_grid(cfg.size).to(device)
-    results["runs"]["identity"] = {"method": "identity", "seed": 0, "test_mse": evaluate(None, data["test"], grid,
-                                                                                       device)}
+    results["runs"]["identity"] = {
+        "method": "identity",
+        "seed": 0,
+        "test_mse": evaluate(None, data["test"], grid, device),
+    }
     editors = {}
     for kind in methods:
         for seed in seeds:
@@ -348,16 +406,32 @@ def main(argv: list[str] | None = None) -> int:
             print("note: skipping npnfn (gmn.baselines has no NP-NFN yet)", file=sys.stderr)
             methods.remove("npnfn")
         cfg = SCALES[args.scale]
-        over = {k: v for k, v in (("steps", args.steps), ("n_train", args.n_train), ("n_val", args.n_val),
-                                            ("n_test", args.n_test))
-                if v is not None}
+        over = {
+            k: v
+            for k, v in (
+                ("steps", args.steps),
+                ("n_train", args.n_train),
+                ("n_val", args.n_val),
+                ("n_test", args.n_test),
+            )
+            if v is not None
+        }
         cfg = replace(cfg, **over)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         t0 = time.time()
-        res = run(args.task, args.data, args.out or f"runs/inr_edit_{args.task}", methods, seeds, cfg, device,
-                  not args.no_progress, args.figure)
+        res = run(
+            args.task,
+            args.data,
+            args.out or f"runs/inr_edit_{args.task}",
+            methods,
+            seeds,
+            cfg,
+            device,
+            not args.no_progress,
+            args.figure,
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -52,8 +52,13 @@ __all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main"]
 
 #: Paper Table 3 (test MSE of a linear probe to (a, b); numbers besides GMN are from Navon et al., 2023).
 PAPER_TABLE3: dict[str, str] = {
-    "MLP": "7.39 ± .19", "MLP + Perm. aug": "5.65 ± .01", "MLP + Alignment": "4.47 ± .15",
-    "INR2Vec (Arch.)": "3.86 ± .32", "Transformer": "5.11 ± .12", "DWSNets": "1.39 ± .06", "GMN (ours)": "1.13 ± .08",
+    "MLP": "7.39 ± .19",
+    "MLP + Perm. aug": "5.65 ± .01",
+    "MLP + Alignment": "4.47 ± .15",
+    "INR2Vec (Arch.)": "3.86 ± .32",
+    "Transformer": "5.11 ± .12",
+    "DWSNets": "1.39 ± .06",
+    "GMN (ours)": "1.13 ± .08",
 }
 _PAPER_ROW = {"gmn": "GMN (ours)", "mlp": "MLP"}
 _LABEL = {"gmn": "GMN", "mlp": "MLP", "npnfn": "NP-NFN", "statnn": "StatNN", "deepsets": "DeepSets"}
@@ -82,8 +87,17 @@ class SSLConfig:
 
 SCALES: dict[str, SSLConfig] = {
     "cpu": SSLConfig(),
-    "paper": SSLConfig(epochs=100, batch_size=256, embed_dim=76, proj_dim=76, gmn_hidden=76, gmn_layers=3,
-                       baseline_hidden=128, mlp_hidden=512, mlp_layers=4),
+    "paper": SSLConfig(
+        epochs=100,
+        batch_size=256,
+        embed_dim=76,
+        proj_dim=76,
+        gmn_hidden=76,
+        gmn_layers=3,
+        baseline_hidden=128,
+        mlp_hidden=512,
+        mlp_layers=4,
+    ),
 }
 
 
@@ -121,13 +135,15 @@ def embed(encoder: nn.Module, params: dict[str, torch.Tensor], device: torch.dev
     """Embeddings ``[n, D]`` of all networks in ``params`` (eval mode, no augmentation)."""
     encoder.eval()
     n = next(iter(params.values())).shape[0]
-    out = [encoder(_take(params, torch.arange(i, min(i + batch_size, n)), device)).cpu()
-           for i in range(0, n, batch_size)]
+    out = [
+        encoder(_take(params, torch.arange(i, min(i + batch_size, n)), device)).cpu() for i in range(0, n, batch_size)
+    ]
     return torch.cat(out)
 
 
-def run_one(kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device: torch.device,
-            progress: bool = True) -> dict:
+def run_one(
+    kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device: torch.device, progress: bool = True
+) -> dict:
     """Train one encoder with one seed (resuming from its checkpoint) and probe it; returns its metrics."""
     graph = data["graph"]
     hidden, layers = _sizes(kind, cfg)
@@ -136,8 +152,12 @@ def run_one(kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device:
     # BatchNorm first: a fresh GMN's mean-pooled embeddings of different INRs agree to ~1e-4 (cosine ~0.9999;
     # the pooled structure term dominates), which leaves NT-Xent at chance for many steps; standardising
     # across the batch removes the shared part. Used for every encoder; the probe sees the encoder output.
-    head = nn.Sequential(nn.BatchNorm1d(cfg.embed_dim), nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.ReLU(),
-                         nn.Linear(cfg.embed_dim, cfg.proj_dim))
+    head = nn.Sequential(
+        nn.BatchNorm1d(cfg.embed_dim),
+        nn.Linear(cfg.embed_dim, cfg.embed_dim),
+        nn.ReLU(),
+        nn.Linear(cfg.embed_dim, cfg.proj_dim),
+    )
     head = head.to(device)
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
@@ -173,11 +193,23 @@ def run_one(kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         seconds += time.time() - t0
         history.append(total / steps)
-        atomic_torch_save({"encoder": encoder.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
-                           "epoch": epoch + 1, "history": history, "seconds": seconds}, ckpt)
+        atomic_torch_save(
+            {
+                "encoder": encoder.state_dict(),
+                "head": head.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "seconds": seconds,
+            },
+            ckpt,
+        )
     z = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
     return {
-        "encoder": kind, "seed": seed, "epochs": cfg.epochs, "train_seconds": round(seconds, 1),
+        "encoder": kind,
+        "seed": seed,
+        "epochs": cfg.epochs,
+        "train_seconds": round(seconds, 1),
         "params": sum(p.numel() for p in encoder.parameters()),
         "loss_history": [round(x, 4) for x in history],
         "val_mse": linear_probe_mse(z["train"], data["y_train"], z["val"], data["y_val"]),
@@ -185,8 +217,9 @@ def run_one(kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device:
     }
 
 
-def load_data(root: str | Path, n_train: int | None = None, n_val: int | None = None,
-              n_test: int | None = None) -> dict:
+def load_data(
+    root: str | Path, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+) -> dict:
     """Normalised train/val/test parameters, (a, b) targets and the SIREN's parameter graph.
 
     ``n_*`` keep the first INRs of a split (all when ``None``).
@@ -198,8 +231,9 @@ def load_data(root: str | Path, n_train: int | None = None, n_val: int | None = 
     for s, (params, a, b, _) in raw.items():
         out[s] = _normalise(params, stats)
         out[f"y_{s}"] = torch.stack([a, b], 1)
-    out["graph"] = symgraph.parameter_graph(SIREN(SINE_ARCH["in_dim"], SINE_ARCH["hidden"], SINE_ARCH["out_dim"],
-                                                  SINE_ARCH["omega0"]))
+    out["graph"] = symgraph.parameter_graph(
+        SIREN(SINE_ARCH["in_dim"], SINE_ARCH["hidden"], SINE_ARCH["out_dim"], SINE_ARCH["omega0"])
+    )
     out["sizes"] = {s: int(out[f"y_{s}"].shape[0]) for s in ("train", "val", "test")}
     return out
 
@@ -231,9 +265,18 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(data_dir: str | Path, out: str | Path, encoders: list[str], seeds: list[int], cfg: SSLConfig,
-        device: torch.device, n_train: int | None = None, progress: bool = True, n_val: int | None = None,
-        n_test: int | None = None) -> dict:
+def run(
+    data_dir: str | Path,
+    out: str | Path,
+    encoders: list[str],
+    seeds: list[int],
+    cfg: SSLConfig,
+    device: torch.device,
+    n_train: int | None = None,
+    progress: bool = True,
+    n_val: int | None = None,
+    n_test: int | None = None,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(data_dir, n_train, n_val, n_test)
@@ -264,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="runs/sine_inrs", help="folder written by gmn.inr.sine_dataset")
     ap.add_argument("--out", default="runs/ssl_sine", help="checkpoints and results.json")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--encoders", default="gmn,npnfn,statnn,mlp",
-                    help=f"comma-separated subset of {','.join(ENCODERS)} (missing baselines are skipped)")
+    ap.add_argument(
+        "--encoders",
+        default="gmn,npnfn,statnn,mlp",
+        help=f"comma-separated subset of {','.join(ENCODERS)} (missing baselines are skipped)",
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs")
     ap.add_argument("--batch-size", type=int, help="override the scale's batch size")
@@ -296,8 +342,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         t0 = time.time()
-        res = run(args.data, args.out, [e for e in wanted if e in avail], seeds, cfg, device, args.n_train,
-                  progress=not args.no_progress, n_val=args.n_val, n_test=args.n_test)
+        res = run(
+            args.data,
+            args.out,
+            [e for e in wanted if e in avail],
+            seeds,
+            cfg,
+            device,
+            args.n_train,
+            progress=not args.no_progress,
+            n_val=args.n_val,
+            n_test=args.n_test,
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -127,8 +127,14 @@ class WeightEncoder(nn.Module):
         return f"WeightEncoder(kind={self.kind!r}, net={self.net!r})"
 
 
-def build_encoder(kind: str, graph: NeuralGraph, embed_dim: int, hidden_dim: int, num_layers: int = 3,
-                  device: torch.device | str = "cpu") -> WeightEncoder:
+def build_encoder(
+    kind: str,
+    graph: NeuralGraph,
+    embed_dim: int,
+    hidden_dim: int,
+    num_layers: int = 3,
+    device: torch.device | str = "cpu",
+) -> WeightEncoder:
     """Build a :class:`WeightEncoder` for the architecture of ``graph``.
 
     ``hidden_dim``/``num_layers`` are the metanet's width and depth (for ``"mlp"``: hidden width and number
@@ -138,8 +144,9 @@ def build_encoder(kind: str, graph: NeuralGraph, embed_dim: int, hidden_dim: int
         raise ValueError(f"Expected an encoder in {ENCODERS} (got {kind!r})")
     batcher = WeightGraphBatcher(graph, device=device)
     if kind == "gmn":
-        net: nn.Module = GMN(hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim, use_global=False,
-                             pool=("edge",))
+        net: nn.Module = GMN(
+            hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim, use_global=False, pool=("edge",)
+        )
     elif kind == "mlp":
         dims = [batcher.num_edges] + [hidden_dim] * max(num_layers - 1, 0) + [embed_dim]
         layers: list[nn.Module] = []

@@ -86,9 +86,17 @@ def make_images(task: str, n: int, size: int, seed: int) -> tuple[torch.Tensor, 
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
 
 
-def build(root: str | Path, task: str, sizes: dict[str, int], size: int = 28, seed: int = 0,
-          device: torch.device | str = "cpu", fit: FitConfig = IMAGE_FIT, progress: bool = True,
-          chunk: int = 50) -> dict:
+def build(
+    root: str | Path,
+    task: str,
+    sizes: dict[str, int],
+    size: int = 28,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    fit: FitConfig = IMAGE_FIT,
+    progress: bool = True,
+    chunk: int = 50,
+) -> dict:
     """Make (or load) every split of ``task`` under ``root``: ``{split: {"params", "images", "targets", "mse"}}``."""
     root = Path(root)
     out = {}
@@ -107,8 +115,17 @@ def build(root: str | Path, task: str, sizes: dict[str, int], size: int = 28, se
         chunks = []  # chunks of `chunk` INRs: batched matmuls stay cache-sized on CPU
         for i in range(0, n, chunk):
             sl = slice(i, i + chunk)
-            chunks.append(fit_sirens({k: v[sl] for k, v in p0.items()}, grid, y[sl], fit, a["omega0"], progress,
-                                     f"fit {task} {split} {i}/{n}"))
+            chunks.append(
+                fit_sirens(
+                    {k: v[sl] for k, v in p0.items()},
+                    grid,
+                    y[sl],
+                    fit,
+                    a["omega0"],
+                    progress,
+                    f"fit {task} {split} {i}/{n}",
+                )
+            )
         params = {k: torch.cat([c[0][k] for c in chunks]).cpu() for k in p0}
         mse = torch.cat([c[1] for c in chunks]).cpu()
         rec = {"params": params, "images": imgs, "targets": targets, "mse": mse}

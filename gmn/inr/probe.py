@@ -37,8 +37,9 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6):
     return lambda x_new: (_design(x_new.double(), mean, std) @ w).to(torch.float32)
 
 
-def linear_probe_mse(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     ridge: float = 1e-6) -> float:
+def linear_probe_mse(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, ridge: float = 1e-6
+) -> float:
     """Test MSE (averaged over samples and target columns) of a least-squares probe fitted on the train split."""
     pred = fit_linear_probe(x_train, y_train, ridge)(x_test)
     return float((pred.double() - y_test.double()).pow(2).mean())

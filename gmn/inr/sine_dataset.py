@@ -61,14 +61,23 @@ def _fit_shard(split: str, k: int, n: int, seed: int, device: torch.device, fit:
     p0 = init_siren_params(n, arch["in_dim"], arch["hidden"], arch["out_dim"], arch["omega0"], generator=g)
     x = sine_grid().to(device)
     y = sine_targets(a, b).to(device)
-    params, mse = fit_sirens({k_: v.to(device) for k_, v in p0.items()}, x, y, fit, arch["omega0"],
-                             progress=progress, desc=f"{split}[{k}]")
+    params, mse = fit_sirens(
+        {k_: v.to(device) for k_, v in p0.items()}, x, y, fit, arch["omega0"], progress=progress, desc=f"{split}[{k}]"
+    )
     return {"params": {k_: v.cpu() for k_, v in params.items()}, "a": a, "b": b, "mse": mse.cpu()}
 
 
-def generate(out: str | Path, n_train: int = 2000, n_val: int = 1000, n_test: int = 1000, shard_size: int = 50,
-             seed: int = 0, device: str | torch.device = "cpu", fit: FitConfig = SINE_FIT,
-             progress: bool = True) -> dict:
+def generate(
+    out: str | Path,
+    n_train: int = 2000,
+    n_val: int = 1000,
+    n_test: int = 1000,
+    shard_size: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    fit: FitConfig = SINE_FIT,
+    progress: bool = True,
+) -> dict:
     """Fit (or resume fitting) every shard of every split under ``out``; returns the manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,9 +90,14 @@ def generate(out: str | Path, n_train: int = 2000, n_val: int = 1000, n_test: in
             jobs.append(((k + 0.5) / m, split, k, min(shard_size, n - k * shard_size)))
     # splits progress in proportion, so that a partly generated dataset has usable train, val and test parts
     jobs = [j[1:] for j in sorted(jobs, key=lambda j: j[0])]
-    manifest = {"arch": {**SINE_ARCH, "hidden": list(SINE_ARCH["hidden"])}, "fit": asdict(fit), "seed": seed,
-                "target": "a*sin(b*x), a,b~U(0,10), x=arange(-pi,pi,pi/1000)", "shard_size": shard_size,
-                "splits": {}}
+    manifest = {
+        "arch": {**SINE_ARCH, "hidden": list(SINE_ARCH["hidden"])},
+        "fit": asdict(fit),
+        "seed": seed,
+        "target": "a*sin(b*x), a,b~U(0,10), x=arange(-pi,pi,pi/1000)",
+        "shard_size": shard_size,
+        "splits": {},
+    }
     t0 = time.time()
     for split, k, n in tqdm(jobs, desc="shards", disable=not progress):
         path = out / f"{split}_{k:04d}.pt"
@@ -94,9 +108,13 @@ def generate(out: str | Path, n_train: int = 2000, n_val: int = 1000, n_test: in
         atomic_torch_save(_fit_shard(split, k, n, seed, device, fit, progress), path)
     for split, n in sizes.items():
         _, a, _, mse = load_split(out, split, n_shards=math.ceil(n / shard_size))
-        manifest["splits"][split] = {"n": int(a.numel()), "shards": math.ceil(n / shard_size),
-                                     "mse_mean": float(mse.mean()), "mse_median": float(mse.median()),
-                                     "mse_max": float(mse.max())}
+        manifest["splits"][split] = {
+            "n": int(a.numel()),
+            "shards": math.ceil(n / shard_size),
+            "mse_mean": float(mse.mean()),
+            "mse_median": float(mse.median()),
+            "mse_max": float(mse.max()),
+        }
     manifest["seconds_this_run"] = round(time.time() - t0, 1)
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
@@ -162,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(man))
     else:
         for split, s in man["splits"].items():
-            print(f"{split}: {s['n']} INRs, MSE mean {s['mse_mean']:.2e}, median {s['mse_median']:.2e}, "
-                  f"max {s['mse_max']:.2e}")
+            print(
+                f"{split}: {s['n']} INRs, MSE mean {s['mse_mean']:.2e}, median {s['mse_median']:.2e}, "
+                f"max {s['mse_max']:.2e}"
+            )
     return 0
 
 

@@ -14,16 +14,24 @@ from .families import FAMILIES
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmn.zoo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m gmn.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="train a zoo of image classifiers (resumable)")
-    g.add_argument("--family", choices=sorted(FAMILIES), default="diverse",
-                   help="diverse: CNN2D/CNN1D/DeepSets/ResNet/ViT; varying-cnn: CNN2D only (paper Table 5)")
+    g.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="diverse",
+        help="diverse: CNN2D/CNN1D/DeepSets/ResNet/ViT; varying-cnn: CNN2D only (paper Table 5)",
+    )
     g.add_argument("--n", type=int, default=200, help="number of networks (default 200)")
     g.add_argument("--out", required=True, help="output directory (shards + manifest)")
-    g.add_argument("--data", default="digits",
-                   help="'digits' (scikit-learn, bundled; default) or 'cifar10:/path/to/cifar-10-batches-py'")
+    g.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (scikit-learn, bundled; default) or 'cifar10:/path/to/cifar-10-batches-py'",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=128)
@@ -47,12 +55,25 @@ def main(argv=None) -> int:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             if args.n < 1:
                 raise ValueError(f"Expected --n >= 1 (got {args.n})")
-            out = generate_zoo(args.out, args.family, args.n, args.seed, args.data, args.epochs, args.batch_size,
-                               args.group_size, device, vectorize=not args.sequential,
-                               train_subset=args.train_subset)
+            out = generate_zoo(
+                args.out,
+                args.family,
+                args.n,
+                args.seed,
+                args.data,
+                args.epochs,
+                args.batch_size,
+                args.group_size,
+                device,
+                vectorize=not args.sequential,
+                train_subset=args.train_subset,
+            )
             manifest = json.loads((out / "manifest.json").read_text())
-            print(json.dumps(manifest) if args.json else
-                  f"{manifest['networks_done']}/{manifest['networks_total']} networks in {out}")
+            print(
+                json.dumps(manifest)
+                if args.json
+                else f"{manifest['networks_done']}/{manifest['networks_total']} networks in {out}"
+            )
             return 0
         recs = load_zoo(args.out)
         if not recs:

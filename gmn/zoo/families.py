@@ -20,8 +20,11 @@ from dataclasses import asdict, dataclass
 __all__ = ["NetConfig", "sample_config", "hidden_of", "FAMILIES", "SMALLEST_HIDDEN"]
 
 SMALLEST_HIDDEN = {"cnn2d": 24, "cnn1d": 24, "deepsets": 32, "resnet": 16, "vit": 32, "smallcnn": 16}
-FAMILIES = {"diverse": ["cnn2d", "cnn1d", "deepsets", "resnet", "vit"], "varying-cnn": ["cnn2d"],
-            "small-cnn": ["smallcnn"]}
+FAMILIES = {
+    "diverse": ["cnn2d", "cnn1d", "deepsets", "resnet", "vit"],
+    "varying-cnn": ["cnn2d"],
+    "small-cnn": ["smallcnn"],
+}
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,24 @@ def _arch(rng: random.Random, name: str, image_shape, num_classes: int) -> dict:
     drop = round(rng.uniform(0, 0.25), 3)
     base = {"in_shape": (c, h, w), "out_dim": num_classes}
     if name in ("cnn2d", "cnn1d"):
-        return dict(base, hidden=rng.choice([24, 28, 32]), conv_layers=rng.choice([1, 2, 3]),
-                    linear_layers=rng.choice([1, 2]), norm=rng.choice(["batchnorm", "groupnorm"]), dropout=drop,
-                    kernel=3 if name == "cnn2d" else 9)
+        return dict(
+            base,
+            hidden=rng.choice([24, 28, 32]),
+            conv_layers=rng.choice([1, 2, 3]),
+            linear_layers=rng.choice([1, 2]),
+            norm=rng.choice(["batchnorm", "groupnorm"]),
+            dropout=drop,
+            kernel=3 if name == "cnn2d" else 9,
+        )
     if name == "deepsets":
-        return dict(base, hidden=rng.choice([32, 64]), layers=rng.choice([2, 3, 4]),
-                    linear_layers=rng.choice([1, 2]), norm=rng.choice(["batchnorm", "groupnorm"]), dropout=drop)
+        return dict(
+            base,
+            hidden=rng.choice([32, 64]),
+            layers=rng.choice([2, 3, 4]),
+            linear_layers=rng.choice([1, 2]),
+            norm=rng.choice(["batchnorm", "groupnorm"]),
+            dropout=drop,
+        )
     if name == "resnet":
         # Table 5's "# blocks" as one stage of that many basic blocks at the hidden width (keeps the parameter
         # count in the paper's range, < 90k); BatchNorm, no dropout
@@ -69,8 +84,9 @@ def _arch(rng: random.Random, name: str, image_shape, num_classes: int) -> dict:
     if name == "smallcnn":
         return dict(base, hidden=16, activation=rng.choice(["relu", "tanh"]))
     if name == "vit":
-        return dict(base, dim=rng.choice([32, 48]), depth=rng.choice([2, 3]), heads=2, dropout=drop,
-                    patch=2 if h <= 8 else 4)
+        return dict(
+            base, dim=rng.choice([32, 48]), depth=rng.choice([2, 3]), heads=2, dropout=drop, patch=2 if h <= 8 else 4
+        )
     raise ValueError(f"Expected an architecture in {sorted(SMALLEST_HIDDEN)} (got {name!r})")
 
 

@@ -72,15 +72,26 @@ def generate_zoo(
     """Generate (or resume) a zoo in ``out_dir``; returns the directory. See the module docstring."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    request = {"family": family, "n": n, "seed": seed, "data": data, "epochs": epochs, "batch_size": batch_size,
-               "group_size": group_size, "train_subset": train_subset, "format": 1}
+    request = {
+        "family": family,
+        "n": n,
+        "seed": seed,
+        "data": data,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "group_size": group_size,
+        "train_subset": train_subset,
+        "format": 1,
+    }
     req_path = out / "zoo.json"
     if req_path.exists():
         old = json.loads(req_path.read_text())
         if old != request:
             diff = {k: (old.get(k), v) for k, v in request.items() if old.get(k) != v}
-            raise ValueError(f"Expected the settings this zoo was started with in {out} (got changes {diff}); "
-                             "use another --out or the same settings")
+            raise ValueError(
+                f"Expected the settings this zoo was started with in {out} (got changes {diff}); "
+                "use another --out or the same settings"
+            )
     else:
         atomic_write(req_path, json.dumps(request, indent=1))
     ds = load_data(data, seed=seed)
@@ -89,8 +100,9 @@ def generate_zoo(
     configs = [sample_config(family, i, seed, ds.image_shape, ds.num_classes) for i in range(n)]
     chunks = plan_chunks(configs, group_size)
     todo = [k for k in range(len(chunks)) if not (out / f"shard_{k:05d}.pt").exists()]
-    bar = tqdm(total=n, initial=n - sum(len(chunks[k]) for k in todo), unit="net", disable=not progress,
-               desc=f"zoo {family}")
+    bar = tqdm(
+        total=n, initial=n - sum(len(chunks[k]) for k in todo), unit="net", disable=not progress, desc=f"zoo {family}"
+    )
     done_now = 0
     for k in todo:
         if max_chunks is not None and done_now >= max_chunks:
@@ -98,15 +110,30 @@ def generate_zoo(
         chunk = chunks[k]
         t0 = time.perf_counter()
         hps = [HParams(c.lr, c.weight_decay, c.label_smoothing, c.optimizer, c.seed) for c in chunk]
-        results = train_group([lambda c=c: _build(c) for c in chunk], hps, ds, epochs=epochs, batch_size=batch_size,
-                              device=device, vectorize=vectorize, data_seed=seed * 1_000_003 + k)
+        results = train_group(
+            [lambda c=c: _build(c) for c in chunk],
+            hps,
+            ds,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            vectorize=vectorize,
+            data_seed=seed * 1_000_003 + k,
+        )
         records = [
-            dict(c.to_dict(), state_dict=r.state_dict, train_acc=r.train_acc, test_acc=r.test_acc,
-                 final_loss=r.final_loss, data=data)
+            dict(
+                c.to_dict(),
+                state_dict=r.state_dict,
+                train_acc=r.train_acc,
+                test_acc=r.test_acc,
+                final_loss=r.final_loss,
+                data=data,
+            )
             for c, r in zip(chunk, results)
         ]
-        atomic_torch_save({"chunk": k, "seconds": time.perf_counter() - t0, "records": records},
-                          out / f"shard_{k:05d}.pt")
+        atomic_torch_save(
+            {"chunk": k, "seconds": time.perf_counter() - t0, "records": records}, out / f"shard_{k:05d}.pt"
+        )
         _write_manifest(out, chunks)
         bar.update(len(chunk))
         done_now += 1

@@ -38,8 +38,14 @@ __all__ = ["SmallCNN", "load_unterthiner", "standard_layout"]
 class SmallCNN(nn.Module):
     """Unterthiner et al.'s small CNN: 3 x (Conv 3x3, stride 2) -> global average pool -> Linear."""
 
-    def __init__(self, in_shape: tuple[int, int, int] = (1, 8, 8), hidden: int = 16, out_dim: int = 10,
-                 activation: str = "relu", padding: int = 1):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int] = (1, 8, 8),
+        hidden: int = 16,
+        out_dim: int = 10,
+        activation: str = "relu",
+        padding: int = 1,
+    ):
         super().__init__()
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh}
         if activation not in acts:
@@ -109,8 +115,11 @@ def load_unterthiner(root: str | Path, limit: int | None = None, in_channels: in
     except (ValueError, OSError) as exc:
         raise ModelLoadError(f"Expected a numeric weights.npy in {root} (got {type(exc).__name__}: {exc})") from None
     accs = _read_metrics(root)
-    layout = _read_layout(root / "layout.csv", in_channels) if (root / "layout.csv").exists() else standard_layout(
-        in_channels)
+    layout = (
+        _read_layout(root / "layout.csv", in_channels)
+        if (root / "layout.csv").exists()
+        else standard_layout(in_channels)
+    )
     total = sum(int(np.prod(s)) for _, s in layout)
     if w.ndim != 2 or w.shape[1] != total:
         raise ModelLoadError(f"Expected weights.npy of shape [N, {total}] (got {list(w.shape)})")
@@ -131,6 +140,14 @@ def load_unterthiner(root: str | Path, limit: int | None = None, in_channels: in
             elif t.dim() == 2:  # Keras dense [in, out] -> torch [out, in]
                 t = t.t()
             sd[key] = t.contiguous()
-        records.append({"index": i, "arch": "smallcnn", "kwargs": dict(kwargs), "state_dict": sd,
-                        "test_acc": accs[i], "data": f"unterthiner:{root}"})
+        records.append(
+            {
+                "index": i,
+                "arch": "smallcnn",
+                "kwargs": dict(kwargs),
+                "state_dict": sd,
+                "test_acc": accs[i],
+                "data": f"unterthiner:{root}",
+            }
+        )
     return records

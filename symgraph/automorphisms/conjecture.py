@@ -38,10 +38,15 @@ class ConjectureResult:
         return self.error is None and not self.counterexamples
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "parameter_order": str(self.parameter_order),
-                "computation_order": str(self.computation_order), "generators_checked": self.generators_checked,
-                "counterexamples": [list(c) for c in self.counterexamples], "error": self.error,
-                "holds": self.holds}
+        return {
+            "name": self.name,
+            "parameter_order": str(self.parameter_order),
+            "computation_order": str(self.computation_order),
+            "generators_checked": self.generators_checked,
+            "counterexamples": [list(c) for c in self.counterexamples],
+            "error": self.error,
+            "holds": self.holds,
+        }
 
 
 def lift_to_computation_graph(cg, perm: torch.Tensor) -> torch.Tensor | None:
@@ -83,12 +88,23 @@ def _default_models() -> list[tuple[str, nn.Module, torch.Tensor]]:
             return self.c(h + torch.relu(self.b(h)))
 
     return [
-        ("mlp 3-4-5-2", nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)),
-         torch.randn(1, 3)),
-        ("cnn 1-3-2 + linear", nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.ReLU(),
-                                             nn.Flatten(), nn.Linear(8, 2)), torch.randn(1, 1, 4, 4)),
-        ("cnn + avgpool", nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                        nn.Flatten(), nn.Linear(3, 2)), torch.randn(1, 2, 3, 3)),
+        (
+            "mlp 3-4-5-2",
+            nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)),
+            torch.randn(1, 3),
+        ),
+        (
+            "cnn 1-3-2 + linear",
+            nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)),
+            torch.randn(1, 1, 4, 4),
+        ),
+        (
+            "cnn + avgpool",
+            nn.Sequential(
+                nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)
+            ),
+            torch.randn(1, 2, 3, 3),
+        ),
         ("residual mlp", Res(), torch.randn(1, 3)),
     ]
 
@@ -131,7 +147,6 @@ def check_conjecture_c5(models=None, max_generators: int = 64) -> list[Conjectur
             elif not cg.is_automorphism(lifted):
                 res.counterexamples.append((i, "lift is not a computation-graph automorphism"))
         if not res.counterexamples and res.parameter_order > res.computation_order:
-            res.counterexamples.append((-1, f"|Aut(P)| = {res.parameter_order} > |Aut(C)| = "
-                                            f"{res.computation_order}"))
+            res.counterexamples.append((-1, f"|Aut(P)| = {res.parameter_order} > |Aut(C)| = {res.computation_order}"))
         out.append(res)
     return out

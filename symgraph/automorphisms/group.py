@@ -41,8 +41,9 @@ class AutomorphismGroup:
     (24, ['S_4 on 0 outputs'])
     """
 
-    def __init__(self, graph, reduction: TwinReduction, quotient: QuotientGroup, nauty_log10: float,
-                 timing: dict[str, float]):
+    def __init__(
+        self, graph, reduction: TwinReduction, quotient: QuotientGroup, nauty_log10: float, timing: dict[str, float]
+    ):
         self.graph = graph
         self.reduction = reduction
         self.quotient = quotient
@@ -52,8 +53,11 @@ class AutomorphismGroup:
 
     def restricted_generators(self) -> torch.Tensor:
         """Generators on the neurons of the computation graph (all nodes for parameter graphs)."""
-        n = int(self.graph.meta.get("num_original_nodes", self.graph.num_nodes)) if hasattr(
-            self.graph, "meta") else self.graph.num_nodes
+        n = (
+            int(self.graph.meta.get("num_original_nodes", self.graph.num_nodes))
+            if hasattr(self.graph, "meta")
+            else self.graph.num_nodes
+        )
         return self.generators[:, :n]
 
     # ------------------------------------------------------------------ invariants
@@ -134,8 +138,14 @@ class AutomorphismGroup:
                 names.append(f"group of order {f.order} on {self._describe(nodes)}")
             gens = self.quotient.generators[f.gen_index] if f.gen_index else np.zeros((0, self.quotient.n), np.int64)
             lifted = red.lift(gens) if gens.shape[0] else np.zeros((0, self.graph.num_nodes), np.int64)
-            out.append({"names": names, "order": f.order, "nodes": nodes,
-                        "generators": torch.from_numpy(np.asarray(lifted, dtype=np.int64))})
+            out.append(
+                {
+                    "names": names,
+                    "order": f.order,
+                    "nodes": nodes,
+                    "generators": torch.from_numpy(np.asarray(lifted, dtype=np.int64)),
+                }
+            )
         return out
 
     def _has_twins_below(self, depth: int, nodes: np.ndarray) -> bool:
@@ -225,8 +235,10 @@ class AutomorphismGroup:
         }
 
     def __repr__(self) -> str:
-        return (f"AutomorphismGroup(order=10^{self.log10_order:.2f}, nodes={self.graph.num_nodes}, "
-                f"quotient_nodes={self.quotient.n}, factors={len(self.factors)})")
+        return (
+            f"AutomorphismGroup(order=10^{self.log10_order:.2f}, nodes={self.graph.num_nodes}, "
+            f"quotient_nodes={self.quotient.n}, factors={len(self.factors)})"
+        )
 
 
 def _log10_big(x: int) -> float:
@@ -261,13 +273,19 @@ def compute_group(graph, reduce: bool = True) -> AutomorphismGroup:
     u, v, lab, _ = collapse_parallel_edges(qn, qs, qd, qc)
     quot = analyse_quotient(qn, u, v, lab, res.generators)
     t4 = time.perf_counter()
-    aut = AutomorphismGroup(graph, red, quot, res.log10_order,
-                            {"arrays": t1 - t0, "twins": t2 - t1, "nauty": t3 - t2, "quotient": t4 - t3,
-                             "total": t4 - t0})
+    aut = AutomorphismGroup(
+        graph,
+        red,
+        quot,
+        res.log10_order,
+        {"arrays": t1 - t0, "twins": t2 - t1, "nauty": t3 - t2, "quotient": t4 - t3, "total": t4 - t0},
+    )
     q_log = aut.log10_order - red.twin_log10
     if abs(q_log - res.log10_order) > 1e-6 * max(1.0, res.log10_order):
-        raise SymgraphError(f"internal: Expected the exact quotient order to match nauty's estimate "
-                            f"10^{res.log10_order:.6f} (got 10^{q_log:.6f})")
+        raise SymgraphError(
+            f"internal: Expected the exact quotient order to match nauty's estimate "
+            f"10^{res.log10_order:.6f} (got 10^{q_log:.6f})"
+        )
     return aut
 
 

@@ -192,8 +192,9 @@ def dag_depth(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     return depth if seen == n else None
 
 
-def layered_autgrp(n: int, u, v, label, vertex_color, num_labels: int | None = None,
-                   directed: bool = True) -> NautyResult:
+def layered_autgrp(
+    n: int, u, v, label, vertex_color, num_labels: int | None = None, directed: bool = True
+) -> NautyResult:
     """Automorphisms of a digraph with integer edge labels ``>= 1`` and vertex colours (layered encoding).
 
     Parameters

@@ -187,8 +187,11 @@ def analyse_quotient(n: int, u, v, label, generators: np.ndarray, sympy_limit: i
         diff = local != ar
         first_moved = diff.argmax(axis=1)
         rows = np.arange(len(mine))
-        swaps = bool(mine) and bool((diff.sum(axis=1) == 2).all()) and bool(
-            (local[rows, local[rows, first_moved]] == first_moved).all())
+        swaps = (
+            bool(mine)
+            and bool((diff.sum(axis=1) == 2).all())
+            and bool((local[rows, local[rows, first_moved]] == first_moved).all())
+        )
         orbs = [where[o] for o in members]
         if swaps:
             # transpositions generate the symmetric group on each component of their graph = each orbit
@@ -196,8 +199,9 @@ def analyse_quotient(n: int, u, v, label, generators: np.ndarray, sympy_limit: i
             factors.append(QuotientFactor(pts, orbs, local, True, order, mine))
         else:
             if pts.size > sympy_limit:
-                raise RuntimeError(f"Expected a quotient factor of at most {sympy_limit} points for Schreier-Sims "
-                                   f"(got {pts.size})")
+                raise RuntimeError(
+                    f"Expected a quotient factor of at most {sympy_limit} points for Schreier-Sims (got {pts.size})"
+                )
             f = QuotientFactor(pts, orbs, local, False, 0, mine)
             f.order = int(f.sympy_group().order())
             if f.order == math.prod(math.factorial(int(x.size)) for x in orbs):

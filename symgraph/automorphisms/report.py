@@ -86,19 +86,22 @@ class Report:
             x = int(x)
             return str(x) if x < 10**12 else f"10^{_log10(x):.2f}"
 
-        lines = [f"soundness report: {self.model_type} (encoding={self.encoding!r})",
-                 f"  computed |Aut| = {order(self.computed_order)}, declared (analytic) = "
-                 f"{order(self.declared_order)}",
-                 f"  {'factor':<60s} {'computed':>10s} {'declared':>10s} {'max diff':>10s}  verdict"]
+        lines = [
+            f"soundness report: {self.model_type} (encoding={self.encoding!r})",
+            f"  computed |Aut| = {order(self.computed_order)}, declared (analytic) = {order(self.declared_order)}",
+            f"  {'factor':<60s} {'computed':>10s} {'declared':>10s} {'max diff':>10s}  verdict",
+        ]
         for r in self.rows:
-            lines.append(f"  {r.factor[:60]:<60s} {order(r.computed_order):>10s} {order(r.declared_order):>10s} "
-                         f"{r.max_diff:>10.2e}  {r.verdict}")
+            lines.append(
+                f"  {r.factor[:60]:<60s} {order(r.computed_order):>10s} {order(r.declared_order):>10s} "
+                f"{r.max_diff:>10.2e}  {r.verdict}"
+            )
         for m in self.missing:
             lines.append(f"  declared but not found: {m}")
-        lines.append(f"  {self.random_checked} random automorphisms: max output difference "
-                     f"{self.random_max_diff:.2e}")
-        lines.append(f"  verdict: {'sound' if self.sound else 'UNSOUND'}, "
-                     f"{'complete' if self.complete else 'NOT complete'}")
+        lines.append(f"  {self.random_checked} random automorphisms: max output difference {self.random_max_diff:.2e}")
+        lines.append(
+            f"  verdict: {'sound' if self.sound else 'UNSOUND'}, {'complete' if self.complete else 'NOT complete'}"
+        )
         return "\n".join(lines)
 
 
@@ -119,9 +122,15 @@ def _declared(graph):
         return None
 
 
-def soundness_report(model: nn.Module, example_input: torch.Tensor | None = None, encoding: str = "sound",
-                     n_random: int = 8, input_shape: tuple[int, ...] | None = None, batch: int = 4,
-                     generator: torch.Generator | None = None) -> Report:
+def soundness_report(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    encoding: str = "sound",
+    n_random: int = 8,
+    input_shape: tuple[int, ...] | None = None,
+    batch: int = 4,
+    generator: torch.Generator | None = None,
+) -> Report:
     """Check every factor of the computed automorphism group against the model and the declared symmetry.
 
     Parameters
@@ -143,8 +152,7 @@ def soundness_report(model: nn.Module, example_input: torch.Tensor | None = None
     (True, 'sound, complete')
     """
     ex1 = None if example_input is None else example_input[:1]
-    aut: AutomorphismGroup = automorphism_group(model, example_input=ex1, input_shape=input_shape,
-                                                encoding=encoding)
+    aut: AutomorphismGroup = automorphism_group(model, example_input=ex1, input_shape=input_shape, encoding=encoding)
     g = aut.graph
     if example_input is None:
         shape = input_shape or (g.spec.input_shape if g.spec is not None else None)
@@ -153,8 +161,11 @@ def soundness_report(model: nn.Module, example_input: torch.Tensor | None = None
         gen = torch.Generator().manual_seed(0) if generator is None else generator
         example_input = torch.randn((batch,) + tuple(shape[1:]), generator=gen)
     decl = _declared(g)
-    cells = [] if decl is None else [(c, math.factorial(int(c.numel())), decl.labels.get(("cell", i), ""))
-                                     for i, c in enumerate(decl.cells)]
+    cells = (
+        []
+        if decl is None
+        else [(c, math.factorial(int(c.numel())), decl.labels.get(("cell", i), "")) for i, c in enumerate(decl.cells)]
+    )
     rows, covered = [], set()
     for rec in aut.factor_records:
         nodes = set(np.asarray(rec["nodes"]).tolist())
@@ -174,12 +185,33 @@ def soundness_report(model: nn.Module, example_input: torch.Tensor | None = None
             comp = "n/a"
         else:
             comp = "complete" if declared == rec["order"] else ("extra" if rec["order"] > declared else "missing")
-        rows.append(ReportRow("; ".join(rec["names"]), str(rec["order"]), None if declared is None else str(declared),
-                              len(diffs), worst, worst <= TOL, comp))
-    missing = [f"S_{int(reps.numel())} ({label})" for i, (reps, _, label) in enumerate(cells)
-               if reps.numel() > 1 and i not in covered]
+        rows.append(
+            ReportRow(
+                "; ".join(rec["names"]),
+                str(rec["order"]),
+                None if declared is None else str(declared),
+                len(diffs),
+                worst,
+                worst <= TOL,
+                comp,
+            )
+        )
+    missing = [
+        f"S_{int(reps.numel())} ({label})"
+        for i, (reps, _, label) in enumerate(cells)
+        if reps.numel() > 1 and i not in covered
+    ]
     gen = torch.Generator().manual_seed(1) if generator is None else generator
-    rand = [check_function_preservation(model, aut.random_element(gen), example_input, graph=g)
-            for _ in range(n_random)]
-    return Report(type(model).__name__, encoding, aut.order, None if decl is None else decl.order, n_random,
-                  max(rand, default=0.0), rows, missing)
+    rand = [
+        check_function_preservation(model, aut.random_element(gen), example_input, graph=g) for _ in range(n_random)
+    ]
+    return Report(
+        type(model).__name__,
+        encoding,
+        aut.order,
+        None if decl is None else decl.order,
+        n_random,
+        max(rand, default=0.0),
+        rows,
+        missing,
+    )

@@ -6,5 +6,16 @@ to the shape/activation encoders), it imports the module it extends first, so im
 
 from . import activation, attention, conv, deepsets, embedding, grid, linear, norm, pooling, residual, shape  # noqa: F401
 
-__all__ = ["activation", "attention", "conv", "deepsets", "embedding", "grid", "linear", "norm", "pooling",
-           "residual", "shape"]
+__all__ = [
+    "activation",
+    "attention",
+    "conv",
+    "deepsets",
+    "embedding",
+    "grid",
+    "linear",
+    "norm",
+    "pooling",
+    "residual",
+    "shape",
+]

@@ -50,15 +50,33 @@ def _module_act(module: nn.Module) -> str:
     return name
 
 
-ACTIVATION_MODULES = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
-                      nn.Softplus, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
-                      nn.Softsign, nn.LogSigmoid)
+ACTIVATION_MODULES = (
+    nn.ReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Tanhshrink,
+    nn.Softsign,
+    nn.LogSigmoid,
+)
 
 
 @register_encoder(*ACTIVATION_MODULES)
 def encode_activation_module(ctx, op, module, args):
-    return apply_elementwise(ctx, ctx.features(args[0], axis=-1) if not _is_feat(args[0]) else args[0],
-                             _module_act(module))
+    return apply_elementwise(
+        ctx, ctx.features(args[0], axis=-1) if not _is_feat(args[0]) else args[0], _module_act(module)
+    )
 
 
 def _is_feat(v) -> bool:
@@ -86,7 +104,8 @@ def _make_fn_encoder(act: str):
         args, kw = split_kwargs(args)
         x = args[0] if _is_feat(args[0]) else ctx.features(args[0], axis=-1)
         extra = [a for a in args[1:] if isinstance(a, int | float)] + [
-            v for k, v in sorted(kw.items()) if k not in ("inplace",) and isinstance(v, int | float | str)]
+            v for k, v in sorted(kw.items()) if k not in ("inplace",) and isinstance(v, int | float | str)
+        ]
         name = act if not extra else f"{act}({','.join(str(e) for e in extra)})"
         if act == "gelu" and not extra:
             name = "gelu(none)"

@@ -24,14 +24,24 @@ from .linear import add_bias
 
 def _conv_key(module: nn.Module, ndim: int) -> tuple:
     pad = module.padding if isinstance(module.padding, str) else tuple(module.padding)
-    return (f"conv{ndim}d", tuple(module.kernel_size), tuple(module.stride), pad, tuple(module.dilation),
-            module.groups, module.padding_mode)
+    return (
+        f"conv{ndim}d",
+        tuple(module.kernel_size),
+        tuple(module.stride),
+        pad,
+        tuple(module.dilation),
+        module.groups,
+        module.padding_mode,
+    )
 
 
 @register_encoder(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def encode_conv(ctx, op, module, args):
-    ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)] if type(module) in (
-        nn.Conv1d, nn.Conv2d, nn.Conv3d) else len(module.kernel_size)
+    ndim = (
+        {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
+        if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        else len(module.kernel_size)
+    )
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         raise UnsupportedModuleError(op.target, "transposed convolutions are not encoded yet")
     x = ctx.features(args[0], axis=1)
@@ -40,8 +50,9 @@ def encode_conv(ctx, op, module, args):
     c_out, c_in_g = w.shape[:2]
     groups = module.groups
     if x.axis != 1 or x.num_pos != 1:
-        raise ShapeMismatchError(f"a channels-first input for {type(module).__name__}",
-                                 f"features on axis {x.axis}", ctx.where())
+        raise ShapeMismatchError(
+            f"a channels-first input for {type(module).__name__}", f"features on axis {x.axis}", ctx.where()
+        )
     if x.size != c_in_g * groups:
         raise ShapeMismatchError(f"{c_in_g * groups} input channels", f"{x.size}", ctx.where())
     kind = f"conv{ndim}d"
@@ -70,11 +81,26 @@ def encode_conv(ctx, op, module, args):
         # a group swap must move the group's input channels with its output channels (row = both); within a
         # group, input channels and output channels permute freely
         in_rows = x.nodes.view(groups, c_in_g)
-        b.declare(SymmetryDecl("blocks", torch.cat([in_rows, out.view(groups, out_per_g)], dim=1),
-                               f"groups of {op.target} output channels", module=op.target))
+        b.declare(
+            SymmetryDecl(
+                "blocks",
+                torch.cat([in_rows, out.view(groups, out_per_g)], dim=1),
+                f"groups of {op.target} output channels",
+                module=op.target,
+            )
+        )
         for gi in range(groups):
-            b.declare(SymmetryDecl("perm", out[gi * out_per_g:(gi + 1) * out_per_g],
-                                   f"S_{out_per_g} within group {gi} of {op.target}", module=op.target))
-            b.declare(SymmetryDecl("perm", in_rows[gi], f"S_{c_in_g} within input group {gi} of {op.target}",
-                                   module=op.target))
+            b.declare(
+                SymmetryDecl(
+                    "perm",
+                    out[gi * out_per_g : (gi + 1) * out_per_g],
+                    f"S_{out_per_g} within group {gi} of {op.target}",
+                    module=op.target,
+                )
+            )
+            b.declare(
+                SymmetryDecl(
+                    "perm", in_rows[gi], f"S_{c_in_g} within input group {gi} of {op.target}", module=op.target
+                )
+            )
     return Features(out, op.shape, axis=1, owned=op.num_users == 1)

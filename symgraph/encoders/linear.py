@@ -26,8 +26,9 @@ def add_bias(ctx, out_nodes: torch.Tensor, bias: torch.Tensor, name: str, kind: 
     b.add_edges(bnode.expand(out_nodes.numel()), out_nodes, b.edge_color(("bias", kind)), bias, name)
 
 
-def encode_dense(ctx, x: Features, weight: torch.Tensor, bias, wname: str, bname: str | None,
-                 kind: str = "linear") -> Features:
+def encode_dense(
+    ctx, x: Features, weight: torch.Tensor, bias, wname: str, bname: str | None, kind: str = "linear"
+) -> Features:
     b = ctx.builder
     n_out, n_in = weight.shape
     if x.size != n_in:
@@ -41,8 +42,9 @@ def encode_dense(ctx, x: Features, weight: torch.Tensor, bias, wname: str, bname
     b.add_dense(x.nodes, out, color, weight, wname)
     if bias is not None:
         add_bias(ctx, out, bias, bname, kind)
-    b.declare(SymmetryDecl("perm", out, f"S_{n_out} on {ctx.module_path() or wname} output units",
-                           module=ctx.module_path()))
+    b.declare(
+        SymmetryDecl("perm", out, f"S_{n_out} on {ctx.module_path() or wname} output units", module=ctx.module_path())
+    )
     shape = tuple(x.shape[:-1]) + (n_out,) if x.axis in (-1, len(x.shape) - 1) else None
     return Features(out, shape or (n_out,), axis=-1, owned=ctx.op.num_users == 1)
 
@@ -53,8 +55,9 @@ def encode_linear(ctx, op, module: nn.Linear, args):
     if x.axis not in (-1, len(x.shape) - 1):
         raise ShapeMismatchError("features on the last axis for nn.Linear", f"axis {x.axis}", ctx.where())
     path = op.target
-    return encode_dense(ctx, x, module.weight, module.bias, f"{path}.weight",
-                        f"{path}.bias" if module.bias is not None else None)
+    return encode_dense(
+        ctx, x, module.weight, module.bias, f"{path}.weight", f"{path}.bias" if module.bias is not None else None
+    )
 
 
 @register_function(F.linear, torch._C._nn.linear)
@@ -65,5 +68,6 @@ def encode_functional_linear(ctx, op, module, args):
     bias = args[2] if len(args) > 2 else kw.get("bias")
     if not isinstance(w, ParamRef) or (bias is not None and not isinstance(bias, ParamRef)):
         raise ShapeMismatchError("F.linear with parameters of the model", "computed weights", ctx.where())
-    return encode_dense(ctx, x, w.tensor, None if bias is None else bias.tensor, w.name,
-                        None if bias is None else bias.name)
+    return encode_dense(
+        ctx, x, w.tensor, None if bias is None else bias.tensor, w.name, None if bias is None else bias.name
+    )

@@ -17,9 +17,20 @@ from ..errors import UnsupportedModuleError
 from ..registry import register_encoder, register_function
 from ..trace import LazyInput, split_kwargs
 
-POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+POOL_MODULES = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+)
 
 
 def _pooled(ctx, op, x):
@@ -28,8 +39,14 @@ def _pooled(ctx, op, x):
     x = ctx.features(x, axis=1)
     if x.num_pos != 1:
         raise UnsupportedModuleError(ctx.where(), "pooling a flattened value")
-    return Features(x.nodes, tuple(op.shape), x.axis if len(op.shape) > 2 else len(op.shape) - 1, None, 1,
-                    x.owned and op.num_users == 1)
+    return Features(
+        x.nodes,
+        tuple(op.shape),
+        x.axis if len(op.shape) > 2 else len(op.shape) - 1,
+        None,
+        1,
+        x.owned and op.num_users == 1,
+    )
 
 
 @register_encoder(*POOL_MODULES)
@@ -37,9 +54,20 @@ def encode_pool_module(ctx, op, module, args):
     return _pooled(ctx, op, args[0])
 
 
-@register_function(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-                   F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-                   F.max_pool1d, F.max_pool2d, F.max_pool3d)
+@register_function(
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+)
 def encode_pool_function(ctx, op, module, args):
     args, _ = split_kwargs(args)
     return _pooled(ctx, op, args[0])

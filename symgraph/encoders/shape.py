@@ -75,8 +75,9 @@ def encode_view(ctx, op, module, args):
     if isinstance(x, LazyInput):
         return LazyInput(out, x.name)
     raise UnsupportedModuleError(
-        op.name, f"reshape {tuple(in_shape)} -> {out} is not a flatten; attention head reshapes are handled by "
-        "the attention encoders"
+        op.name,
+        f"reshape {tuple(in_shape)} -> {out} is not a flatten; attention head reshapes are handled by "
+        "the attention encoders",
     )
 
 
@@ -85,8 +86,21 @@ def encode_identity_module(ctx, op, module, args):
     return _passthrough(ctx, op, args[0])
 
 
-@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous", "clone", "detach", "float",
-                   "half", "double", "bfloat16", "to", "type_as")
+@register_function(
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "half",
+    "double",
+    "bfloat16",
+    "to",
+    "type_as",
+)
 def encode_identity_function(ctx, op, module, args):
     args, _ = split_kwargs(args)
     return _passthrough(ctx, op, args[0])
@@ -94,8 +108,7 @@ def encode_identity_function(ctx, op, module, args):
 
 def _passthrough(ctx, op, x):
     if isinstance(x, Features):
-        return Features(x.nodes, tuple(op.shape or x.shape), x.axis, x.pos, x.num_pos,
-                        x.owned and op.num_users == 1)
+        return Features(x.nodes, tuple(op.shape or x.shape), x.axis, x.pos, x.num_pos, x.owned and op.num_users == 1)
     if isinstance(x, LazyInput):
         return LazyInput(tuple(op.shape or x.shape), x.name)
     return x
@@ -202,8 +215,14 @@ def encode_transpose(ctx, op, module, args):
             raise UnsupportedModuleError(op.name, f"transposing a {type(x).__name__}")
         return move(op, axis_permutation(op, len(x.shape), args, kw))
     perm = axis_permutation(op, len(x.shape), args, kw)
-    return Features(x.nodes, tuple(op.shape), _moved_axis(x.axis % len(x.shape), perm), x.pos, x.num_pos,
-                    x.owned and op.num_users == 1)
+    return Features(
+        x.nodes,
+        tuple(op.shape),
+        _moved_axis(x.axis % len(x.shape), perm),
+        x.pos,
+        x.num_pos,
+        x.owned and op.num_users == 1,
+    )
 
 
 def axis_permutation(op, rank: int, args: tuple, kw: dict) -> list[int]:

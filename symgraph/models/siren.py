@@ -89,5 +89,4 @@ class SIREN(nn.Module):
         return self.layers[-1](x)
 
     def __repr__(self) -> str:
-        return (f"SIREN(in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, "
-                f"omega0={self.omega0:g})")
+        return f"SIREN(in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, omega0={self.omega0:g})"
