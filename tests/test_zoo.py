@@ -185,18 +185,6 @@ def _gen_cmd(out: Path, n: int) -> list[str]:
     ]
 
 
-def _registry_has(name: str) -> bool:
-    try:
-        from symgraph.models import list_models
-    except ImportError:
-        return False
-    return name in list_models()
-
-
-needs_cnn2d = pytest.mark.skipif(not _registry_has("cnn2d"), reason="symgraph.models has no cnn2d")
-
-
-@needs_cnn2d
 def test_generated_zoo_records_architecture_hyperparameters_and_accuracy(tmp_path):
     from gmn.zoo.generate import generate_zoo
 
@@ -213,7 +201,6 @@ def test_generated_zoo_records_architecture_hyperparameters_and_accuracy(tmp_pat
 
 
 @pytest.mark.slow
-@needs_cnn2d
 def test_ci_slow_zoo_generation_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "zoo"
     env = dict(os.environ, PYTHONPATH=str(REPO))
