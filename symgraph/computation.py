@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .encoders.activation import ACTIVATION_FUNCTIONS, ACTIVATION_MODULES
 from .errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
 from .graph import NeuralGraph, NodeGroup, ParamSlot
 from .trace import ModelSpec, OpSpec, Ref, trace_model
@@ -174,51 +175,9 @@ def _module_act(module: nn.Module) -> str:
     return type(module).__name__.lower()
 
 
-_ACT_MODULES = (
-    nn.ReLU,
-    nn.GELU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.SiLU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Hardtanh,
-    nn.ReLU6,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Tanhshrink,
-    nn.Softsign,
-    nn.LogSigmoid,
-)
+_ACT_MODULES = ACTIVATION_MODULES
 _ACT_FUNCTIONS: dict[Any, str] = {}
-for _name, _targets in {
-    "relu": (F.relu, torch.relu, "relu"),
-    "gelu": (F.gelu, "gelu"),
-    "tanh": (torch.tanh, F.tanh, "tanh"),
-    "sigmoid": (torch.sigmoid, F.sigmoid, "sigmoid"),
-    "silu": (F.silu,),
-    "sin": (torch.sin, "sin"),
-    "cos": (torch.cos, "cos"),
-    "exp": (torch.exp, "exp"),
-    "elu": (F.elu,),
-    "celu": (F.celu,),
-    "leaky_relu": (F.leaky_relu,),
-    "softplus": (F.softplus,),
-    "mish": (F.mish,),
-    "relu6": (F.relu6,),
-    "hardtanh": (F.hardtanh,),
-    "selu": (F.selu,),
-    "hardswish": (F.hardswish,),
-    "hardsigmoid": (F.hardsigmoid,),
-    "softsign": (F.softsign,),
-    "tanhshrink": (F.tanhshrink,),
-    "logsigmoid": (F.logsigmoid,),
-    "neg": (operator.neg, torch.neg, "neg"),
-}.items():
+for _name, _targets in ACTIVATION_FUNCTIONS.items():
     for _t in _targets:
         _ACT_FUNCTIONS[_t] = _name
 

@@ -83,7 +83,9 @@ def _is_feat(v) -> bool:
     return isinstance(v, Features)
 
 
-_FUNCTIONS = {
+#: Functional activations: canonical name -> call_function/call_method targets. Shared with the computation
+#: graph (symgraph/computation.py) so that both graphs accept the same set.
+ACTIVATION_FUNCTIONS = {
     "relu": (F.relu, torch.relu, "relu"),
     "gelu": (F.gelu, "gelu"),
     "tanh": (torch.tanh, F.tanh, "tanh"),
@@ -93,9 +95,19 @@ _FUNCTIONS = {
     "cos": (torch.cos, "cos"),
     "exp": (torch.exp, "exp"),
     "elu": (F.elu,),
+    "celu": (F.celu,),
     "leaky_relu": (F.leaky_relu,),
     "softplus": (F.softplus,),
     "mish": (F.mish,),
+    "relu6": (F.relu6,),
+    "hardtanh": (F.hardtanh,),
+    "selu": (F.selu,),
+    "hardswish": (F.hardswish,),
+    "hardsigmoid": (F.hardsigmoid,),
+    "softsign": (F.softsign,),
+    "tanhshrink": (F.tanhshrink,),
+    "logsigmoid": (F.logsigmoid,),
+    "neg": (operator.neg, torch.neg, "neg"),
 }
 
 
@@ -114,7 +126,7 @@ def _make_fn_encoder(act: str):
     return enc
 
 
-for _act, _targets in _FUNCTIONS.items():
+for _act, _targets in ACTIVATION_FUNCTIONS.items():
     register_function(*_targets)(_make_fn_encoder(_act))
 
 
