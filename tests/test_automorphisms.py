@@ -9,6 +9,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -196,6 +197,65 @@ def test_sympy_schreier_sims_agrees_with_our_order(g):
     assert G.order() == aut.order
     G._order = None  # recompute with sympy's own Schreier-Sims: the generators generate the group
     assert G.order() == aut.order
+
+
+def assert_same_reduction(a, b):
+    assert len(a.levels) == len(b.levels)
+    for x, y in zip(a.levels, b.levels, strict=True):
+        assert x.interchangeable == y.interchangeable
+        for f in ("cls", "sizes", "members", "start", "rank"):
+            assert np.array_equal(getattr(x, f), getattr(y, f)), f
+    assert a.quotient[0] == b.quotient[0]
+    for x, y in zip(a.quotient[1:], b.quotient[1:], strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@st.composite
+def shuffled_multidags(draw):
+    """small_dags with the edge list shuffled and some coloured edges repeated (the sort and fallback paths)."""
+    g = draw(small_dags())
+    e = g.edge_index.t().tolist()
+    rows = [(a, b, int(c)) for (a, b), c in zip(e, g.edge_color.tolist(), strict=True)]
+    if rows and draw(st.booleans()):
+        rows += [rows[draw(st.integers(0, len(rows) - 1))]]
+    rows = draw(st.permutations(rows))
+    src, dst, ecol = zip(*rows, strict=True) if rows else ((), (), ())
+    return raw_graph(g.num_nodes, src, dst, ecol, g.node_color.tolist(), g.fixed_mask.tolist())
+
+
+@given(st.one_of(small_dags(), shuffled_multidags()))
+def test_collapsed_reduction_equals_the_plain_multigraph_passes_on_random_multidags(g):
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    for fixed in (g.fixed_mask.numpy(), None):
+        fast = reduce_twins(n, src, dst, ecol, vcol, fixed=fixed)
+        plain = reduce_twins(n, src, dst, ecol, vcol, fixed=fixed, collapse=False)
+        assert_same_reduction(fast, plain)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "cnn2d:hidden=8,conv_layers=2,norm=batchnorm",
+        "resnet",
+        "cnn1d",
+        "mlp",
+        "cnn2d:hidden=6,conv_layers=2,norm=groupnorm",
+    ],
+)
+def test_collapsed_reduction_gives_the_same_levels_and_quotient_as_the_plain_passes_on_models(arch):
+    from symgraph.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch)
+    x = torch.randn(1, 1, 28, 28) if arch.startswith(("cnn2d", "resnet")) else None
+    g = symgraph.parameter_graph(model, example_input=x) if x is not None else symgraph.parameter_graph(model)
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    for fixed in (g.fixed_mask.numpy(), None):
+        fast = reduce_twins(n, src, dst, ecol, vcol, fixed=fixed)
+        plain = reduce_twins(n, src, dst, ecol, vcol, fixed=fixed, collapse=False)
+        assert_same_reduction(fast, plain)
+    aut = compute_group(g)  # built on the collapsed reduction: its generators are automorphisms
+    assert all(aut.contains(gen) for gen in aut.generators)
 
 
 def test_twin_reduction_collapses_layers_and_lifts_exactly():

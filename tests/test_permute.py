@@ -21,9 +21,14 @@ class ResMLP(nn.Module):
         super().__init__()
         self.inp = nn.Linear(d_in, width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden) if norm else nn.Identity(), nn.Tanh(),
-                          nn.Linear(hidden, width))
-            for _ in range(blocks))
+            nn.Sequential(
+                nn.Linear(width, hidden),
+                nn.BatchNorm1d(hidden) if norm else nn.Identity(),
+                nn.Tanh(),
+                nn.Linear(hidden, width),
+            )
+            for _ in range(blocks)
+        )
         self.out = nn.Linear(width, d_out)
 
     def forward(self, x):
@@ -79,8 +84,17 @@ def test_random_automorphism_preserves_function_in_train_and_eval_mode(arch, see
 
 def test_every_generator_preserves_a_batchnorm_cnn_function_and_buffers():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3),
-                          nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    )
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_()
@@ -147,5 +161,35 @@ def test_train_mode_check_sees_running_statistics():
     perm = aut.random_element(torch.Generator().manual_seed(3))
     assert symgraph.check_function_preservation(model, perm, x, modes=("train",)) < 1e-10
     original = copy.deepcopy(model)
-    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), model.state_dict().values(),
-                                                 strict=True))  # the checker works on copies
+    assert all(
+        torch.equal(a, b) for a, b in zip(original.state_dict().values(), model.state_dict().values(), strict=True)
+    )  # the checker works on copies
+
+
+def test_float32_batchnorm_cnn_with_its_float32_graph_passes_in_train_mode_at_float64_precision():
+    # regression: a graph built from a float32 model must not round the float64 comparison (the updated
+    # running statistics used to be read back in the graph's float32 slot dtypes: ~3e-8 on a correct Phi)
+    from symgraph.models import build_model
+
+    torch.manual_seed(4)
+    model = build_model("cnn2d:hidden=8,conv_layers=2,norm=batchnorm")
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):  # non-trivial statistics, so that rounding would show
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 1, 28, 28)
+    g = symgraph.parameter_graph(model, example_input=x[:1])
+    assert g.edge_weight.dtype == torch.float32
+    assert any(s.is_buffer and s.dtype == torch.float32 for s in g.slots)
+    aut = symgraph.automorphism_group(g)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        perm = aut.random_element(gen)
+        assert symgraph.check_function_preservation(model, perm, x, graph=g, modes=("train",)) < 1e-10
+        assert symgraph.check_function_preservation(model, perm, x, graph=g) < 1e-10
+    # negative control: swapping two (fixed) output nodes keeps the edge set but changes the function
+    swap_out = torch.arange(g.num_nodes)
+    out = g.output_nodes
+    swap_out[int(out[0])], swap_out[int(out[1])] = int(out[1]), int(out[0])
+    assert not aut.contains(swap_out)
+    assert symgraph.check_function_preservation(model, swap_out, x, graph=g, modes=("train",)) > 1e-3

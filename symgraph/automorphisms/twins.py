@@ -32,8 +32,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from .nauty import dag_depth, multiset_hash, unique_int
+from .nauty import _mix, dag_depth, multiset_hash, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes"]
 
@@ -112,8 +113,9 @@ class TwinReduction:
     @property
     def twin_log10(self) -> float:
         if self._log10 is None:
-            self._log10 = sum(float(np.sum([math.lgamma(int(k) + 1) for k in lv.sizes[lv.sizes > 1]]))
-                              for lv in self.twin_levels) / math.log(10)
+            self._log10 = sum(
+                float(np.sum([math.lgamma(int(k) + 1) for k in lv.sizes[lv.sizes > 1]])) for lv in self.twin_levels
+            ) / math.log(10)
         return self._log10
 
     @property
@@ -232,13 +234,18 @@ def _make_level(cls: np.ndarray, position: np.ndarray | None = None) -> TwinLeve
     return TwinLevel(cls, sizes, members, start, rank, position is None)
 
 
-def chain_classes(n: int, src, dst, color, vertex_color) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def chain_classes(
+    n: int, src, dst, color, vertex_color, multiplicity=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Contract chains: edges ``x -> y`` with ``x`` of out-degree 1 and ``y`` of in-degree 1.
 
     Such edges form vertex-disjoint paths (a norm node hanging on its channel, an activation copy); the
     condition is automorphism-invariant, chains only enter at their head and leave at their tail, so
     replacing each chain by one vertex coloured by its sequence of vertex and edge colours keeps the group,
     and a quotient automorphism lifts uniquely (position along the chain to the same position).
+
+    ``multiplicity`` (optional, per edge) counts an edge as that many parallel edges in the degrees (a
+    collapsed multigraph, see :func:`reduce_twins`).
 
     Returns ``(cls, position, quotient vertex colour)``, or None when there is no chain edge.
 
@@ -252,8 +259,9 @@ def chain_classes(n: int, src, dst, color, vertex_color) -> tuple[np.ndarray, np
     dst = np.asarray(dst, dtype=np.int64)
     color = np.asarray(color, dtype=np.int64)
     vc = np.asarray(vertex_color, dtype=np.int64)
-    outdeg = np.bincount(src, minlength=n)
-    indeg = np.bincount(dst, minlength=n)
+    w = None if multiplicity is None else np.asarray(multiplicity, dtype=np.int64)
+    outdeg = np.bincount(src, weights=w, minlength=n).astype(np.int64)
+    indeg = np.bincount(dst, weights=w, minlength=n).astype(np.int64)
     ce = (outdeg[src] == 1) & (indeg[dst] == 1) & (src != dst)
     if not ce.any():
         return None
@@ -416,15 +424,31 @@ def fold_fixed(n: int, src, dst, color, vertex_color, fixed) -> tuple[tuple, np.
 
 
 def _dense(x: np.ndarray) -> np.ndarray:
-    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64) if x.size else x
+    """Rank of each value among the distinct values of ``x`` (``np.unique``'s inverse)."""
+    if not x.size:
+        return x
+    lo, hi = int(x.min()), int(x.max())
+    if hi - lo <= 4 * x.size + 1024:
+        # small value range (edge colours): a presence table instead of sorting tens of millions of values
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[x - lo] = True
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        return rank[x - lo]
+    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 32, chains: bool = True,
-                 fixed=None) -> TwinReduction:
+def reduce_twins(
+    n: int, src, dst, color, vertex_color, max_levels: int = 32, chains: bool = True, fixed=None, collapse: bool = True
+) -> TwinReduction:
     """Iterated twin reduction (and chain contraction) of a coloured directed multigraph (module docstring).
 
     Twin steps and chain steps alternate until neither changes the graph: contracting a channel with its
     norm node makes the channels of a layer twins again, and so on.
+
+    With ``collapse`` (the default) the parallel edges of each ordered pair are merged once, up front, into
+    one edge labelled by their colour set (a 3x3 conv's 9 edges per channel pair become one), and every
+    step works on that much smaller simple graph (:func:`_reduce_collapsed`); the levels and the quotient
+    are identical to those of the plain multigraph passes (``collapse=False``, kept as the reference).
 
     Example
     -------
@@ -441,6 +465,11 @@ def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 32, ch
     if fixed is not None:
         (m0, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
     cur = (int(n) if keep is None else m0, src, dst, color, vc)
+    if collapse and chains:
+        done = _reduce_collapsed(*cur, max_levels)
+        if done is not None:
+            levels, quotient = done
+            return TwinReduction(levels, quotient if levels else cur, int(n), keep)
     idle = 0
     step = 0
     while idle < 3 and len(levels) < max_levels:
@@ -485,3 +514,306 @@ def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 32, ch
         cur = (k, key // C // k, key // C % k, key % C, qv)
         idle, step = 0, step + 1
     return TwinReduction(levels, cur, int(n), keep)
+
+
+# ------------------------------------------------------------------ the collapsed (labelled) passes
+# A multigraph without repeated ``(src, dst, colour)`` is the simple graph of its ordered pairs, each pair
+# labelled by the set of its colours. ``table[label]`` is that set as a sorted tuple; labels are numbered in
+# the lexicographic order of their tuples (so single colours keep their relative order).
+
+
+def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(c) for c in counts])``, vectorised."""
+    total = int(counts.sum())
+    starts = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+
+
+def _segment_ids(values: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the contiguous segments ``values[first[i] : first[i] + counts[i]]``: equal sequences <=> equal
+    ids. Returns ``(id per segment, a representative segment per id)``. Proposed by hashing, checked
+    element by element (Python tuples for everything if any check fails)."""
+    seg = np.repeat(np.arange(first.size, dtype=np.int64), counts)
+    h = multiset_hash(values, seg, first.size, salt=0x51ED270B)
+    h = h ^ _mix(counts.astype(np.uint64)).view(np.int64)
+    _, cand = np.unique(h, return_inverse=True)
+    cand = cand.reshape(-1).astype(np.int64)
+    rep = np.full(int(cand.max()) + 1, -1, dtype=np.int64)
+    rep[cand[::-1]] = np.arange(first.size, dtype=np.int64)[::-1]
+    r = rep[cand]
+    ok = bool(np.array_equal(counts, counts[r]))
+    if ok:
+        idx = np.repeat(first[r], counts) + _ragged_arange(counts)
+        ok = bool(np.array_equal(values, values[idx]))
+    if not ok:  # hash collision: explicit tuples (never seen in practice)
+        table: dict[tuple, int] = {}
+        cand = np.array(
+            [
+                table.setdefault(tuple(values[a : a + c].tolist()), len(table))
+                for a, c in zip(first.tolist(), counts.tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
+        rep = np.full(len(table), -1, dtype=np.int64)
+        rep[cand[::-1]] = np.arange(first.size, dtype=np.int64)[::-1]
+    return cand, rep
+
+
+def _canonical(ids: np.ndarray, tuples: list[tuple]) -> tuple[np.ndarray, list[tuple]]:
+    """Renumber ``ids`` (with ``tuples[id]``) so that labels follow the sorted distinct tuples."""
+    table = sorted(set(tuples))
+    rank = {t: i for i, t in enumerate(table)}
+    remap = np.array([rank[t] for t in tuples], dtype=np.int64)
+    return (remap[ids] if ids.size else ids), table
+
+
+def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of equal consecutive values."""
+    br = np.ones(key.size, dtype=bool)
+    br[1:] = key[1:] != key[:-1]
+    first = np.nonzero(br)[0]
+    return first, np.diff(np.append(first, key.size))
+
+
+def _collapse(m: int, src, dst, color):
+    """``(u, v, label, table)``, one edge per ordered pair; None when a ``(src, dst, colour)`` repeats."""
+    if src.size == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e.copy(), e.copy(), []
+    if int(color.min()) < 0:
+        return None
+    pair = src * m + dst
+    first, counts = _runs(pair)
+    inner = np.ones(pair.size, dtype=bool)
+    inner[first] = False  # edges continuing a run of their pair
+    grouped = _distinct(src[first], dst[first], m)  # builders emit a pair's parallel edges together
+    if grouped and first.size == pair.size:  # a simple graph already (an MLP): labels are the colours
+        lab = _dense(color)
+        return src, dst, lab, [(c,) for c in np.unique(color).tolist()]
+    if not (grouped and bool(np.all(color[1:][inner[1:]] > color[:-1][inner[1:]]))):
+        C = int(color.max()) + 1
+        order = torch.sort(torch.from_numpy(pair * C + color), stable=True).indices.numpy()
+        src, dst, color, pair = src[order], dst[order], color[order], pair[order]
+        first, counts = _runs(pair)
+        inner = np.ones(pair.size, dtype=bool)
+        inner[first] = False
+        if bool(np.any(color[1:][inner[1:]] == color[:-1][inner[1:]])):
+            return None  # a repeated coloured edge: the plain multigraph passes handle it
+    ids, rep = _run_ids(color, first, counts)
+    tuples = [tuple(color[first[r] : first[r] + counts[r]].tolist()) for r in rep.tolist()]
+    lab, table = _canonical(ids, tuples)
+    return src[first], dst[first], lab, table
+
+
+def _run_ids(color: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_segment_ids` for runs of non-negative colours, exactly and without hashing where it can: runs
+    of one length ``L`` with ``C ** L < 2 ** 62`` are numbers in base ``C`` (a 3x3 kernel: 9 digits)."""
+    C = int(color.max()) + 1
+    ids = np.empty(first.size, dtype=np.int64)
+    rep_parts = []
+    total = 0
+    for L in np.unique(counts).tolist():
+        sel = np.nonzero(counts == L)[0]
+        idx = first[sel].reshape(-1, 1) + np.arange(L, dtype=np.int64)
+        if L * math.log2(max(C, 2)) < 62:
+            key = np.zeros(sel.size, dtype=np.int64)
+            for j in range(L):
+                key = key * C + color[idx[:, j]]
+            local = _dense(key)
+            rep_local = np.empty(int(local.max()) + 1, dtype=np.int64)
+            rep_local[local[::-1]] = np.arange(sel.size - 1, -1, -1, dtype=np.int64)  # first run of each id
+        else:
+            local, rep_local = _segment_ids(
+                color[idx].reshape(-1), np.arange(sel.size, dtype=np.int64) * L, np.full(sel.size, L, dtype=np.int64)
+            )
+        ids[sel] = local + total
+        rep_parts.append(sel[rep_local])
+        total += int(rep_local.size)
+    return ids, np.concatenate(rep_parts)
+
+
+def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
+    """No ordered pair occurs twice? Free when the pairs come sorted by source or by target (builders emit
+    them so), a sort otherwise."""
+    for key in (src * m + dst, dst * m + src):
+        if bool(np.all(key[1:] > key[:-1])):
+            return True
+    return unique_int(src * m + dst).size == src.size
+
+
+def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple]):
+    """Quotient edges: one per distinct ``pair`` (``A * k + B``), labelled by the union of the colour sets
+    ``tuples[item]`` of its edges. Returns ``(u, v, label, table)`` sorted by pair."""
+    T = max(len(tuples), 1)
+    uk = unique_int(pair * T + item)
+    p, it = uk // T, uk % T
+    first, counts = _runs(p)
+    if bool(np.all(counts == 1)):
+        ids, merged = it, list(tuples)
+    else:
+        ids, rep = _segment_ids(it, first, counts)
+        merged = [
+            tuple(sorted(set().union(*(tuples[x] for x in it[first[r] : first[r] + counts[r]].tolist()))))
+            for r in rep.tolist()
+        ]
+        p = p[first]
+    lab, table = _canonical(ids, merged)
+    return p // k, p % k, lab, table
+
+
+def _expand(k: int, u, v, lab, table, vc):
+    """The labelled graph as the multigraph ``(k, src, dst, colour, vertex_colour)``, sorted by (pair, colour)."""
+    lens = np.array([len(t) for t in table], dtype=np.int64)
+    flat = np.array([c for t in table for c in t], dtype=np.int64)
+    start = np.cumsum(lens) - lens
+    reps = lens[lab] if lab.size else np.zeros(0, dtype=np.int64)
+    col = flat[np.repeat(start[lab], reps) + _ragged_arange(reps)] if lab.size else lab
+    return k, np.repeat(u, reps), np.repeat(v, reps), col, vc
+
+
+def _matching_collapsed(n: int, u, v, lab, table, vertex_color):
+    """:func:`matching_classes` on the labelled graph (same classes, positions and vertex colours).
+
+    Returns ``(cls, pos, qv, ext, item, tuples)``: the edges ``ext`` between different classes keep the
+    colour set ``tuples[item]`` (colours that record which end of a pair they touch, densely renumbered
+    over all such colours exactly as :func:`matching_classes` does), or None.
+    """
+    vc = vertex_color
+    if u.size == 0:
+        return None
+    depth = dag_depth(n, u, v)
+    if depth is not None:
+        vc = _dense(vc * (int(depth.max()) + 1) + depth)
+    V = int(vc.max()) + 1
+    NL = len(table)
+    lens = np.array([len(t) for t in table], dtype=np.int64)
+    flat = np.array([c for t in table for c in t], dtype=np.int64)
+    tstart = np.cumsum(lens) - lens
+    C = int(flat.max()) + 1
+    size = np.bincount(vc, minlength=V)
+    ab = vc[u] * V + vc[v]
+    comb, inv, ccnt = (
+        x.numpy()
+        for x in torch.unique(torch.from_numpy(ab * NL + lab), sorted=True, return_inverse=True, return_counts=True)
+    )
+    cl, cab = comb % NL, comb // NL
+    rep = lens[cl]
+    ent_comb = np.repeat(np.arange(comb.size, dtype=np.int64), rep)  # (combination, colour) entries
+    ent_key = np.repeat(cab, rep) * C + flat[np.repeat(tstart[cl], rep) + _ragged_arange(rep)]
+    uk, kinv = np.unique(ent_key, return_inverse=True)
+    kinv = kinv.reshape(-1)
+    counts = np.bincount(kinv, weights=np.repeat(ccnt, rep), minlength=uk.size).astype(np.int64)
+    a_of, b_of = uk // C // V, uk // C % V
+    ok = (a_of != b_of) & (counts == size[a_of]) & (counts == size[b_of]) & (counts > 1)
+    cands = uk[ok]
+    if cands.size == 0:
+        return None
+    # distinct sources and targets per candidate key: a perfect matching has counts distinct of each
+    cidx = np.full(uk.size, -1, dtype=np.int64)
+    cidx[ok] = np.arange(cands.size)
+    ent_cand = cidx[kinv]
+    hit = ent_cand >= 0
+    ncand = np.bincount(ent_comb[hit], minlength=comb.size)
+    off = np.cumsum(ncand) - ncand
+    cand_list = ent_cand[hit]  # grouped by combination (entries are)
+    erep = ncand[inv]
+    e_idx = np.repeat(np.arange(u.size, dtype=np.int64), erep)
+    cand_of = cand_list[np.repeat(off[inv], erep) + _ragged_arange(erep)]
+    cs = np.bincount(unique_int(cand_of * n + u[e_idx]) // n, minlength=cands.size)
+    cd = np.bincount(unique_int(cand_of * n + v[e_idx]) // n, minlength=cands.size)
+    good = cands[(cs == counts[ok]) & (cd == counts[ok])]
+    used: set[int] = set()
+    chosen = []
+    for kk in good.tolist():
+        a, b = kk // C // V, kk // C % V
+        if a not in used and b not in used:
+            used.update((a, b))
+            chosen.append(kk)
+    single = lens == 1
+    while chosen:
+        chosen_arr = np.asarray(chosen, dtype=np.int64)
+        sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
+        sel = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
+        partner = np.full(n, -1, dtype=np.int64)
+        partner[u[sel]] = v[sel]
+        is_y = np.zeros(n, dtype=bool)
+        is_y[v[sel]] = True
+        head = np.nonzero(~is_y)[0]
+        cls = np.full(n, -1, dtype=np.int64)
+        cls[head] = np.arange(head.size)
+        pos = np.zeros(n, dtype=np.int64)
+        xs = np.nonzero(partner >= 0)[0]
+        cls[partner[xs]] = cls[xs]
+        pos[partner[xs]] = 1
+        internal = cls[u] == cls[v]
+        extra = internal & ~(sel & single[lab])  # another coloured edge inside a pair
+        if not extra.any():
+            break
+        hit_sel = sel & np.isin(cls[u], cls[u[extra]])
+        chosen_of = {kk // C: kk for kk in chosen}
+        bad_keys = {chosen_of[x] for x in np.unique(ab[hit_sel]).tolist()}
+        chosen = [kk for kk in chosen if kk not in bad_keys]
+    if not chosen:
+        return None
+    side = np.where(partner >= 0, 0, np.where(is_y, 1, 2))
+    qv_sig = np.stack([vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1)], axis=1)
+    qv = np.unique(qv_sig, axis=0, return_inverse=True)[1].reshape(-1)
+    ext = ~internal
+    t = (lab[ext] * 3 + side[u[ext]]) * 3 + side[v[ext]]
+    ut, item = np.unique(t, return_inverse=True)
+    raw = [tuple((c * 3 + x // 3 % 3) * 3 + x % 3 for c in table[x // 9]) for x in ut.tolist()]
+    values = sorted({c for r in raw for c in r})
+    rank = {c: i for i, c in enumerate(values)}
+    return cls, pos, qv, ext, item.reshape(-1).astype(np.int64), [tuple(rank[c] for c in r) for r in raw]
+
+
+def _reduce_collapsed(m: int, src, dst, color, vc, max_levels: int):
+    """The twin / chain / matching loop of :func:`reduce_twins` on the collapsed graph: ``(levels,
+    quotient)``, or None when the multigraph repeats a coloured edge (then the plain passes run)."""
+    col = _collapse(m, src, dst, color)
+    if col is None:
+        return None
+    u, v, lab, table = col
+    levels: list[TwinLevel] = []
+    idle = step = 0
+    while idle < 3 and len(levels) < max_levels:
+        if m == 0:
+            break
+        if step % 3 == 0:
+            # exact twins of the labelled graph = those of the multigraph (no coloured edge repeats)
+            cls = twin_classes(m, u, v, lab, vc)
+            k = int(cls.max()) + 1 if m else 0
+            if k == m:
+                idle, step = idle + 1, step + 1
+                continue
+            lv = _make_level(cls)
+            rep = lv.members[lv.start]
+            qv = np.unique(np.stack([vc[rep], lv.sizes]), axis=1, return_inverse=True)[1].reshape(-1)
+            u, v, lab, table = _merge(k, cls[u] * k + cls[v], lab, table)
+        elif step % 3 == 2:
+            found = _matching_collapsed(m, u, v, lab, table, vc)
+            if found is None:
+                idle, step = idle + 1, step + 1
+                continue
+            cls, pos, qv, ext, item, tuples = found
+            k = int(cls.max()) + 1
+            lv = _make_level(cls, pos)
+            u, v, lab, table = _merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples)
+        else:
+            lens = np.array([len(t) for t in table], dtype=np.int64)
+            single = np.array([t[0] if len(t) == 1 else -1 for t in table], dtype=np.int64)
+            found = chain_classes(
+                m, u, v, single[lab] if lab.size else lab, vc, multiplicity=lens[lab] if lab.size else lab
+            )
+            if found is None:
+                idle, step = idle + 1, step + 1
+                continue
+            cls, pos, qv = found
+            k = int(cls.max()) + 1
+            lv = _make_level(cls, pos)
+            ext = cls[u] != cls[v]
+            u, v, lab, table = _merge(k, cls[u[ext]] * k + cls[v[ext]], lab[ext], table)
+        levels.append(lv)
+        m, vc = k, qv
+        idle, step = 0, step + 1
+    return levels, _expand(m, u, v, lab, table, vc)
