@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow test-torchvision lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,9 +26,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Optional: torchvision models (resnet18, VisionTransformer). On this machine torchvision needs torch 2.14.1, so
+# it lives in its own environment; the project is installed there without its torch==2.13.0 pin (--no-deps).
+TVENV := .venv-tv
+test-torchvision:
+	@test -x $(TVENV)/bin/python || $(PY) -m venv $(TVENV)
+	$(TVENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(TVENV)/bin/python -m pip install -q torch-geometric networkx pynauty sympy matplotlib tqdm numpy pytest hypothesis
+	$(TVENV)/bin/python -m pip install -q --no-deps -e .
+	$(TVENV)/bin/python -m pytest -q tests/test_models.py -k torchvision
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TVENV) build *.egg-info

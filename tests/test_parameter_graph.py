@@ -435,3 +435,30 @@ def test_unused_parameters_are_kept_and_reported():
 def test_factorial_order_helper_is_consistent():
     # guard for the MLP formula used across tests: prod n_l! over hidden layers
     assert math.prod(math.factorial(n) for n in (3, 4)) == 144
+
+
+class _PatchTokens(nn.Module):
+    """A ViT-style stem written like torchvision's: shape arithmetic, an assert, a reshape of spatial dims."""
+
+    def __init__(self, size=8):
+        super().__init__()
+        self.size = size
+        self.proj = nn.Conv2d(1, 4, 4, stride=4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        torch._assert(h == self.size, f"Wrong image height! Expected {self.size} but got {h}!")
+        n_h = h // 4
+        x = self.proj(x).reshape(n, 4, n_h * (w // 4)).permute(0, 2, 1)
+        return self.head(x.mean(1))
+
+
+def test_shape_arithmetic_and_asserts_are_evaluated_on_the_example_input():
+    m = _PatchTokens()
+    g = symgraph.parameter_graph(m, input_shape=(1, 1, 8, 8))
+    assert _state_equal(g.to_state_dict(), m.state_dict())
+    assert int(g.edge_param.has_param().sum()) == sum(p.numel() for p in m.parameters())
+    # negative control: an input the model's own assert rejects is reported, not silently encoded
+    with pytest.raises(ShapeMismatchError, match="Wrong image height"):
+        symgraph.parameter_graph(_PatchTokens(size=12), input_shape=(1, 1, 8, 8))

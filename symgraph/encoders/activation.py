@@ -135,6 +135,10 @@ def encode_scale(ctx, op, module, args):
     """x * c or x / c with a constant c: recorded as an elementwise op carrying c."""
     args, _ = split_kwargs(args)
     a, c = args[0], args[1]
+    from .shape import is_plain
+
+    if is_plain(a, c) and callable(op.target):  # shape arithmetic (e.g. n_h * n_w): evaluate it
+        return op.target(a, c)
     if isinstance(a, int | float) and not isinstance(c, int | float):
         a, c = c, a
     if not isinstance(c, int | float):

@@ -25,6 +25,10 @@ from .activation import apply_elementwise
 def encode_add(ctx, op, module, args):
     args, kw = split_kwargs(args)
     a, b = args[0], args[1]
+    from .shape import is_plain
+
+    if is_plain(a, b) and callable(op.target):  # shape arithmetic: evaluate it
+        return op.target(a, b)
     sub = op.target in (operator.sub, torch.sub, "sub")
     if isinstance(a, int | float) or isinstance(b, int | float):
         x, c = (a, b) if not isinstance(a, int | float) else (b, a)

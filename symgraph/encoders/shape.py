@@ -74,6 +74,15 @@ def encode_view(ctx, op, module, args):
         return flatten_value(ctx, x, 1, -1, out)
     if isinstance(x, LazyInput):
         return LazyInput(out, x.name)
+    if isinstance(x, Features) and x.num_pos == 1:
+        ax = x.axis % len(in_shape)
+        # only dims after the feature axis change (e.g. a patch embedding's (B, D, h, w) -> (B, D, h*w))
+        if tuple(in_shape[: ax + 1]) == out[: ax + 1]:
+            return Features(x.nodes, out, ax, None, 1, x.owned and op.num_users == 1)
+        # only dims before it change (e.g. merging batch and tokens in front of the features)
+        tail = tuple(in_shape[ax:])
+        if len(out) >= len(tail) and out[len(out) - len(tail) :] == tail:
+            return Features(x.nodes, out, len(out) - len(tail), None, 1, x.owned and op.num_users == 1)
     raise UnsupportedModuleError(
         op.name,
         f"reshape {tuple(in_shape)} -> {out} is not a flatten; attention head reshapes are handled by "
@@ -267,3 +276,52 @@ def encode_expand(ctx, op, module, args):
             raise UnsupportedModuleError(op.name, "expanding or repeating the feature axis")
         return Features(x.nodes, tuple(op.shape), ax + shift, x.pos, x.num_pos, False)
     return x  # a parameter broadcast over the batch: its consumer (cat, add) reads the parameter itself
+
+
+_COMPARISONS = {
+    operator.eq: "==",
+    operator.ne: "!=",
+    operator.lt: "<",
+    operator.le: "<=",
+    operator.gt: ">",
+    operator.ge: ">=",
+}
+
+
+@register_function(*_COMPARISONS)
+def encode_comparison(ctx, op, module, args):
+    """Comparisons of shapes and constants (e.g. ``h == self.image_size`` before an assert) are evaluated."""
+    args, _ = split_kwargs(args)
+    a, b = args[0], args[1]
+    if isinstance(a, Features | LazyInput) or isinstance(b, Features | LazyInput):
+        raise UnsupportedModuleError(op.name, "comparing tensors (data-dependent) is not a parameter-graph op")
+    return op.target(a, b)
+
+
+@register_function(torch._assert)
+def encode_assert(ctx, op, module, args):
+    """``torch._assert(cond, msg)`` on shapes: checked now (the example input decides), no graph content."""
+    args, kw = split_kwargs(args)
+    cond = args[0] if args else kw.get("condition")
+    msg = args[1] if len(args) > 1 else kw.get("message", "")
+    if isinstance(cond, Features | LazyInput):
+        raise UnsupportedModuleError(op.name, "an assert on tensor values (data-dependent)")
+    if not cond:
+        raise ShapeMismatchError("an input that passes the model's own check", str(msg), ctx.where())
+    return None
+
+
+def is_plain(*values) -> bool:
+    """True when no value is a traced tensor: the op is shape arithmetic that can be evaluated now."""
+    from ..trace import ParamRef
+
+    return not any(isinstance(v, Features | LazyInput | ParamRef) for v in values)
+
+
+@register_function(operator.floordiv, operator.mod, operator.pow)
+def encode_shape_arithmetic(ctx, op, module, args):
+    """Arithmetic on shapes and constants (``h // patch``) is evaluated; on tensors it is not encoded."""
+    args, _ = split_kwargs(args)
+    if is_plain(*args[:2]):
+        return op.target(args[0], args[1])
+    raise UnsupportedModuleError(op.name, f"'{op.target.__name__}' on a tensor is not encoded")
