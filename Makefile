@@ -32,7 +32,7 @@ TVENV := .venv-tv
 test-torchvision:
 	@test -x $(TVENV)/bin/python || $(PY) -m venv $(TVENV)
 	$(TVENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(TVENV)/bin/python -m pip install -q torch-geometric networkx pynauty sympy matplotlib tqdm numpy pytest hypothesis
+	$(TVENV)/bin/python -m pip install -q torch-geometric networkx pynauty sympy matplotlib tqdm numpy pytest hypothesis scipy scikit-learn
 	$(TVENV)/bin/python -m pip install -q --no-deps -e .
 	$(TVENV)/bin/python -m pytest -q tests/test_models.py -k torchvision
 
