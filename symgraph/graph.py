@@ -17,7 +17,6 @@ budget; it indexes and embeds like a LongTensor in torch.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -395,7 +394,3 @@ class NeuralGraph:
             f"NeuralGraph(kind={self.kind!r}, num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
             f"node_colors={len(self.node_color_keys)}, edge_colors={len(self.edge_color_keys)})"
         )
-
-
-def _log10_factorial(n: int) -> float:
-    return math.lgamma(n + 1) / math.log(10)

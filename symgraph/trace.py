@@ -9,7 +9,6 @@ values of its inputs; encoders add nodes and edges to a :class:`~symgraph.builde
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,6 +375,3 @@ def split_kwargs(args: tuple) -> tuple[tuple, dict]:
     if args and isinstance(args[-1], dict):
         return tuple(args[:-1]), args[-1]
     return tuple(args), {}
-
-
-_ = operator  # operator targets are registered in encoders
