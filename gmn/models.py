@@ -2,8 +2,9 @@
 
 Input: a ``torch_geometric`` ``Batch`` of :func:`gmn.graph_to_data` outputs (graphs of any architectures).
 
-- Encoders: one embedding table per categorical column (``x_cat``, ``edge_cat``), summed, plus an MLP of
-  the float columns (``x``, ``edge_attr``; the weight value enters here).
+- Encoders: one embedding per categorical column (``x_cat``, ``edge_cat``; large vocabularies factorised,
+  positional ids as sinusoidal features, see :class:`FeatureEncoder`), summed, plus an MLP of the float
+  columns (``x``, ``edge_attr``; the weight value enters here).
 - Layers: ``num_layers`` :class:`GMNLayer` with residual connections and LayerNorm.
 - Invariant head (``out_dim``): mean-pool the final edge features (and node features, ``pool=("edge",
   "node")``) per graph, concatenate the global feature, MLP -> ``[num_graphs, out_dim]``. The output is a
@@ -28,42 +29,107 @@ from torch import Tensor
 
 from symgraph.graph import NeuralGraph
 
-from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, NODE_CAT_SIZES, NODE_FLOAT_DIM
+from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, MAX_POSITIONS, NODE_CAT_COLUMNS, NODE_CAT_SIZES, NODE_FLOAT_DIM
 from .layers import ConcatMLP, GMNLayer, scatter_reduce
 
 __all__ = ["GMN", "GMNEdgeHead", "FeatureEncoder", "edge_output_to_state_dict", "split_edge_output"]
 
 
 class FeatureEncoder(nn.Module):
-    """Sum of embeddings of categorical columns plus an MLP of float columns.
+    """Embeddings of categorical columns, summed, plus an MLP of float columns.
+
+    Small vocabularies (at most ``full_rows`` rows) get a full ``out_dim``-wide table. Large ones would
+    dominate a small model's parameter count while most of their rows are never used (a 1024-bucket key hash,
+    2049 positional ids): they get a factorised table of width ``embed_rank`` and a linear map to ``out_dim``.
+    Columns named in ``sinusoidal`` (the positional identity of input/output nodes) are not looked up at all:
+    id ``0`` means "no position", ids ``1 .. P`` the inputs and ``P+1 .. 2P`` the outputs; the encoder feeds
+    ``[is_input, is_output, sin/cos of the index at 8 frequencies]`` through a linear map. Every feature is a
+    function of the id only, so invariance and equivariance of the GMN are unchanged.
 
     Example
     -------
     >>> enc = FeatureEncoder((3, 5), 2, 8)
     >>> enc(torch.tensor([[0, 4], [2, 1]]), torch.randn(2, 2)).shape
     torch.Size([2, 8])
+    >>> big = FeatureEncoder((3, 1025), 2, 8, sinusoidal=(1,), positions=512)
+    >>> sum(p.numel() for p in big.parameters()) < 3 * 8 + 1025 * 8
+    True
     """
 
-    def __init__(self, cat_sizes: Sequence[int], float_dim: int, out_dim: int):
+    NUM_FREQ = 8
+
+    def __init__(
+        self,
+        cat_sizes: Sequence[int],
+        float_dim: int,
+        out_dim: int,
+        full_rows: int = 128,
+        embed_rank: int = 4,
+        sinusoidal: Sequence[int] = (),
+        positions: int = 1024,
+    ):
         super().__init__()
         self.cat_sizes, self.float_dim, self.out_dim = tuple(cat_sizes), float_dim, out_dim
-        self.embeddings = nn.ModuleList(nn.Embedding(s, out_dim) for s in self.cat_sizes)
+        self.sinusoidal, self.positions = tuple(sinusoidal), int(positions)
+        rank = min(embed_rank, out_dim)
+        self.embeddings = nn.ModuleList()
+        self.projections = nn.ModuleDict()
+        for k, s in enumerate(self.cat_sizes):
+            if k in self.sinusoidal:
+                self.embeddings.append(nn.Identity())  # keeps column indices aligned; no table
+                self.projections[str(k)] = nn.Linear(2 + 2 * self.NUM_FREQ, out_dim, bias=False)
+            elif s > full_rows:
+                self.embeddings.append(nn.Embedding(s, rank))
+                self.projections[str(k)] = nn.Linear(rank, out_dim, bias=False)
+            else:
+                self.embeddings.append(nn.Embedding(s, out_dim))
+        # geometric frequencies from 1 (adjacent ids differ clearly) down to 1 / positions (no wrap-around)
+        freqs = float(self.positions) ** (-torch.arange(self.NUM_FREQ, dtype=torch.float64) / (self.NUM_FREQ - 1))
+        self.register_buffer("freqs", freqs.float(), persistent=False)
         self.mlp = ConcatMLP(float_dim, out_dim, out_dim, num_layers=2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for emb in self.embeddings:
-            nn.init.normal_(emb.weight, std=0.1)
+        for k, emb in enumerate(self.embeddings):
+            if k in self.sinusoidal:
+                continue
+            if str(k) in self.projections:
+                nn.init.normal_(emb.weight, std=1.0)
+            else:
+                nn.init.normal_(emb.weight, std=0.1)
+        for k, proj in self.projections.items():  # each table's output starts at about std 0.1 per dimension
+            scale = 1.0 if int(k) in self.sinusoidal else proj.in_features**-0.5
+            nn.init.normal_(proj.weight, std=0.1 * scale)
         self.mlp.reset_parameters()
+
+    def _position_features(self, ids: Tensor, dtype) -> Tensor:
+        is_in = (ids >= 1) & (ids <= self.positions)
+        is_out = ids > self.positions
+        idx = torch.where(is_out, ids - 1 - self.positions, ids - 1).clamp(min=0).to(self.freqs.dtype)
+        ang = idx[:, None] * self.freqs[None, :]
+        on = (is_in | is_out)[:, None].to(ang.dtype)
+        feats = torch.cat(
+            [is_in[:, None].to(ang.dtype), is_out[:, None].to(ang.dtype), on * ang.sin(), on * ang.cos()], 1
+        )
+        return feats.to(dtype)
 
     def forward(self, cat: Tensor, flt: Tensor) -> Tensor:
         out = self.mlp(flt)
         for k, emb in enumerate(self.embeddings):
-            out = out + emb(cat[:, k]).to(out.dtype)
+            proj = self.projections[str(k)] if str(k) in self.projections else None
+            if k in self.sinusoidal:
+                out = out + proj(self._position_features(cat[:, k], proj.weight.dtype)).to(out.dtype)
+            elif proj is not None:
+                out = out + proj(emb(cat[:, k])).to(out.dtype)
+            else:
+                out = out + emb(cat[:, k]).to(out.dtype)
         return out
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(cat_sizes={self.cat_sizes}, float_dim={self.float_dim}, out={self.out_dim})"
+        return (
+            f"{type(self).__name__}(cat_sizes={self.cat_sizes}, float_dim={self.float_dim}, out={self.out_dim}, "
+            f"factorised={sorted(int(k) for k in self.projections)}, sinusoidal={self.sinusoidal})"
+        )
 
 
 class GMN(nn.Module):
@@ -124,7 +190,10 @@ class GMN(nn.Module):
         du = (global_dim or h) if use_global else 0
         self.hidden_dim, self.num_layers, self.out_dim, self.edge_out_dim = h, num_layers, out_dim, edge_out_dim
         self.global_dim, self.pool = du, tuple(pool)
-        self.node_encoder = FeatureEncoder(NODE_CAT_SIZES, NODE_FLOAT_DIM, h)
+        pos_col = NODE_CAT_COLUMNS.index("position")
+        self.node_encoder = FeatureEncoder(
+            NODE_CAT_SIZES, NODE_FLOAT_DIM, h, sinusoidal=(pos_col,), positions=MAX_POSITIONS
+        )
         self.edge_encoder = FeatureEncoder(EDGE_CAT_SIZES, EDGE_FLOAT_DIM, h)
         self.u0 = nn.Parameter(torch.zeros(du))
         self.layers = nn.ModuleList(
