@@ -87,7 +87,8 @@ SCALES = {
     "smoke": Scale(
         n=40, zoo_epochs=1, train_subset=256, epochs=2, search_epochs=1, seeds=2, budget=5_000, lrs=(1e-3, 5e-3)
     ),
-    "cpu": Scale(n=600, zoo_epochs=8, train_subset=None, epochs=20, search_epochs=8, seeds=3, budget=40_000),
+    # fits about an hour on 2 CPU cores (README: measured wall time); the GMN's cost grows with its width
+    "cpu": Scale(n=300, zoo_epochs=5, train_subset=None, epochs=10, search_epochs=2, seeds=3, budget=25_000),
     "paper": Scale(n=30_000, zoo_epochs=30, train_subset=None, epochs=100, search_epochs=30, seeds=5, budget=750_000),
 }
 
@@ -193,6 +194,7 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
     reason = _check_supported(name, [graphs[i] for i in split["train"] + split["val"] + split["test"]])
     if reason is not None:
         return {"metanet": name, "supported": False, "reason": reason}
+    t_start = time.perf_counter()
     make, hidden = sized(name, scale.budget, graphs[split["train"][0]])
     fwd = _npnfn_forward if name == "npnfn" else None
     tr = _loaders(name, data, graphs, split["train"], scale.batch_size, True)
@@ -247,6 +249,7 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
         "r2": ms("test_r2"),
         "tau": ms("test_tau"),
         "runs": runs,
+        "seconds": round(time.perf_counter() - t_start, 1),
     }
 
 
