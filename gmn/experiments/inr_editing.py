@@ -28,9 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import pickle
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 import symgraph
+from symgraph.cli_util import atomic_open
 from symgraph.models.siren import SIREN
 
 from ..baselines.npnfn import NFNSpec
@@ -215,7 +215,12 @@ def train_one(
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
     step, seconds, losses = 0, 0.0, []
     if ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=True)
+        try:
+            st = torch.load(ckpt, map_location=device, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(
+                f"cannot read checkpoint {ckpt} ({str(exc).splitlines()[0]}); delete it to restart"
+            ) from exc
         editor.load_state_dict(st["editor"])
         opt.load_state_dict(st["opt"])
         step, seconds, losses = st["step"], st["seconds"], list(st["losses"])
@@ -314,11 +319,9 @@ def figure(path: Path, data: dict, editors: dict[str, INREditor], size: int, dev
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run(
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_progress,
             args.figure,
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:  # bad input; a RuntimeError is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)

@@ -1,50 +1,27 @@
-"""Atomic file writes (temp file in the same folder, then ``os.replace``) for the INR datasets and results."""
+"""Atomic file writes for the INR datasets and results: thin names over :mod:`symgraph.cli_util`.
+
+Readers see either the old file or the complete new one (temp file in the same folder, then ``os.replace``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from symgraph.cli_util import atomic_torch_save, atomic_write
 
 __all__ = ["atomic_torch_save", "atomic_write_json", "atomic_write_bytes"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (parent directories created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``json.dump`` with indentation, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``json.dump`` with indentation, atomically (parent directories created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,19 @@
+"""INR editing CLI: unreadable caches and checkpoints are bad input (exit 2, one line), not tracebacks."""
+
+from __future__ import annotations
+
+from gmn.experiments import inr_editing
+
+
+def test_corrupt_dataset_cache_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = data / "dilate_train_4_28px_seed0.pt"
+    bad.write_bytes(b"not a torch file")
+    argv = ["--task", "dilate", "--data", str(data), "--out", str(tmp_path / "out"), "--n-train", "4"]
+    argv += ["--n-val", "2", "--n-test", "2", "--steps", "1", "--methods", "mlp", "--seeds", "0", "--no-progress"]
+    code = inr_editing.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: cannot read") and str(bad) in err[-1] and "delete it" in err[-1]
+    assert bad.read_bytes() == b"not a torch file"  # nothing overwritten
