@@ -17,3 +17,15 @@ def test_corrupt_dataset_cache_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     assert err[-1].startswith("error: cannot read") and str(bad) in err[-1] and "delete it" in err[-1]
     assert bad.read_bytes() == b"not a torch file"  # nothing overwritten
+
+
+def test_bad_options_are_one_line_exit_2(capsys):
+    for argv, needle in (
+        (["--task", "dilate", "--seeds", "x"], "--seeds"),
+        (["--task", "dilate", "--methods", "gmn,foo"], "--methods"),
+        (["--task", "blur"], "--task"),
+        (["--task", "dilate", "--device", "tpu"], "--device"),
+    ):
+        assert inr_editing.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]

@@ -25,7 +25,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pickle
@@ -39,7 +38,15 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 import symgraph
-from symgraph.cli_util import atomic_open
+from symgraph.cli_util import (
+    CLIError,
+    OneLineArgumentParser,
+    add_device_argument,
+    atomic_open,
+    resolve_device,
+    run_cli,
+    torch_threads,
+)
 from symgraph.models.siren import SIREN
 
 from ..baselines.npnfn import NFNSpec
@@ -49,6 +56,7 @@ from ..inr.graph_batch import WeightGraphBatcher
 from ..inr.image_dataset import IMAGE_ARCH, TASKS, build, pixel_grid
 from ..inr.io import atomic_torch_save, atomic_write_json
 from ..models import GMN, edge_output_to_state_dict
+from .common import comma_list, int_list, print_result
 
 __all__ = ["EditConfig", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_dict", "run", "main"]
 
@@ -377,73 +385,54 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmn.experiments.inr_editing", description=__doc__.split("\n\n")[0])
+    """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = OneLineArgumentParser(prog="python -m gmn.experiments.inr_editing", description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=TASKS, required=True)
     ap.add_argument("--data", default="runs/inr_edit_data", help="cache of fitted image INRs")
     ap.add_argument("--out", help="checkpoints, results.json, figure (default runs/inr_edit_<task>)")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--methods", default="gmn,npnfn,mlp", help=f"comma-separated subset of {','.join(METHODS)}")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds (default: %(default)s)")
     ap.add_argument("--steps", type=int, help="override the scale's training steps")
-    ap.add_argument("--n-train", type=int)
-    ap.add_argument("--n-val", type=int)
-    ap.add_argument("--n-test", type=int)
+    ap.add_argument("--n-train", type=int, help="override the scale's number of training images")
+    ap.add_argument("--n-val", type=int, help="override the scale's number of validation images")
+    ap.add_argument("--n-test", type=int, help="override the scale's number of test images")
     ap.add_argument("--figure", help="PNG path (default <out>/inr_editing_<task>.png)")
-    ap.add_argument("--device", default="auto", help="auto|cpu|cuda")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
+    add_device_argument(ap)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        if args.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        elif args.device in ("cpu", "cuda") or args.device.startswith("cuda:"):
-            device = torch.device(args.device)
-        else:
-            raise ValueError(f"Expected --device auto, cpu or cuda (got {args.device!r})")
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"Expected methods from {METHODS} (got {bad})")
-        if "npnfn" in methods and _baseline_class("npnfn") is None:
-            print("note: skipping npnfn (gmn.baselines has no NP-NFN yet)", file=sys.stderr)
-            methods.remove("npnfn")
-        cfg = SCALES[args.scale]
-        over = {
-            k: v
-            for k, v in (
-                ("steps", args.steps),
-                ("n_train", args.n_train),
-                ("n_val", args.n_val),
-                ("n_test", args.n_test),
+    device = resolve_device(args.device)
+    methods = comma_list(args.methods, METHODS, "--methods")
+    if "npnfn" in methods and _baseline_class("npnfn") is None:
+        print("note: skipping npnfn (gmn.baselines has no NP-NFN yet)", file=sys.stderr)
+        methods.remove("npnfn")
+    over = {"steps": args.steps, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
+    cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
+    seeds = int_list(args.seeds, "--seeds")
+    t0 = time.time()
+    with torch_threads(args.threads if args.threads > 0 else None):
+        try:
+            res = run(
+                args.task,
+                args.data,
+                args.out or f"runs/inr_edit_{args.task}",
+                methods,
+                seeds,
+                cfg,
+                device,
+                not args.no_progress,
+                args.figure,
             )
-            if v is not None
-        }
-        cfg = replace(cfg, **over)
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        t0 = time.time()
-        res = run(
-            args.task,
-            args.data,
-            args.out or f"runs/inr_edit_{args.task}",
-            methods,
-            seeds,
-            cfg,
-            device,
-            not args.no_progress,
-            args.figure,
-        )
-    except (OSError, ValueError, KeyError) as e:  # bad input; a RuntimeError is a bug and keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
+            raise CLIError(str(e)) from e
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print(res["table"])
-        print(f"figure: {res.get('figure')}; wall time this run: {res['wall_seconds_this_run']} s")
+    print_result(res, args.json, f"figure: {res.get('figure')}; wall time this run: {res['wall_seconds_this_run']} s")
     return 0
 
 
