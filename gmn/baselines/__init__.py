@@ -5,6 +5,8 @@
 - :class:`StatNN` (``statnn.py``): per-tensor statistics -> MLP (any architecture; ``layout`` for mixing).
 - :class:`NPNFN` (``npnfn.py``): NP-NFN equivariant layers for chains of Linear/Conv layers; anything else
   raises :class:`UnsupportedArchitectureError`.
+- :class:`DWSNet` (``dws.py``): DWSNets-like equivariant layers (complete basis, input/output neurons fixed)
+  for the same chains; takes stacked parameters (``{state_dict key: [B, *shape]}``) or graphs.
 
 DeepSets, DMC and StatNN take the same ``torch_geometric`` batches of :func:`gmn.graph_to_data` as
 :class:`gmn.GMN`; NP-NFN takes a list of :class:`~symgraph.graph.NeuralGraph` (it needs each tensor's
@@ -14,6 +16,7 @@ shape).
 from .common import ParamElements, UnsupportedArchitectureError, param_elements
 from .deepsets import DeepSetsBaseline
 from .dmc import DMC
+from .dws import DWSBlock, DWSLinear, DWSNet, DWSSpec
 from .npnfn import NPNFN, NFNLayerSpec, NFNSpec, NPLinear
 from .statnn import StatNN, tensor_statistics
 
@@ -29,4 +32,8 @@ __all__ = [
     "NPLinear",
     "NFNSpec",
     "NFNLayerSpec",
+    "DWSNet",
+    "DWSLinear",
+    "DWSSpec",
+    "DWSBlock",
 ]

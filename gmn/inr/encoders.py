@@ -7,6 +7,8 @@ Every encoder maps ``params`` (dict of ``[B, ...]`` tensors with state_dict keys
 - ``"mlp"``: an MLP on the flattened weights (not invariant to any symmetry).
 - graph baselines from :mod:`gmn.baselines`: ``"statnn"``, ``"deepsets"`` on the same batches; ``"npnfn"``
   (NP-NFN) on the stacked weight tensors (:func:`npnfn_stacked`), when that baseline is available.
+- ``"dws"``: :class:`gmn.baselines.DWSNet` (DWSNets-like, input/output neurons fixed) on the stacked
+  weight tensors directly.
 
 Example
 -------
@@ -40,7 +42,10 @@ GRAPH_BASELINES: dict[str, tuple[str, ...]] = {
     "npnfn": ("NPNFN", "NPNFNBaseline", "NPNFNEncoder", "NPNFNet"),
     "statnn": ("StatNN", "StatNNBaseline"),
     "deepsets": ("DeepSetsBaseline", "DeepSets"),
+    "dws": ("DWSNet",),
 }
+#: Encoders that take the stacked parameters dict directly (no graph batch).
+_STACKED = ("dws",)
 ENCODERS = ("gmn", *GRAPH_BASELINES, "mlp")
 
 
@@ -118,6 +123,8 @@ class WeightEncoder(nn.Module):
     def forward(self, params: dict[str, Tensor]) -> Tensor:
         if self.spec is not None:
             return npnfn_stacked(self.net, self.spec, params)
+        if self.kind in _STACKED:
+            return self.net(params)
         w = self.batcher.edge_weights(params)
         if self.kind == "mlp":
             return self.net(w)
@@ -159,7 +166,7 @@ def build_encoder(
         cls = _baseline_class(kind)
         if cls is None:
             raise ValueError(f"Expected gmn.baselines to provide {kind} ({GRAPH_BASELINES[kind]}) (got none yet)")
-        if kind == "npnfn":
+        if kind in ("npnfn", *_STACKED):
             net = cls(graph, hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim)
         else:
             net = cls(hidden_dim=hidden_dim, out_dim=embed_dim)
