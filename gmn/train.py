@@ -5,6 +5,13 @@
 validation R^2 and Kendall tau (scipy) after each epoch, the best validation state kept, and a checkpoint
 written atomically after each epoch so that a killed run resumes where it stopped.
 
+Under ``torchrun`` (``WORLD_SIZE > 1``; see :mod:`gmn.distributed`) the same call trains with
+DistributedDataParallel: one process per GPU (``cuda:LOCAL_RANK``, NCCL) or per CPU worker (gloo), each global
+batch of the training loader split over the ranks, validation and :func:`evaluate` over the full sets
+(sharded, then gathered: identical numbers on every rank), and only rank 0 writing checkpoints and printing::
+
+    torchrun --standalone --nproc_per_node 4 my_script.py   # my_script calls gmn.train_regressor
+
 Example
 -------
 >>> import torch, torch.nn as nn, symgraph, gmn
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from symgraph.cli_util import atomic_torch_save  # re-exported: checkpoints are written atomically
+
+from .distributed import (
+    DistContext,
+    active_context,
+    all_gather_object,
+    all_reduce_sum,
+    broadcast_object,
+    init_distributed,
+    shard_loader,
+)
 
 __all__ = ["train_regressor", "evaluate", "regression_metrics", "resolve_device", "atomic_torch_save"]
 
@@ -92,20 +110,28 @@ def evaluate(
 ) -> dict[str, Any]:
     """Loss, R^2, Kendall tau and MSE of ``model`` on ``loader``; also the predictions and targets.
 
-    With ``loss="bce"`` predictions are ``sigmoid(logits)``; with ``"mse"`` the raw outputs.
+    With ``loss="bce"`` predictions are ``sigmoid(logits)``; with ``"mse"`` the raw outputs. In a torchrun
+    process group each rank evaluates its share of every batch and the results are gathered in the loader's
+    order, so every rank returns the same full-set metrics.
     """
-    device = resolve_device(device)
+    ctx = active_context(device)
+    device = ctx.device
     forward = forward or _default_forward
     crit = _loss_fn(loss)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # no DDP collectives while ranks evaluate different numbers of batches
     was_training = model.training
     model.eval()
-    preds, targets, total, n = [], [], 0.0, 0
-    for batch in loader:
-        out, y = forward(model, _to(batch, device))
-        total += float(crit(out, y)) * y.shape[0]
-        n += y.shape[0]
-        preds.append((torch.sigmoid(out) if loss == "bce" else out).cpu())
-        targets.append(y.cpu())
+    if ctx.enabled:
+        preds, targets, total, n = _evaluate_distributed(model, loader, loss, crit, device, forward, ctx)
+    else:
+        preds, targets, total, n = [], [], 0.0, 0
+        for batch in loader:
+            out, y = forward(model, _to(batch, device))
+            total += float(crit(out, y)) * y.shape[0]
+            n += y.shape[0]
+            preds.append((torch.sigmoid(out) if loss == "bce" else out).cpu())
+            targets.append(y.cpu())
     model.train(was_training)
     if n == 0:
         return {
@@ -118,6 +144,57 @@ def evaluate(
         }
     pred, target = torch.cat(preds), torch.cat(targets)
     return {"loss": total / n, **regression_metrics(pred, target), "pred": pred, "target": target}
+
+
+def _evaluate_distributed(model, loader, loss, crit, device, forward, ctx: DistContext):
+    """Sharded evaluation gathered in the loader's order: ``(preds, targets, loss_sum, count)`` on every rank."""
+    sharded = shard_loader(loader, ctx)
+    rows = []  # (step, loss_sum, count, pred, target) of this rank's real samples
+    steps = sharded if sharded is not None else ((b, None, None) for b in loader)
+    for step, (batch, n_real, _) in enumerate(steps):
+        if n_real == 0:  # padding: this rank's share of a global batch smaller than the world
+            continue
+        out, y = forward(model, _to(batch, device))
+        pred = (torch.sigmoid(out) if loss == "bce" else out).cpu()
+        rows.append((step, float(crit(out, y)) * y.shape[0], y.shape[0], pred, y.cpu()))
+    if sharded is None:  # every rank ran the whole loader: take rank 0's numbers so that all ranks agree
+        _warn_unsharded("the evaluation loader")
+        rows = broadcast_object(rows, ctx)
+    else:  # a global batch is the concatenation of the ranks' contiguous shares, in rank order
+        gathered = all_gather_object(rows, ctx)
+        keyed = [((row[0], rank), row) for rank, rank_rows in enumerate(gathered) for row in rank_rows]
+        rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+    preds = [r[3] for r in rows]
+    targets = [r[4] for r in rows]
+    return preds, targets, sum(r[1] for r in rows), sum(r[2] for r in rows)
+
+
+def _warn_unsharded(what: str) -> None:
+    warnings.warn(
+        f"{what} is not a map-style torch DataLoader, so every rank runs all of its batches (correct, not faster)",
+        stacklevel=3,
+    )
+
+
+class _DistributedSteps:
+    """``(batch, loss_weight, count)`` per training step under torchrun.
+
+    The weight turns DDP's average of the ranks' mean losses into the global batch's mean loss; ``count`` is
+    the number of real samples (for the reported train loss). ``iter()`` starts the underlying DataLoader
+    iterator at once, as ``DataLoader.__iter__`` does, so that the random draws (and hence the shuffle)
+    happen as in one process, where tqdm iterates the DataLoader itself.
+    """
+
+    def __init__(self, train_loader, sharded, world_size: int):
+        self.train_loader, self.sharded, self.world_size = train_loader, sharded, world_size
+
+    def __len__(self) -> int:
+        return len(self.sharded if self.sharded is not None else self.train_loader)
+
+    def __iter__(self):
+        if self.sharded is None:  # every rank the whole batch: DDP averages identical gradients
+            return ((batch, None, None) for batch in self.train_loader)
+        return ((batch, self.world_size * n_real / n_global, n_real) for batch, n_real, n_global in self.sharded)
 
 
 def train_regressor(
@@ -160,6 +237,11 @@ def train_regressor(
         ``forward(model, batch) -> (outputs, targets)`` for models that do not take a batch with ``.y``
         (e.g. NP-NFN on lists of graphs).
 
+    Under torchrun the model is wrapped in DistributedDataParallel (``find_unused_parameters=True``: a batch
+    need not reach every parameter), a map-style ``DataLoader`` is sharded per global batch (others run
+    whole on every rank, with a warning), the history is the same on every rank, and only rank 0 writes the
+    checkpoint and prints; a checkpoint is read by rank 0 and broadcast.
+
     Returns
     -------
     dict
@@ -172,7 +254,8 @@ def train_regressor(
         raise ValueError(f"Expected select 'r2', 'tau' or 'loss' (got {select!r})")
     if seed is not None:
         torch.manual_seed(seed)
-    device = resolve_device(device)
+    ctx = init_distributed(device)
+    device = ctx.device
     model.to(device)
     forward = forward or _default_forward
     crit = _loss_fn(loss)
@@ -181,31 +264,54 @@ def train_regressor(
     best_state = None
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.exists():
+    if ctx.enabled:  # rank 0's view of the checkpoint, so that all ranks resume at the same epoch
+        found = ckpt is not None and resume and ctx.is_main and ckpt.exists()
+        state = broadcast_object(torch.load(ckpt, map_location="cpu", weights_only=True) if found else None, ctx)
+    elif ckpt is not None and resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
+    else:
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history = state["history"]
         best_state = state.get("best_model")
         start = int(state["epoch"]) + 1
+    net: nn.Module = model
+    sharded = None
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # device_ids=None: batches are already on the device (DDP would otherwise try to move NP-NFN's graphs)
+        net = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's parameters
+        sharded = shard_loader(train_loader, ctx)
+        if sharded is None:
+            _warn_unsharded("the training loader")
+    progress = progress and ctx.is_main
     sign = -1.0 if select == "loss" else 1.0
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         total, n = 0.0, 0
-        it = tqdm(train_loader, disable=not progress, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        for batch in it:
-            out, y = forward(model, _to(batch, device))
+        desc = f"epoch {epoch + 1}/{epochs}"
+        steps = _DistributedSteps(train_loader, sharded, ctx.world_size) if ctx.enabled else train_loader
+        it = tqdm(steps, disable=not progress, desc=desc, leave=False)
+        for item in it:
+            batch, weight, count = item if ctx.enabled else (item, None, None)
+            out, y = forward(net, _to(batch, device))
             lval = crit(out, y)
             opt.zero_grad(set_to_none=True)
-            lval.backward()
+            (lval if weight is None else lval * weight).backward()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            total += float(lval.detach()) * y.shape[0]
-            n += y.shape[0]
+            count = y.shape[0] if count is None else count
+            total += float(lval.detach()) * count
+            n += count
             if progress:
                 it.set_postfix(loss=f"{total / max(n, 1):.4f}")
+        if ctx.enabled:
+            total, n = all_reduce_sum([total, n], ctx)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "lr": lr}
         if val_loader is not None:
             ev = evaluate(model, val_loader, loss, device, forward)
@@ -221,7 +327,7 @@ def train_regressor(
             if "val_r2" in row:
                 msg += f" val_loss {row['val_loss']:.4f} R2 {row['val_r2']:.3f} tau {row['val_tau']:.3f}"
             tqdm.write(msg)
-        if ckpt is not None:
+        if ckpt is not None and ctx.is_main:
             atomic_torch_save(
                 {
                     "model": model.state_dict(),
@@ -236,4 +342,5 @@ def train_regressor(
         history["best_metric"] = sign * history["best_metric"]
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    del net  # the DDP wrapper (and its reducer) is not needed past training
     return history

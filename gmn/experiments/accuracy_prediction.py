@@ -13,6 +13,16 @@ architectures) are marked "n/a" with the reason, as the paper's table does.
 
 Scales: ``smoke`` (seconds; tests), ``cpu`` (default; about an hour on 2 cores — see README for the
 measured time), ``paper`` (30 000 networks, ~750k-parameter metanets, 5 seeds: a GPU job).
+
+Several GPUs (one process each; ``--device auto`` puts rank r on cuda:LOCAL_RANK):
+
+    torchrun --standalone --nproc_per_node 4 -m gmn.experiments.accuracy_prediction --scale paper
+
+Rank 0 generates the zoo while the others wait; every metanet is trained with DistributedDataParallel, each
+global batch (``batch_size``, as in one process) split over the ranks; validation and test metrics are over
+the full sets and the same on every rank; only rank 0 prints and writes ``results.json`` / ``runs.json``.
+On CPU the same command runs gloo processes (``--device cpu``). After the module name torchrun's parser
+still matches abbreviations of its own options: write ``--networks`` rather than ``--n``.
 """
 
 from __future__ import annotations
@@ -160,25 +170,37 @@ def _check_supported(name: str, graphs) -> str | None:
     return None
 
 
+class _EpochPermutation(torch.utils.data.Sampler):
+    """A new permutation of ``range(n)`` from ``generator`` each epoch (``shuffle``), else the identity."""
+
+    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _collate_graphs(chunk):
+    return [c[0] for c in chunk], torch.stack([c[1] for c in chunk])
+
+
 def _loaders(name, data, graphs, idx, batch_size, shuffle):
     from torch_geometric.loader import DataLoader
 
-    if name == "npnfn":  # NP-NFN reads shapes off the NeuralGraphs
+    if name == "npnfn":  # NP-NFN reads shapes off the NeuralGraphs: batches are (graphs, targets)
         items = [(graphs[i], data[i].y.view(-1)) for i in idx]
-        gen = torch.Generator().manual_seed(0)
-
-        class _L:
-            def __iter__(self):
-                order = torch.randperm(len(items), generator=gen).tolist() if shuffle else range(len(items))
-                order = list(order)
-                for s in range(0, len(order), batch_size):
-                    chunk = [items[j] for j in order[s : s + batch_size]]
-                    yield [c[0] for c in chunk], torch.stack([c[1] for c in chunk])
-
-            def __len__(self):
-                return (len(items) + batch_size - 1) // batch_size
-
-        return _L()
+        # a torch DataLoader so that train_regressor can shard it under torchrun; its own generators, so that
+        # it leaves the global random state alone
+        return torch.utils.data.DataLoader(
+            items,
+            batch_size=batch_size,
+            sampler=_EpochPermutation(len(items), shuffle, torch.Generator().manual_seed(0)),
+            collate_fn=_collate_graphs,
+            generator=torch.Generator().manual_seed(1),
+        )
     return DataLoader([data[i] for i in idx], batch_size=batch_size, shuffle=shuffle)
 
 
@@ -295,12 +317,15 @@ def run_experiment(
     log=print,
     unterthiner=None,
 ) -> dict:
-    from gmn.train import resolve_device
+    from gmn.distributed import init_distributed, main_first
     from gmn.zoo import generate_zoo, load_zoo, make_split
 
     sc = SCALES[scale] if isinstance(scale, str) else scale
     scale_name = scale if isinstance(scale, str) else "custom"
-    dev = str(resolve_device(device))
+    ctx = init_distributed(device)  # under torchrun: the process group, this rank's device
+    dev = str(ctx.device)
+    if not ctx.is_main:  # one log for the whole run
+        log, progress = (lambda *a, **k: None), False
     zoo_dir = Path(zoo_dir or f"runs/zoo-{dataset}-{scale_name}")
     out_dir = Path(out_dir or f"runs/accpred-{dataset}-{scale_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,17 +338,20 @@ def run_experiment(
         records = load_unterthiner(unterthiner, limit=sc.n)
     else:
         log(f"[1/3] zoo: {sc.n} {dataset} networks on {data} in {zoo_dir} (resumable)")
-        generate_zoo(
-            zoo_dir,
-            dataset,
-            sc.n,
-            seed,
-            data,
-            sc.zoo_epochs,
-            group_size=32,
-            device=dev,
-            progress=progress,
-            train_subset=sc.train_subset,
+        main_first(  # one writer per zoo directory: rank 0 generates, the other ranks wait
+            lambda: generate_zoo(
+                zoo_dir,
+                dataset,
+                sc.n,
+                seed,
+                data,
+                sc.zoo_epochs,
+                group_size=32,
+                device=dev,
+                progress=progress,
+                train_subset=sc.train_subset,
+            ),
+            ctx,
         )
         records = load_zoo(zoo_dir)
     t_zoo = time.perf_counter() - t0
@@ -338,6 +366,8 @@ def run_experiment(
         "zoo_seconds": round(t_zoo, 1),
         "splits": {},
     }
+    if ctx.enabled:
+        results["world_size"] = ctx.world_size
     for split in splits:
         idx = make_split(records, split, seed=seed)
         log(f"[3/3] split {split}: train {len(idx['train'])}, val {len(idx['val'])}, test {len(idx['test'])}")
@@ -348,8 +378,9 @@ def run_experiment(
     results["seconds"] = round(time.perf_counter() - t0, 1)
     from symgraph.cli_util import atomic_write
 
-    atomic_write(out_dir / "results.json", json.dumps(results))
-    atomic_write(out_dir / "runs.json", json.dumps(_plot_runs(results)))
+    if ctx.is_main:
+        atomic_write(out_dir / "results.json", json.dumps(results))
+        atomic_write(out_dir / "runs.json", json.dumps(_plot_runs(results)))
     return results
 
 
@@ -394,7 +425,13 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--data", default="digits", help="'digits' (bundled) or 'cifar10:/path/to/cifar-10-batches-py'")
     ap.add_argument("--metanets", default=",".join(METANETS), help=f"comma list from {','.join(METANETS)}")
-    ap.add_argument("--n", type=int, help="override the scale's number of networks")
+    ap.add_argument(
+        "--n",
+        "--networks",
+        dest="n",
+        type=int,
+        help="override the scale's number of networks (under torchrun write --networks: torchrun claims --n)",
+    )
     ap.add_argument("--seeds", type=int, help="override the scale's number of seeds")
     ap.add_argument("--epochs", type=int, help="override the scale's metanet epochs (final runs)")
     ap.add_argument("--search-epochs", type=int, help="override the scale's epochs per learning-rate trial")
@@ -402,7 +439,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, help="override the target parameter count per metanet")
     ap.add_argument("--zoo", help="zoo directory (default runs/zoo-DATASET-SCALE)")
     ap.add_argument("--out", help="results directory (default runs/accpred-DATASET-SCALE)")
-    ap.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    ap.add_argument("--device", default="auto", help="auto|cpu|cuda (under torchrun: cuda:LOCAL_RANK per rank)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object (no predictions)")
     args = ap.parse_args(argv)
@@ -424,6 +461,17 @@ def main(argv=None) -> int:
         return 2
     splits = ("50", "5", "ood") if args.split == "all" else (args.split,)
     log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
+    from gmn.distributed import shutdown
+
+    try:
+        return _main(args, sc, overrides, metanets, splits, log)
+    finally:
+        shutdown()  # under torchrun: leave the process group cleanly
+
+
+def _main(args, sc, overrides, metanets, splits, log) -> int:
+    from gmn.distributed import active_context
+
     try:
         res = run_experiment(
             args.dataset,
@@ -449,6 +497,8 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    if not active_context(args.device).is_main:
+        return 0
     if args.json:
         slim = json.loads(json.dumps(res))
         for rows in slim["splits"].values():
