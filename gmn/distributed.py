@@ -316,6 +316,31 @@ def main_first(fn: Callable[[], T], ctx: DistContext, timeout: timedelta = MAIN_
     return result
 
 
+def each_then_wait(fn: Callable[[], T], ctx: DistContext, timeout: timedelta = MAIN_FIRST_TIMEOUT) -> T:
+    """Run ``fn`` on every rank, then wait until all ranks are done (a gloo group with a long ``timeout``,
+    made before ``fn`` runs so that ranks finishing hours apart do not time out); an exception on any rank is
+    re-raised on every rank. For work split by rank (``generate_zoo(part=(rank, world))``)."""
+    if not ctx.enabled:
+        return fn()
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    result, error = None, None
+    try:
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        boxes: list = [None] * ctx.world_size
+        dist.all_gather_object(boxes, None if error is None else f"{type(error).__name__}: {error}", group=group)
+    finally:
+        dist.destroy_process_group(group)
+    if error is not None:
+        raise error
+    failed = [f"rank {r}: {msg}" for r, msg in enumerate(boxes) if msg is not None]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return result
+
+
 def shutdown() -> None:
     """Destroy the default process group if one exists (end of a torchrun script)."""
     if dist.is_available() and dist.is_initialized():

@@ -200,6 +200,29 @@ def test_generated_zoo_records_architecture_hyperparameters_and_accuracy(tmp_pat
         generate_zoo(out, "varying-cnn", n=4, epochs=1, group_size=2, progress=False, train_subset=128)
 
 
+def test_zoo_built_in_parts_equals_one_run(tmp_path):
+    """Two processes' parts (part=(0, 2), (1, 2)) write disjoint shards whose union equals a whole run."""
+    from gmn.zoo.generate import generate_zoo
+
+    kw = dict(n=5, epochs=1, group_size=2, progress=False, train_subset=64)
+    whole = load_zoo(generate_zoo(tmp_path / "whole", "small-cnn", **kw))
+    split = tmp_path / "split"
+    generate_zoo(split, "small-cnn", **kw, part=(1, 2))
+    odd = sorted(p.name for p in split.glob("shard_*.pt"))
+    assert odd and all(int(name[6:11]) % 2 == 1 for name in odd)
+    assert not json.loads((split / "manifest.json").read_text())["complete"]
+    generate_zoo(split, "small-cnn", **kw, part=(0, 2))
+    generate_zoo(split, "small-cnn", **kw)  # nothing left to train: rewrites the manifest
+    assert json.loads((split / "manifest.json").read_text())["complete"]
+    parts = load_zoo(split)
+    assert [r["index"] for r in parts] == [r["index"] for r in whole] == list(range(5))
+    for a, b in zip(whole, parts):
+        assert a["test_acc"] == b["test_acc"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    with pytest.raises(ValueError, match="rank < world"):
+        generate_zoo(split, "small-cnn", **kw, part=(2, 2))
+
+
 @pytest.mark.slow
 def test_ci_slow_zoo_generation_resumes_after_sigkill_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "zoo"

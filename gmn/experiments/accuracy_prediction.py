@@ -317,7 +317,7 @@ def run_experiment(
     log=print,
     unterthiner=None,
 ) -> dict:
-    from gmn.distributed import init_distributed, main_first
+    from gmn.distributed import each_then_wait, init_distributed, main_first
     from gmn.zoo import generate_zoo, load_zoo, make_split
 
     sc = SCALES[scale] if isinstance(scale, str) else scale
@@ -338,21 +338,13 @@ def run_experiment(
         records = load_unterthiner(unterthiner, limit=sc.n)
     else:
         log(f"[1/3] zoo: {sc.n} {dataset} networks on {data} in {zoo_dir} (resumable)")
-        main_first(  # one writer per zoo directory: rank 0 generates, the other ranks wait
-            lambda: generate_zoo(
-                zoo_dir,
-                dataset,
-                sc.n,
-                seed,
-                data,
-                sc.zoo_epochs,
-                group_size=32,
-                device=dev,
-                progress=progress,
-                train_subset=sc.train_subset,
-            ),
-            ctx,
-        )
+        zoo_args = (zoo_dir, dataset, sc.n, seed, data, sc.zoo_epochs)
+        zoo_kw = dict(group_size=32, device=dev, progress=progress, train_subset=sc.train_subset)
+        # under torchrun every rank trains its share of the chunks (one writer per shard file), then rank 0
+        # rewrites the manifest once all shards exist
+        each_then_wait(lambda: generate_zoo(*zoo_args, **zoo_kw, part=(ctx.rank, ctx.world_size)), ctx)
+        if ctx.enabled:
+            main_first(lambda: generate_zoo(*zoo_args, **dict(zoo_kw, progress=False)), ctx)
         records = load_zoo(zoo_dir)
     t_zoo = time.perf_counter() - t0
     log(f"[2/3] parameter graphs of {len(records)} networks")

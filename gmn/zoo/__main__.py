@@ -39,6 +39,13 @@ def main(argv=None) -> int:
     g.add_argument("--device", default="auto", help="auto|cpu|cuda")
     g.add_argument("--train-subset", type=int, default=None, help="train on the first N images only (quick runs)")
     g.add_argument("--sequential", action="store_true", help="train one network at a time (no vmap)")
+    g.add_argument(
+        "--part",
+        default="0/1",
+        metavar="R/W",
+        help="train only chunk k with k %% W == R: start W processes (R = 0..W-1) on one --out to split the work; "
+        "run once more with 0/1 (nothing left to train) to rewrite the manifest (default 0/1)",
+    )
     g.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
     s = sub.add_parser("summary", help="print a zoo's size and accuracy range")
     s.add_argument("out")
@@ -55,6 +62,11 @@ def main(argv=None) -> int:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             if args.n < 1:
                 raise ValueError(f"Expected --n >= 1 (got {args.n})")
+            try:
+                part = tuple(int(x) for x in args.part.split("/"))
+                assert len(part) == 2
+            except (ValueError, AssertionError):
+                raise ValueError(f"Expected --part R/W, e.g. 1/4 (got {args.part!r})") from None
             out = generate_zoo(
                 args.out,
                 args.family,
@@ -67,6 +79,7 @@ def main(argv=None) -> int:
                 device,
                 vectorize=not args.sequential,
                 train_subset=args.train_subset,
+                part=part,
             )
             manifest = json.loads((out / "manifest.json").read_text())
             print(

@@ -68,8 +68,17 @@ def generate_zoo(
     progress: bool = True,
     max_chunks: int | None = None,
     train_subset: int | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Path:
-    """Generate (or resume) a zoo in ``out_dir``; returns the directory. See the module docstring."""
+    """Generate (or resume) a zoo in ``out_dir``; returns the directory. See the module docstring.
+
+    ``part=(r, W)`` trains only the chunks ``k`` with ``k % W == r``: ``W`` processes (torchrun ranks, or
+    machines sharing a directory) with ``r = 0 .. W-1`` build one zoo together, each shard written by exactly
+    one of them; the result equals ``part=(0, 1)``.
+    """
+    rank, world = part
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"Expected part=(rank, world) with 0 <= rank < world (got {part!r})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     request = {
@@ -99,9 +108,12 @@ def generate_zoo(
         ds = dataclasses.replace(ds, x_train=ds.x_train[:train_subset], y_train=ds.y_train[:train_subset])
     configs = [sample_config(family, i, seed, ds.image_shape, ds.num_classes) for i in range(n)]
     chunks = plan_chunks(configs, group_size)
-    todo = [k for k in range(len(chunks)) if not (out / f"shard_{k:05d}.pt").exists()]
+    mine = [k for k in range(len(chunks)) if k % world == rank]
+    todo = [k for k in mine if not (out / f"shard_{k:05d}.pt").exists()]
+    total = sum(len(chunks[k]) for k in mine)
+    desc = f"zoo {family}" if world == 1 else f"zoo {family} part {rank}/{world}"
     bar = tqdm(
-        total=n, initial=n - sum(len(chunks[k]) for k in todo), unit="net", disable=not progress, desc=f"zoo {family}"
+        total=total, initial=total - sum(len(chunks[k]) for k in todo), unit="net", disable=not progress, desc=desc
     )
     done_now = 0
     for k in todo:
