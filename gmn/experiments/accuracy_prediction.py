@@ -18,9 +18,10 @@ Several GPUs (one process each; ``--device auto`` puts rank r on cuda:LOCAL_RANK
 
     torchrun --standalone --nproc_per_node 4 -m gmn.experiments.accuracy_prediction --scale paper
 
-Rank 0 generates the zoo while the others wait; every metanet is trained with DistributedDataParallel, each
-global batch (``batch_size``, as in one process) split over the ranks; validation and test metrics are over
-the full sets and the same on every rank; only rank 0 prints and writes ``results.json`` / ``runs.json``.
+Every rank trains its share of the zoo's chunks (``generate_zoo(part=...)``); every metanet is trained with
+DistributedDataParallel, each global batch (``batch_size``, as in one process) split over the ranks;
+validation and test metrics are over the full sets and the same on every rank; only rank 0 prints and writes
+``results.json`` / ``runs.json``.
 On CPU the same command runs gloo processes (``--device cpu``). After the module name torchrun's parser
 still matches abbreviations of its own options: write ``--networks`` rather than ``--n``.
 """
