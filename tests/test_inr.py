@@ -106,6 +106,49 @@ def test_sine_dataset_cli_writes_shards_and_resumes(tmp_path):
     assert sine_dataset.main(["--out", str(out), "--shard-size", "0"]) == 2
 
 
+def test_navon_init_has_low_first_layer_frequencies_and_zero_biases():
+    from gmn.inr.sine_dataset import initial_params
+
+    g = torch.Generator().manual_seed(0)
+    p = initial_params(64, "navon", generator=g)
+    bound = 6**0.5 / 30  # hidden-layer SIREN bound with fan_in 1: angular frequencies within +-2.45
+    w0 = p["layers.0.weight"]
+    assert float(w0.abs().max()) <= bound and float(w0.abs().max()) > 0.9 * bound
+    assert all(float(v.abs().max()) == 0.0 for k, v in p.items() if k.endswith(".bias"))
+    h = (6 / 32) ** 0.5 / 30
+    assert float(p["layers.1.weight"].abs().max()) <= h and float(p["layers.1.weight"].abs().max()) > 0.9 * h
+    s = initial_params(64, "siren", generator=torch.Generator().manual_seed(0))
+    assert float(s["layers.0.weight"].abs().max()) > 0.9  # Sitzmann's first-layer bound 1/fan_in
+    assert float(s["layers.0.bias"].abs().max()) > 0.5
+    with pytest.raises(ValueError):
+        initial_params(2, "xavier")
+
+
+def test_sine_dataset_records_init_and_refuses_to_mix_inits(tmp_path):
+    out = tmp_path / "sine"
+    fit = FitConfig(steps=2, lr=5e-3)
+    man = generate(out, 2, 1, 1, shard_size=2, fit=fit, progress=False)
+    assert man["init"] == "navon"
+    p, *_ = load_split(out, "train")
+    assert float(p["layers.0.weight"].abs().max()) < 0.2  # low frequencies (siren init: up to 1)
+    with pytest.raises(ValueError, match="init"):
+        generate(out, 2, 1, 1, shard_size=2, fit=fit, progress=False, init="siren")
+    legacy = json.loads((out / "manifest.json").read_text())
+    del legacy["init"]  # manifests written before the option hold siren-initialised INRs
+    (out / "manifest.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="init"):
+        generate(out, 2, 1, 1, shard_size=2, fit=fit, progress=False)
+
+
+def test_dropout_mask_rescales_kept_weights():
+    w = torch.ones(4, 1000)
+    g = torch.Generator().manual_seed(0)
+    m = WeightAugment(noise_std=0.0, mask_prob=0.5, mask_rescale=True)(w, g)
+    kept = m[m != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 2.0)) and 0.4 < kept.numel() / w.numel() < 0.6
+    assert torch.equal(random_mask(w, 0.5, torch.Generator().manual_seed(0)).unique(), torch.tensor([0.0, 1.0]))
+
+
 def test_augmentations_keep_shapes_and_are_seeded():
     p = _sirens(4)
     aug = WeightAugment(noise_std=0.1, mask_prob=0.2)
@@ -204,13 +247,17 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
         "--seeds",
         "0",
         "--encoders",
-        "gmn,npnfn,mlp",
+        "gmn,npnfn,dws,mlp",
         "--no-progress",
     ]
     assert ssl_sine.main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert {"gmn/seed0", "npnfn/seed0", "mlp/seed0", "raw_weights"} <= set(res["runs"])
     assert all(r["test_mse"] >= 0 for r in res["runs"].values())
+    for r in res["runs"].values():  # the probe is separable: the joint MSE is the mean of the per-target ones
+        assert r["test_mse"] == pytest.approx((r["test_mse_a"] + r["test_mse_b"]) / 2, rel=1e-4)
+    if "dws/seed0" in res["runs"]:
+        assert "| DWSNets (ours, DWSNet) |" in res["table"] and "| 1.39 ± .06 |" in res["table"]
     assert (out / "ckpt_gmn_seed0.pt").exists()
     assert ssl_sine.main(args) == 0  # resumed: finished runs are kept
     assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2

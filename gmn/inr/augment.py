@@ -46,11 +46,13 @@ def gaussian_noise(params: Params, std: float, generator: torch.Generator | None
     return _map(params, lambda t: t + std * _rand_like(t, generator, normal=True))
 
 
-def random_mask(params: Params, prob: float, generator: torch.Generator | None = None) -> Params:
-    """Set each weight to zero independently with probability ``prob``."""
+def random_mask(params: Params, prob: float, generator: torch.Generator | None = None, rescale: bool = False) -> Params:
+    """Set each weight to zero independently with probability ``prob``; ``rescale`` multiplies the kept ones by
+    ``1 / (1 - prob)`` (dropout: the expected value of each weight is unchanged)."""
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"Expected a masking probability in [0, 1] (got {prob})")
-    return _map(params, lambda t: t * (_rand_like(t, generator, normal=False) >= prob).to(t.dtype))
+    scale = 1.0 / (1.0 - prob) if rescale and prob < 1.0 else 1.0
+    return _map(params, lambda t: t * (_rand_like(t, generator, normal=False) >= prob).to(t.dtype) * scale)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,14 @@ class WeightAugment:
         Standard deviation of the additive Gaussian noise.
     mask_prob : float
         Probability of zeroing each weight.
+    mask_rescale : bool
+        Scale the kept weights by ``1 / (1 - mask_prob)`` (dropout, as Navon et al.'s augmentation).
     """
 
     noise_std: float = 0.1
     mask_prob: float = 0.1
+    mask_rescale: bool = False
 
     def __call__(self, params: Params, generator: torch.Generator | None = None) -> Params:
-        out = random_mask(params, self.mask_prob, generator) if self.mask_prob > 0 else params
+        out = random_mask(params, self.mask_prob, generator, self.mask_rescale) if self.mask_prob > 0 else params
         return gaussian_noise(out, self.noise_std, generator) if self.noise_std > 0 else out
