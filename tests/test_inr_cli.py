@@ -29,3 +29,17 @@ def test_bad_options_are_one_line_exit_2(capsys):
         assert inr_editing.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+
+
+def test_ssl_sine_bad_options_and_corrupt_data_are_one_line_exit_2(tmp_path, capsys):
+    from gmn.experiments import ssl_sine
+
+    for argv, needle in (
+        (["--seeds", "a,b"], "--seeds"),
+        (["--encoders", "gmn,bogus"], "--encoders"),
+        (["--device", "tpu"], "--device"),
+        (["--data", str(tmp_path / "missing")], "missing"),
+    ):
+        assert ssl_sine.main(argv + ["--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error:") and needle in err[-1]

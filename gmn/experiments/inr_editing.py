@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -54,7 +53,7 @@ from ..inr.encoders import GRAPH_BASELINES, _baseline_class, npnfn_stacked
 from ..inr.fit import batched_siren_forward
 from ..inr.graph_batch import WeightGraphBatcher
 from ..inr.image_dataset import IMAGE_ARCH, TASKS, build, pixel_grid
-from ..inr.io import atomic_torch_save, atomic_write_json
+from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..models import GMN, edge_output_to_state_dict
 from .common import comma_list, int_list, print_result
 
@@ -223,12 +222,7 @@ def train_one(
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
     step, seconds, losses = 0, 0.0, []
     if ckpt.exists():
-        try:
-            st = torch.load(ckpt, map_location=device, weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise ValueError(
-                f"cannot read checkpoint {ckpt} ({str(exc).splitlines()[0]}); delete it to restart"
-            ) from exc
+        st = load_checked(ckpt, "delete it to restart", map_location=device)
         editor.load_state_dict(st["editor"])
         opt.load_state_dict(st["opt"])
         step, seconds, losses = st["step"], st["seconds"], list(st["losses"])

@@ -35,7 +35,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -48,14 +47,23 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 import symgraph
+from symgraph.cli_util import (
+    CLIError,
+    OneLineArgumentParser,
+    add_device_argument,
+    resolve_device,
+    run_cli,
+    torch_threads,
+)
 from symgraph.models.siren import SIREN
 
 from ..inr.augment import WeightAugment
 from ..inr.encoders import ENCODERS, available_encoders, build_encoder
-from ..inr.io import atomic_torch_save, atomic_write_json
+from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, load_split
+from .common import comma_list, int_list, print_result
 
 __all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main"]
 
@@ -123,14 +131,6 @@ SCALES: dict[str, SSLConfig] = {
 }
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"Expected --device auto, cpu or cuda (got {name!r})")
-    return torch.device(name)
-
-
 def _normaliser(params: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
     """Per-parameter-tensor mean and std over a split (scalars: invariant to every neuron permutation)."""
     return {k: (float(v.mean()), float(v.std().clamp_min(1e-8))) for k, v in params.items()}
@@ -187,7 +187,7 @@ def run_one(
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
     start, history, seconds = 0, [], 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = load_checked(ckpt, "delete it to restart", map_location=device)
         encoder.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
@@ -354,7 +354,12 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmn.experiments.ssl_sine", description=__doc__.split("\n\n")[0])
+    """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = OneLineArgumentParser(prog="python -m gmn.experiments.ssl_sine", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder written by gmn.inr.sine_dataset")
     ap.add_argument("--out", default="runs/ssl_sine", help="checkpoints and results.json")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -363,57 +368,46 @@ def main(argv: list[str] | None = None) -> int:
         default="gmn,dws,npnfn,statnn,mlp",
         help=f"comma-separated subset of {','.join(ENCODERS)} (missing baselines are skipped)",
     )
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs")
     ap.add_argument("--batch-size", type=int, help="override the scale's batch size")
     ap.add_argument("--n-train", type=int, help="use only the first N train INRs")
     ap.add_argument("--n-val", type=int, help="use only the first N val INRs")
     ap.add_argument("--n-test", type=int, help="use only the first N test INRs")
-    ap.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    add_device_argument(ap)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--json", action="store_true", help="print results as one JSON object")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        device = _resolve_device(args.device)
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        wanted = [e.strip() for e in args.encoders.split(",") if e.strip()]
-        bad = [e for e in wanted if e not in ENCODERS]
-        if bad:
-            raise ValueError(f"Expected encoders from {ENCODERS} (got {bad})")
-        avail = available_encoders()
-        skipped = [e for e in wanted if e not in avail]
-        if skipped:
-            print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
-        cfg = SCALES[args.scale]
-        if args.epochs is not None:
-            cfg = replace(cfg, epochs=args.epochs)
-        if args.batch_size is not None:
-            cfg = replace(cfg, batch_size=args.batch_size)
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
-        t0 = time.time()
-        res = run(
-            args.data,
-            args.out,
-            [e for e in wanted if e in avail],
-            seeds,
-            cfg,
-            device,
-            args.n_train,
-            progress=not args.no_progress,
-            n_val=args.n_val,
-            n_test=args.n_test,
-        )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    seeds = int_list(args.seeds, "--seeds")
+    wanted = comma_list(args.encoders, ENCODERS, "--encoders")
+    avail = available_encoders()
+    skipped = [e for e in wanted if e not in avail]
+    if skipped:
+        print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
+    over = {"epochs": args.epochs, "batch_size": args.batch_size}
+    cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
+    t0 = time.time()
+    with torch_threads(args.threads if args.threads > 0 else None):
+        try:
+            res = run(
+                args.data,
+                args.out,
+                [e for e in wanted if e in avail],
+                seeds,
+                cfg,
+                device,
+                args.n_train,
+                progress=not args.no_progress,
+                n_val=args.n_val,
+                n_test=args.n_test,
+            )
+        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
+            raise CLIError(str(e)) from e
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print(res["table"])
-        print(f"train/val/test INRs: {res['sizes']}; wall time this run: {res['wall_seconds_this_run']} s")
+    summary = f"train/val/test INRs: {res['sizes']}; wall time this run: {res['wall_seconds_this_run']} s"
+    print_result(res, args.json, summary)
     return 0
 
 

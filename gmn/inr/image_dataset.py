@@ -18,14 +18,13 @@ The dataset is cached as one ``.pt`` per split (written atomically) under a fold
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .fit import FitConfig, fit_sirens, init_siren_params
-from .io import atomic_torch_save
+from .io import atomic_torch_save, load_checked
 
 __all__ = ["TASKS", "IMAGE_FIT", "IMAGE_ARCH", "pixel_grid", "make_images", "build", "load"]
 
@@ -105,7 +104,7 @@ def build(
     for split, n in sizes.items():
         path = root / f"{task}_{split}_{n}_{size}px_seed{seed}.pt"
         if path.exists():
-            out[split] = _read(path)
+            out[split] = load_checked(path, "delete it to rebuild it")
             continue
         imgs, targets = make_images(task, n, size, seed * 10 + offsets[split])
         g = torch.Generator().manual_seed(seed * 10 + offsets[split])
@@ -143,13 +142,5 @@ def load(root: str | Path, task: str, sizes: dict[str, int], size: int = 28, see
         path = root / f"{task}_{split}_{n}_{size}px_seed{seed}.pt"
         if not path.exists():
             raise FileNotFoundError(f"Expected {path} (run the experiment once to build it)")
-        out[split] = _read(path)
+        out[split] = load_checked(path, "delete it to rebuild it")
     return out
-
-
-def _read(path: Path) -> dict:
-    """``torch.load(weights_only=True)``; an unreadable file is a ``ValueError`` naming it and the fix."""
-    try:
-        return torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"cannot read {path} ({str(exc).splitlines()[0]}); delete it to rebuild it") from exc

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fit import FitConfig, fit_sirens, init_siren_params
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json, load_checked
 
 __all__ = [
     "SINE_FIT",
@@ -154,7 +154,7 @@ def generate(
     for split, k, n in tqdm(jobs, desc="shards", disable=not progress):
         path = out / f"{split}_{k:04d}.pt"
         if path.exists():
-            shard = torch.load(path, weights_only=True)
+            shard = load_checked(path, "delete it to refit that shard")
             if shard["a"].numel() == n:
                 continue
         atomic_torch_save(_fit_shard(split, k, n, seed, device, fit, progress, init), path)
@@ -189,7 +189,8 @@ def load_split(root: str | Path, split: str, n_shards: int | None = None, limit:
                 n_shards += 1
     if n_shards == 0:
         raise FileNotFoundError(f"Expected shards '{split}_*.pt' under {root} (found none)")
-    shards = [torch.load(root / f"{split}_{k:04d}.pt", weights_only=True) for k in range(n_shards)]
+    hint = "delete it and run gmn.inr.sine_dataset again to refit it"
+    shards = [load_checked(root / f"{split}_{k:04d}.pt", hint) for k in range(n_shards)]
     sl = slice(0, limit)
     params = {key: torch.cat([s["params"][key] for s in shards])[sl] for key in shards[0]["params"]}
     cat = lambda name: torch.cat([s[name] for s in shards])[sl]
