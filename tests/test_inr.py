@@ -262,3 +262,16 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
     assert ssl_sine.main(args) == 0  # resumed: finished runs are kept
     assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
     assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_paper_scale_gmn_has_about_100k_parameters_as_e3():
+    """Paper E.3: the SSL GMN is sized to about 100k trainable parameters."""
+    import symgraph
+    from gmn.inr.encoders import build_encoder
+    from symgraph.models.siren import SIREN
+
+    cfg = ssl_sine.SCALES["paper"]
+    graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
+    enc = build_encoder("gmn", graph, embed_dim=cfg.embed_dim, hidden_dim=cfg.gmn_hidden, num_layers=cfg.gmn_layers)
+    n = sum(p.numel() for p in enc.parameters() if p.requires_grad)
+    assert 90_000 <= n <= 110_000, n
