@@ -125,13 +125,9 @@ def evaluate(
     if ctx.enabled:
         preds, targets, total, n = _evaluate_distributed(model, loader, loss, crit, device, forward, ctx)
     else:
-        preds, targets, total, n = [], [], 0.0, 0
-        for batch in loader:
-            out, y = forward(model, _to(batch, device))
-            total += float(crit(out, y)) * y.shape[0]
-            n += y.shape[0]
-            preds.append((torch.sigmoid(out) if loss == "bce" else out).cpu())
-            targets.append(y.cpu())
+        rows = [_eval_batch(model, batch, loss, crit, device, forward) for batch in loader]
+        preds, targets = [r[2] for r in rows], [r[3] for r in rows]
+        total, n = sum(r[0] for r in rows), sum(r[1] for r in rows)
     model.train(was_training)
     if n == 0:
         return {
@@ -146,6 +142,13 @@ def evaluate(
     return {"loss": total / n, **regression_metrics(pred, target), "pred": pred, "target": target}
 
 
+def _eval_batch(model, batch, loss, crit, device, forward) -> tuple[float, int, Tensor, Tensor]:
+    """``(loss_sum, count, predictions, targets)`` of one batch (predictions: sigmoid of logits for BCE)."""
+    out, y = forward(model, _to(batch, device))
+    pred = (torch.sigmoid(out) if loss == "bce" else out).cpu()
+    return float(crit(out, y)) * y.shape[0], y.shape[0], pred, y.cpu()
+
+
 def _evaluate_distributed(model, loader, loss, crit, device, forward, ctx: DistContext):
     """Sharded evaluation gathered in the loader's order: ``(preds, targets, loss_sum, count)`` on every rank."""
     sharded = shard_loader(loader, ctx)
@@ -154,9 +157,7 @@ def _evaluate_distributed(model, loader, loss, crit, device, forward, ctx: DistC
     for step, (batch, n_real, _) in enumerate(steps):
         if n_real == 0:  # padding: this rank's share of a global batch smaller than the world
             continue
-        out, y = forward(model, _to(batch, device))
-        pred = (torch.sigmoid(out) if loss == "bce" else out).cpu()
-        rows.append((step, float(crit(out, y)) * y.shape[0], y.shape[0], pred, y.cpu()))
+        rows.append((step, *_eval_batch(model, batch, loss, crit, device, forward)))
     if sharded is None:  # every rank ran the whole loader: take rank 0's numbers so that all ranks agree
         _warn_unsharded("the evaluation loader")
         rows = broadcast_object(rows, ctx)
