@@ -295,25 +295,7 @@ def main_first(fn: Callable[[], T], ctx: DistContext, timeout: timedelta = MAIN_
     a long ``timeout`` (the default group's would expire during hours of work); an exception on rank 0 is
     re-raised on every rank.
     """
-    if not ctx.enabled:
-        return fn()
-    group = dist.new_group(backend="gloo", timeout=timeout)
-    result, error = None, None
-    try:
-        if ctx.is_main:
-            try:
-                result = fn()
-            except BaseException as exc:
-                error = exc
-        box = [None if error is None else f"{type(error).__name__}: {error}"]
-        dist.broadcast_object_list(box, src=0, group=group)
-    finally:
-        dist.destroy_process_group(group)
-    if error is not None:
-        raise error
-    if box[0] is not None:
-        raise RuntimeError(f"rank 0 failed: {box[0]}")
-    return result
+    return each_then_wait(lambda: fn() if ctx.is_main else None, ctx, timeout)
 
 
 def each_then_wait(fn: Callable[[], T], ctx: DistContext, timeout: timedelta = MAIN_FIRST_TIMEOUT) -> T:
