@@ -12,8 +12,8 @@ Metanets that cannot take the zoo's architectures (NP-NFN: norms, residuals, att
 architectures) are marked "n/a" with the reason, as the paper's table does.
 
 Scales: ``smoke`` (seconds; tests), ``cpu`` (default; sized for about an hour on 2 cores: measured 43 min
-end to end on the quiet machine, 2 h 03 min with another experiment sharing it — README), ``paper`` (30 000 networks, ~750k-parameter
-metanets, 5 seeds: a GPU job).
+end to end on the quiet machine, 2 h 03 min with another experiment sharing it — README), ``paper`` (30 000
+networks, ~750k-parameter metanets, 5 seeds: a GPU job).
 
 Several GPUs (one process each; ``--device auto`` puts rank r on cuda:LOCAL_RANK):
 

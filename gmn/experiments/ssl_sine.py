@@ -8,6 +8,11 @@ BatchNorm, Linear, ReLU, Linear) is evaluated by a least-squares linear probe to
 split, test MSE averaged over a and b (also reported per target). Each encoder is trained with several seeds;
 mean ± std is printed beside Table 3.
 
+Model selection (``--select val``, the default): after every epoch the probe is fitted on the train embeddings
+and scored on the validation split; the epoch with the lowest validation MSE is the one reported (its epoch
+is in ``selected_epoch``, the curve in ``val_history``). The test split is only used for the final number.
+``--select last`` reports the final epoch.
+
 A raw-weights probe (the same least squares on the normalised flat weights, ridge-regularised) is reported as a
 reference row that involves no learning.
 
@@ -107,12 +112,17 @@ class SSLConfig:
     proj_dim: int = 32
     gmn_hidden: int = 32
     gmn_layers: int = 2
+    gmn_pool: tuple[str, ...] = ("edge",)
     baseline_hidden: int = 32
     baseline_layers: int = 3
     mlp_hidden: int = 256
     mlp_layers: int = 3
     dws_hidden: int = 16
     dws_layers: int = 4
+    #: "val": after every epoch fit the probe on train embeddings, score it on the validation split, and
+    #: report the epoch with the lowest validation MSE (model selection on val; the test split is never
+    #: looked at); "last": report the final epoch.
+    select: str = "val"
 
 
 SCALES: dict[str, SSLConfig] = {
@@ -174,7 +184,7 @@ def run_one(
     graph = data["graph"]
     hidden, layers = _sizes(kind, cfg)
     torch.manual_seed(seed)
-    encoder = build_encoder(kind, graph, cfg.embed_dim, hidden, layers, device=device)
+    encoder = build_encoder(kind, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool)
     # BatchNorm first: a fresh GMN's mean-pooled embeddings of different INRs agree to ~1e-4 (cosine ~0.9999;
     # the pooled structure term dominates), which leaves NT-Xent at chance for many steps; standardising
     # across the batch removes the shared part. Used for every encoder; the probe sees the encoder output.
@@ -188,12 +198,15 @@ def run_one(
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
     start, history, seconds = 0, [], 0.0
+    val_history: list[float] = []
+    best: dict | None = None  # {"epoch", "val_mse", "encoder"}: the selected epoch so far (select="val")
     if ckpt.exists():
         state = load_checked(ckpt, "delete it to restart", map_location=device)
         encoder.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
         start, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
+        val_history, best = list(state.get("val_history", [])), state.get("best")
     aug = WeightAugment(cfg.noise_std, cfg.mask_prob, cfg.mask_rescale)
     train = data["train"]
     n = next(iter(train.values())).shape[0]
@@ -217,8 +230,15 @@ def run_one(
             opt.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        seconds += time.time() - t0
         history.append(total / steps)
+        if cfg.select == "val":
+            z_train, z_val = embed(encoder, data["train"], device), embed(encoder, data["val"], device)
+            val = linear_probe_mse(z_train, data["y_train"], z_val, data["y_val"])
+            val_history.append(val)
+            if best is None or val < best["val_mse"]:
+                state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+                best = {"epoch": epoch + 1, "val_mse": val, "encoder": state}
+        seconds += time.time() - t0
         atomic_torch_save(
             {
                 "encoder": encoder.state_dict(),
@@ -226,20 +246,27 @@ def run_one(
                 "opt": opt.state_dict(),
                 "epoch": epoch + 1,
                 "history": history,
+                "val_history": val_history,
+                "best": best,
                 "seconds": seconds,
             },
             ckpt,
         )
+    if best is not None:
+        encoder.load_state_dict(best["encoder"])
     z = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
-    return {
+    out = {
         "encoder": kind,
         "seed": seed,
         "epochs": cfg.epochs,
         "train_seconds": round(seconds, 1),
         "params": sum(p.numel() for p in encoder.parameters()),
         "loss_history": [round(x, 4) for x in history],
-        **_probe(z, data),
     }
+    if best is not None:
+        out["selected_epoch"] = best["epoch"]
+        out["val_history"] = [round(x, 4) for x in val_history]
+    return {**out, **_probe(z, data)}
 
 
 def _probe(z: dict[str, torch.Tensor], data: dict) -> dict:
@@ -332,9 +359,10 @@ def run(
     data = load_data(data_dir, n_train, n_val, n_test)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
-    if results.get("config") not in (None, asdict(cfg)) or results.get("sizes") not in (None, data["sizes"]):
+    config = json.loads(json.dumps(asdict(cfg)))  # as stored (tuples become lists)
+    if results.get("config") not in (None, config) or results.get("sizes") not in (None, data["sizes"]):
         raise ValueError(f"Expected {res_path} from the same configuration and data (got another): use a new --out")
-    results.update(config=asdict(cfg), sizes=data["sizes"], data=str(data_dir), device=str(device))
+    results.update(config=config, sizes=data["sizes"], data=str(data_dir), device=str(device))
     if "raw_weights" not in results["runs"]:
         flat = {s: torch.cat([v.reshape(v.shape[0], -1) for v in data[s].values()], 1) for s in ("train", "test")}
         mse = {"test_mse": linear_probe_mse(flat["train"], data["y_train"], flat["test"], data["y_test"], ridge=1e-2)}
@@ -373,6 +401,11 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs")
     ap.add_argument("--batch-size", type=int, help="override the scale's batch size")
+    ap.add_argument(
+        "--select",
+        choices=("val", "last"),
+        help="report the epoch with the best validation probe MSE (val, the default) or the last epoch",
+    )
     ap.add_argument("--n-train", type=int, help="use only the first N train INRs")
     ap.add_argument("--n-val", type=int, help="use only the first N val INRs")
     ap.add_argument("--n-test", type=int, help="use only the first N test INRs")
@@ -388,7 +421,7 @@ def _main(argv: list[str]) -> int:
     skipped = [e for e in wanted if e not in avail]
     if skipped:
         print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
-    over = {"epochs": args.epochs, "batch_size": args.batch_size}
+    over = {"epochs": args.epochs, "batch_size": args.batch_size, "select": args.select}
     cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):

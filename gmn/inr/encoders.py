@@ -141,18 +141,20 @@ def build_encoder(
     hidden_dim: int,
     num_layers: int = 3,
     device: torch.device | str = "cpu",
+    pool: tuple[str, ...] = ("edge",),
 ) -> WeightEncoder:
     """Build a :class:`WeightEncoder` for the architecture of ``graph``.
 
     ``hidden_dim``/``num_layers`` are the metanet's width and depth (for ``"mlp"``: hidden width and number
-    of linear layers).
+    of linear layers). ``pool`` is what the GMN's invariant head mean-pools: its final edge features (the
+    paper's Sec. 4.3 choice, the default), node features, or both.
     """
     if kind not in ENCODERS:
         raise ValueError(f"Expected an encoder in {ENCODERS} (got {kind!r})")
     batcher = WeightGraphBatcher(graph, device=device)
     if kind == "gmn":
         net: nn.Module = GMN(
-            hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim, use_global=False, pool=("edge",)
+            hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim, use_global=False, pool=tuple(pool)
         )
     elif kind == "mlp":
         dims = [batcher.num_edges] + [hidden_dim] * max(num_layers - 1, 0) + [embed_dim]
