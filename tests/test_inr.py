@@ -292,6 +292,36 @@ def test_ssl_selects_the_epoch_with_the_best_validation_probe(tmp_path):
         assert last["val_mse"] != pytest.approx(r["val_mse"], rel=1e-6)
 
 
+def _permute_siren_hidden(p: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Stacked SIREN 1-32-32-1 parameters with both hidden layers' neurons permuted (same function)."""
+    p0, p1 = torch.randperm(32, generator=g), torch.randperm(32, generator=g)
+    return {
+        "layers.0.weight": p["layers.0.weight"][:, p0],
+        "layers.0.bias": p["layers.0.bias"][:, p0],
+        "layers.1.weight": p["layers.1.weight"][:, p1][:, :, p0],
+        "layers.1.bias": p["layers.1.bias"][:, p1],
+        "layers.2.weight": p["layers.2.weight"][:, :, p1],
+        "layers.2.bias": p["layers.2.bias"],
+    }
+
+
+@pytest.mark.parametrize("pool", [("edge",), ("edge", "node")])
+def test_gmn_encoder_is_invariant_to_hidden_neuron_permutations_and_the_mlp_is_not(pool):
+    from gmn.inr.encoders import build_encoder
+
+    graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
+    torch.manual_seed(0)
+    p = _sirens(3)  # float32: the weight-swapped batches are float32
+    q = _permute_siren_hidden(p, torch.Generator().manual_seed(1))
+    gmn_enc = build_encoder("gmn", graph, embed_dim=5, hidden_dim=8, num_layers=2, pool=pool).eval()
+    mlp_enc = build_encoder("mlp", graph, embed_dim=5, hidden_dim=8).eval()
+    with torch.no_grad():
+        scale = gmn_enc(p).abs().max()
+        assert (gmn_enc(p) - gmn_enc(q)).abs().max() < 1e-5 * max(1.0, float(scale))
+        assert (mlp_enc(p) - mlp_enc(q)).abs().max() > 1e-3  # negative control: the check can fail
+    assert gmn_enc.net.pool == pool
+
+
 def test_paper_scale_gmn_has_about_100k_parameters_as_e3():
     """Paper E.3: the SSL GMN is sized to about 100k trainable parameters."""
     import symgraph
