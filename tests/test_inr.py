@@ -12,7 +12,7 @@ from torch_geometric.data import Batch
 import gmn
 import symgraph
 from gmn.experiments import inr_editing, ssl_sine
-from gmn.inr.augment import WeightAugment, gaussian_noise, random_mask
+from gmn.inr.augment import WeightAugment, gaussian_noise, random_mask, sign_flip
 from gmn.inr.fit import FitConfig, batched_siren_forward, fit_sirens, init_siren_params, stack, unstack
 from gmn.inr.graph_batch import WeightGraphBatcher
 from gmn.inr.ntxent import nt_xent
@@ -167,6 +167,34 @@ def test_augmentations_keep_shapes_and_are_seeded():
         random_mask(p, 1.5)
 
 
+SIREN_CHAIN = (
+    ("layers.0.weight", "layers.0.bias"),
+    ("layers.1.weight", "layers.1.bias"),
+    ("layers.2.weight", "layers.2.bias"),
+)
+
+
+def test_sign_flips_keep_the_siren_function_and_commute_with_standardisation():
+    p = {k: v.double() for k, v in _sirens(4).items()}
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64).unsqueeze(1)
+    q = sign_flip(p, SIREN_CHAIN, torch.Generator().manual_seed(0))
+    assert any(not torch.equal(q[k], p[k]) for k in p) and torch.equal(q["layers.2.bias"], p["layers.2.bias"])
+    assert (batched_siren_forward(q, x) - batched_siren_forward(p, x)).abs().max() < 1e-12
+    # negative control: flipping a layer's rows without the next layer's columns changes the function
+    broken = dict(p, **{k: q[k] for k in ("layers.0.weight", "layers.0.bias")})
+    assert (batched_siren_forward(broken, x) - batched_siren_forward(p, x)).abs().max() > 1e-3
+    # on standardised parameters, flipping about the standardised zero == standardising the raw flip
+    stats = {k: (float(v.mean()) + 0.3, float(v.std())) for k, v in p.items()}
+    norm = lambda d: {k: (v - stats[k][0]) / stats[k][1] for k, v in d.items()}  # noqa: E731
+    zero = {k: -m / sd for k, (m, sd) in stats.items()}
+    qn = sign_flip(norm(p), SIREN_CHAIN, torch.Generator().manual_seed(0), zero)
+    assert all(torch.allclose(qn[k], norm(q)[k], atol=1e-12) for k in p)
+    aug = WeightAugment(0.0, 0.0, flip_layers=SIREN_CHAIN)
+    assert all(torch.equal(aug(p, torch.Generator().manual_seed(0))[k], q[k]) for k in p)
+    with pytest.raises(ValueError, match="dict"):
+        aug(torch.zeros(2, 3))
+
+
 def test_probe_is_chance_on_random_embeddings_and_exact_on_true_features():
     g = torch.Generator().manual_seed(0)
     y = torch.rand(1200, 2, generator=g) * 10
@@ -260,6 +288,10 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
         assert "| DWSNets (ours, DWSNet) |" in res["table"] and "| 1.39 ± .06 |" in res["table"]
     assert (out / "ckpt_gmn_seed0.pt").exists()
     assert ssl_sine.main(args) == 0  # resumed: finished runs are kept
+    flip_out = tmp_path / "ssl_flip"
+    flip_args = args[:3] + [str(flip_out), *args[4:-2], "gmn", "--sign-flip", "--no-progress"]
+    assert ssl_sine.main(flip_args) == 0
+    assert json.loads((flip_out / "results.json").read_text())["config"]["sign_flip"] is True
     assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
     assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
 

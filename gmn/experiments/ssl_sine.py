@@ -123,6 +123,9 @@ class SSLConfig:
     #: report the epoch with the lowest validation MSE (model selection on val; the test split is never
     #: looked at); "last": report the final epoch.
     select: str = "val"
+    #: also flip the signs of random hidden neurons in every view (:func:`gmn.inr.augment.sign_flip`; exact
+    #: for SIREN's sine). Not in the paper's protocol (noise and masking only): an option, off by default.
+    sign_flip: bool = False
 
 
 SCALES: dict[str, SSLConfig] = {
@@ -207,7 +210,14 @@ def run_one(
         opt.load_state_dict(state["opt"])
         start, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
         val_history, best = list(state.get("val_history", [])), state.get("best")
-    aug = WeightAugment(cfg.noise_std, cfg.mask_prob, cfg.mask_rescale)
+    flips: dict = {}
+    if cfg.sign_flip:
+        n_layers = sum(1 for k in data["train"] if k.endswith(".weight"))
+        flips = {
+            "flip_layers": tuple((f"layers.{i}.weight", f"layers.{i}.bias") for i in range(n_layers)),
+            "flip_zero": tuple((k, -m / sd) for k, (m, sd) in data["stats"].items()),
+        }
+    aug = WeightAugment(cfg.noise_std, cfg.mask_prob, cfg.mask_rescale, **flips)
     train = data["train"]
     n = next(iter(train.values())).shape[0]
     steps = max(n // cfg.batch_size, 1)
@@ -300,6 +310,7 @@ def load_data(
     limits = {"train": n_train, "val": n_val, "test": n_test}
     raw = {s: load_split(root, s, limit=limits[s]) for s in ("train", "val", "test")}
     stats = _normaliser(raw["train"][0])
+    out["stats"] = stats
     for s, (params, a, b, _) in raw.items():
         out[s] = _normalise(params, stats)
         out[f"y_{s}"] = torch.stack([a, b], 1)
@@ -402,6 +413,13 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--epochs", type=int, help="override the scale's epochs")
     ap.add_argument("--batch-size", type=int, help="override the scale's batch size")
     ap.add_argument(
+        "--sign-flip",
+        action="store_true",
+        default=None,
+        help="add random sign flips of hidden neurons to both views (exact symmetry of sine networks; not in "
+        "the paper's protocol)",
+    )
+    ap.add_argument(
         "--select",
         choices=("val", "last"),
         help="report the epoch with the best validation probe MSE (val, the default) or the last epoch",
@@ -421,7 +439,7 @@ def _main(argv: list[str]) -> int:
     skipped = [e for e in wanted if e not in avail]
     if skipped:
         print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
-    over = {"epochs": args.epochs, "batch_size": args.batch_size, "select": args.select}
+    over = {"epochs": args.epochs, "batch_size": args.batch_size, "select": args.select, "sign_flip": args.sign_flip}
     cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):

@@ -1,6 +1,11 @@
 """Weight-space augmentations for contrastive learning on INRs (Navon et al., 2023; paper E.3).
 
-Both act on a *batch* of networks given as stacked parameters (a dict of ``[B, ...]`` tensors, SIREN
+Gaussian noise and masking (the paper's two) change the network's function a little; :func:`sign_flip`
+(optional, ours) does not change it at all for odd activations such as SIREN's sine: it negates a random
+subset of hidden neurons (incoming weights and bias, and outgoing weights), a symmetry of the weight space
+that permutation-invariant metanets are not invariant to.
+
+All act on a *batch* of networks given as stacked parameters (a dict of ``[B, ...]`` tensors, SIREN
 state_dict keys) or a flat ``[B, D]`` tensor, and draw from an explicit ``torch.Generator`` so that the same
 seed gives the same views.
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["gaussian_noise", "random_mask", "WeightAugment"]
+__all__ = ["gaussian_noise", "random_mask", "sign_flip", "WeightAugment"]
 
 Params = dict[str, torch.Tensor] | torch.Tensor
 
@@ -55,6 +60,40 @@ def random_mask(params: Params, prob: float, generator: torch.Generator | None =
     return _map(params, lambda t: t * (_rand_like(t, generator, normal=False) >= prob).to(t.dtype) * scale)
 
 
+def sign_flip(
+    params: dict[str, torch.Tensor],
+    layers: list[tuple[str, str | None]] | tuple[tuple[str, str | None], ...],
+    generator: torch.Generator | None = None,
+    zero: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Negate a random half (in expectation) of every hidden layer's neurons, per network.
+
+    ``layers`` lists the chain's ``(weight_key, bias_key)`` in order (weights ``[B, out, in]``); for every
+    layer but the last, each output neuron is flipped with probability 1/2: its weight row and bias entry are
+    negated, and so is the matching column of the next layer's weight. With an odd activation (sine, tanh)
+    the network computes the same function. ``zero`` gives, per key, the value that stands for a raw 0 when
+    the parameters are standardised (``-mean / std``): a flip is then the reflection about it, i.e. exactly
+    the standardised version of the raw flip.
+    """
+    out = dict(params)
+    zero = zero or {}
+
+    def flip(key: str, sign: torch.Tensor) -> None:
+        z = zero.get(key, 0.0)
+        out[key] = z + sign * (out[key] - z)
+
+    for (w, b), (w_next, _) in zip(layers[:-1], layers[1:]):
+        t = out[w]
+        bits = _rand_like(t.new_empty(t.shape[0], t.shape[1]), generator, normal=False) < 0.5
+        sign = 1.0 - 2.0 * bits.to(t.dtype)  # [B, out]
+        flip(w, sign.reshape(*sign.shape, *[1] * (t.dim() - 2)))
+        if b is not None:
+            flip(b, sign)
+        tn = out[w_next]
+        flip(w_next, sign.reshape(sign.shape[0], 1, sign.shape[1], *[1] * (tn.dim() - 3)))
+    return out
+
+
 @dataclass(frozen=True)
 class WeightAugment:
     """Masking then Gaussian noise: one random view of each network in a batch.
@@ -67,12 +106,23 @@ class WeightAugment:
         Probability of zeroing each weight.
     mask_rescale : bool
         Scale the kept weights by ``1 / (1 - mask_prob)`` (dropout, as Navon et al.'s augmentation).
+    flip_layers : tuple of (weight_key, bias_key)
+        When given (dict parameters only), :func:`sign_flip` is applied first over this chain of layers; only
+        for networks whose hidden activations are odd functions.
+    flip_zero : tuple of (key, value)
+        :func:`sign_flip`'s ``zero`` (for standardised parameters).
     """
 
     noise_std: float = 0.1
     mask_prob: float = 0.1
     mask_rescale: bool = False
+    flip_layers: tuple[tuple[str, str | None], ...] = ()
+    flip_zero: tuple[tuple[str, float], ...] = ()
 
     def __call__(self, params: Params, generator: torch.Generator | None = None) -> Params:
+        if self.flip_layers:
+            if isinstance(params, torch.Tensor):
+                raise ValueError("Expected a dict of stacked parameters for sign flips (got a flat tensor)")
+            params = sign_flip(params, self.flip_layers, generator, dict(self.flip_zero))
         out = random_mask(params, self.mask_prob, generator, self.mask_rescale) if self.mask_prob > 0 else params
         return gaussian_noise(out, self.noise_std, generator) if self.noise_std > 0 else out
