@@ -24,8 +24,8 @@ plateaued at a probe MSE of ~4 (b alone ~7; chance 8.3); :func:`load_data` print
 Scales
     ``cpu`` (default): GMN hidden 32, 2 layers (45k parameters); DWSNet hidden 16, 4 layers (Navon et al.'s
     SSL size); NP-NFN/StatNN hidden 32, 3 layers; MLP hidden 256; embedding 32; 18 epochs of batch 64 (558
-    steps on 2000 train INRs). Default encoders gmn, dws, npnfn, statnn, mlp with 3 seeds: 31.5 minutes measured
-    on one thread of a 2-core machine beside another job (GMN ~455 s per seed, DWSNet ~54 s, NP-NFN ~75 s).
+    steps on 2000 train INRs). Default encoders gmn, dws, npnfn, statnn, mlp with 3 seeds: 28.8 minutes measured
+    on a quiet 2-core machine (GMN ~400 s per seed, DWSNet ~50 s, NP-NFN ~73 s).
     ``paper``: GMN hidden 76, 3 layers (E.3; 248k parameters with our layers, the paper's ~100k needs hidden
     ~45), embedding 76, 100 epochs, batch 256 (meant for a GPU).
 
