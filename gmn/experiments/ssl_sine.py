@@ -3,7 +3,9 @@
 Encoders are trained with a SimCLR-style NT-Xent objective on two augmented views of each INR's weights
 (weights zeroed with probability ``mask_prob``, optionally rescaled as dropout, then Gaussian noise
 ``noise_std``; both in units of each parameter tensor's train-set standard deviation, seeded per epoch;
-``clean_view`` leaves the first view unaugmented). The embedding (encoder output, before the projection head:
+``clean_view`` leaves the first view unaugmented; ``--sign-flip`` adds random sign flips of hidden neurons, an exact
+symmetry of sine networks, to both views — ours, not the paper's protocol; README has both results). The
+embedding (encoder output, before the projection head:
 BatchNorm, Linear, ReLU, Linear) is evaluated by a least-squares linear probe to (a, b): fitted on the train
 split, test MSE averaged over a and b (also reported per target). Each encoder is trained with several seeds;
 mean ± std is printed beside Table 3.
