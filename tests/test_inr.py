@@ -291,7 +291,10 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
     flip_out = tmp_path / "ssl_flip"
     flip_args = args[:3] + [str(flip_out), *args[4:-2], "gmn", "--sign-flip", "--no-progress"]
     assert ssl_sine.main(flip_args) == 0
-    assert json.loads((flip_out / "results.json").read_text())["config"]["sign_flip"] is True
+    flipped = json.loads((flip_out / "results.json").read_text())
+    assert flipped["config"]["sign_flip"] is True
+    sel = flipped["runs"]["gmn/seed0"]["selected_epoch"]
+    assert f"| 1 | {sel} | 1.13 ± .08 |" in flipped["table"]  # seeds, reported epoch, paper
     assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
     assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
 

@@ -335,10 +335,13 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def table(results: dict) -> str:
-    """Markdown table: our test MSE (mean ± std over seeds) beside the paper's Table 3."""
+    """Markdown table: our test MSE (mean ± std over seeds) beside the paper's Table 3.
+
+    "epochs" lists each seed's reported epoch (chosen on the validation probe with ``select="val"``).
+    """
     lines = [
-        "| Metanetwork | ours: test MSE | MSE on a | MSE on b | seeds | paper Table 3 |",
-        "|---|---|---|---|---|---|",
+        "| Metanetwork | ours: test MSE | MSE on a | MSE on b | seeds | epochs | paper Table 3 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in [*ENCODERS, "raw_weights"]:
         runs = [r for r in results["runs"].values() if r["encoder"] == kind]
@@ -347,11 +350,14 @@ def table(results: dict) -> str:
         label = _LABEL.get(kind, "raw-weights linear probe")
         paper = PAPER_TABLE3.get(_PAPER_ROW.get(kind, ""), "—")
         cols = [_mean_std([r[k] for r in runs if k in r]) for k in ("test_mse", "test_mse_a", "test_mse_b")]
-        lines.append(f"| {label} | {' | '.join(cols)} | {len(runs)} | {paper} |")
+        epochs = (
+            ", ".join(str(r.get("selected_epoch", r.get("epochs", "—"))) for r in runs) if kind in ENCODERS else "—"
+        )
+        lines.append(f"| {label} | {' | '.join(cols)} | {len(runs)} | {epochs} | {paper} |")
     shown = {_PAPER_ROW[r["encoder"]] for r in results["runs"].values() if r["encoder"] in _PAPER_ROW}
     for name, val in PAPER_TABLE3.items():
         if name not in shown:
-            lines.append(f"| {name} | — | — | — | — | {val} |")
+            lines.append(f"| {name} | — | — | — | — | — | {val} |")
     return "\n".join(lines)
 
 
