@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TypeVar
 
 from symgraph.cli_util import CLIError
 
-__all__ = ["comma_list", "int_list", "print_result"]
+C = TypeVar("C")
+
+__all__ = ["comma_list", "int_list", "print_result", "with_overrides"]
 
 
 def comma_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
@@ -48,3 +52,17 @@ def print_result(res: dict, as_json: bool, summary: str) -> None:
         print(res["table"])
         print(summary)
     sys.stdout.flush()
+
+
+def with_overrides(cfg: C, **overrides) -> C:
+    """A scale's frozen config with the options the user gave (``None``: not given, keep the scale's value).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Cfg:
+    ...     epochs: int = 5
+    ...     lr: float = 1e-3
+    >>> with_overrides(Cfg(), epochs=None, lr=0.1)
+    Cfg(epochs=5, lr=0.1)
+    """
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -29,7 +29,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from ..inr.graph_batch import WeightGraphBatcher
 from ..inr.image_dataset import IMAGE_ARCH, TASKS, build, pixel_grid
 from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..models import GMN, edge_output_to_state_dict
-from .common import comma_list, int_list, print_result
+from .common import comma_list, int_list, print_result, with_overrides
 
 __all__ = ["EditConfig", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_dict", "run", "main"]
 
@@ -406,8 +406,9 @@ def _main(argv: list[str]) -> int:
     if "npnfn" in methods and _baseline_class("npnfn") is None:
         print("note: skipping npnfn (gmn.baselines has no NP-NFN yet)", file=sys.stderr)
         methods.remove("npnfn")
-    over = {"steps": args.steps, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
-    cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
+    cfg = with_overrides(
+        SCALES[args.scale], steps=args.steps, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test
+    )
     seeds = int_list(args.seeds, "--seeds")
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):

@@ -46,7 +46,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -70,7 +70,7 @@ from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, load_split
-from .common import comma_list, int_list, print_result
+from .common import comma_list, int_list, print_result, with_overrides
 
 __all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main"]
 
@@ -447,8 +447,9 @@ def _main(argv: list[str]) -> int:
     skipped = [e for e in wanted if e not in avail]
     if skipped:
         print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
-    over = {"epochs": args.epochs, "batch_size": args.batch_size, "select": args.select, "sign_flip": args.sign_flip}
-    cfg = replace(SCALES[args.scale], **{k: v for k, v in over.items() if v is not None})
+    cfg = with_overrides(
+        SCALES[args.scale], epochs=args.epochs, batch_size=args.batch_size, select=args.select, sign_flip=args.sign_flip
+    )
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):
         try:
