@@ -7,7 +7,8 @@ Input: a ``torch_geometric`` ``Batch`` of :func:`gmn.graph_to_data` outputs (gra
   columns (``x``, ``edge_attr``; the weight value enters here).
 - Layers: ``num_layers`` :class:`GMNLayer` with residual connections and LayerNorm.
 - Invariant head (``out_dim``): mean-pool the final edge features (and node features, ``pool=("edge",
-  "node")``) per graph, concatenate the global feature, MLP -> ``[num_graphs, out_dim]``. The output is a
+  "node")``; or the edges of each parameter tensor separately, ``pool=("param",)``, for networks of one
+  architecture) per graph, concatenate the global feature, MLP -> ``[num_graphs, out_dim]``. The output is a
   *logit*: for accuracy prediction use ``BCEWithLogitsLoss`` and ``torch.sigmoid`` for predictions
   (:func:`gmn.train.train_regressor` does both), as the paper's sigmoid + BCE.
 - Equivariant edge head (``edge_out_dim``): an MLP of the final features of each forward edge and of its
@@ -142,14 +143,24 @@ class GMN(nn.Module):
     num_layers : int
         Number of :class:`GMNLayer`.
     out_dim : int or None
-        Width of the invariant per-graph output (``None``: no graph head).
+        Width of the invariant per-graph output (``None``: no graph head). With neither ``out_dim`` nor
+        ``edge_out_dim`` the GMN returns its pooled representation ``[num_graphs, pooled_dim]`` (the input
+        of the graph head's MLP: what Sec. 4.3 calls the mean-pooled vector representation).
     edge_out_dim : int or None
         Width of the equivariant per-forward-edge output (``None``: no edge head).
     use_global : bool
         Keep a global feature of width ``global_dim`` (default ``hidden_dim``) updated by Eq. 3. The paper's
         experiments do not use it; its expressivity results (Prop. 3) need it.
-    pool : sequence of "edge", "node"
-        What the invariant head mean-pools per graph.
+    pool : sequence of "edge", "node", "param"
+        What the invariant head mean-pools per graph: all edges, all nodes, or (``"param"``) the forward edges
+        of each edge-stored parameter tensor separately, concatenated in the graph's parameter order
+        (``param_tensors`` blocks of width ``hidden_dim``). Automorphisms map every parameter tensor's edges
+        onto themselves, so the per-tensor means are invariant too; they keep apart what a mean over all
+        edges mixes (in a 1-32-32-1 MLP, the 1024 middle weights would outweigh the 32 first-layer weights).
+        Only for batches of one architecture (the block order is the parameter order).
+    param_tensors : int, optional
+        Number of edge-stored parameter tensors per graph; required with ``"param"`` pooling (the head's
+        input width depends on it).
     aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers
         Passed to every :class:`GMNLayer`. ``global_reduce`` defaults to ``"mean"`` here (sums over
         100k-edge graphs are large numbers); the layer's default is the paper's sum.
@@ -173,6 +184,7 @@ class GMN(nn.Module):
         use_global: bool = True,
         global_dim: int | None = None,
         pool: Sequence[str] = ("edge", "node"),
+        param_tensors: int | None = None,
         aggr: str = "sum",
         global_reduce: str = "mean",
         norm: str | None = "layernorm",
@@ -182,14 +194,16 @@ class GMN(nn.Module):
         mlp_layers: int = 2,
     ):
         super().__init__()
-        if out_dim is None and edge_out_dim is None:
-            raise ValueError("Expected out_dim or edge_out_dim (got neither)")
-        if not set(pool) <= {"edge", "node"} or not pool:
-            raise ValueError(f"Expected pool made of 'edge' and 'node' (got {pool!r})")
+        if not set(pool) <= {"edge", "node", "param"} or not pool:
+            raise ValueError(f"Expected pool made of 'edge', 'node' and 'param' (got {pool!r})")
+        if "param" in pool and (param_tensors is None or param_tensors < 1):
+            raise ValueError(f"Expected param_tensors >= 1 with 'param' pooling (got {param_tensors!r})")
         h = hidden_dim
         du = (global_dim or h) if use_global else 0
         self.hidden_dim, self.num_layers, self.out_dim, self.edge_out_dim = h, num_layers, out_dim, edge_out_dim
         self.global_dim, self.pool = du, tuple(pool)
+        self.param_tensors = int(param_tensors) if "param" in pool else 0
+        self.pooled_dim = h * (len(self.pool) - ("param" in self.pool) + self.param_tensors)
         pos_col = NODE_CAT_COLUMNS.index("position")
         self.node_encoder = FeatureEncoder(
             NODE_CAT_SIZES, NODE_FLOAT_DIM, h, sinusoidal=(pos_col,), positions=MAX_POSITIONS
@@ -214,7 +228,7 @@ class GMN(nn.Module):
         )
         self.head = None
         if out_dim is not None:
-            self.head = ConcatMLP(h * len(self.pool) + du, h, out_dim, num_layers=2)
+            self.head = ConcatMLP(self.pooled_dim + du, h, out_dim, num_layers=2)
         self.edge_head = None
         if edge_out_dim is not None:
             self.edge_head = ConcatMLP(2 * h + du, h, edge_out_dim, num_layers=2)
@@ -244,22 +258,46 @@ class GMN(nn.Module):
             v, e, u = layer(v, batch.edge_index, e, u, node_batch, edge_batch)
         return v, e, u, node_batch, edge_batch
 
+    def pool_features(self, batch, v: Tensor, e: Tensor, node_batch: Tensor, edge_batch: Tensor) -> Tensor:
+        """The pooled representation ``[num_graphs, pooled_dim]`` (what the invariant head reads, before its MLP)."""
+        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+        pooled = []
+        for kind in self.pool:
+            if kind == "edge":
+                pooled.append(scatter_reduce(e, edge_batch, num_graphs, "mean"))
+            elif kind == "node":
+                pooled.append(scatter_reduce(v, node_batch, num_graphs, "mean"))
+            else:
+                pooled.append(self._param_pool(batch, e, edge_batch, num_graphs))
+        return torch.cat(pooled, dim=-1)
+
+    def _param_pool(self, batch, e: Tensor, edge_batch: Tensor, num_graphs: int) -> Tensor:
+        fwd = batch.edge_is_forward
+        slot = batch.param_slot.to(e.device)
+        k = self.param_tensors
+        if slot.numel() and int(slot.max()) >= k:
+            raise ValueError(
+                f"Expected graphs with at most {k} edge-stored parameter tensors for 'param' pooling "
+                f"(got slot {int(slot.max())}): build the GMN with param_tensors for this architecture"
+            )
+        has = slot >= 0
+        idx = edge_batch[fwd][has] * k + slot[has]
+        out = scatter_reduce(e[fwd][has], idx, num_graphs * k, "mean")
+        return out.reshape(num_graphs, k * e.shape[-1])
+
     def forward(self, batch) -> Tensor | tuple[Tensor, Tensor]:
-        """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple)."""
+        """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple); with
+        neither head, the pooled representation ``[num_graphs, pooled_dim]``."""
         v, e, u, node_batch, edge_batch = self.encode(batch)
-        num_graphs = u.shape[0]
         out_graph = out_edge = None
         if self.head is not None:
-            pooled = []
-            if "edge" in self.pool:
-                pooled.append(scatter_reduce(e, edge_batch, num_graphs, "mean"))
-            if "node" in self.pool:
-                pooled.append(scatter_reduce(v, node_batch, num_graphs, "mean"))
-            out_graph = self.head(*pooled, u)
+            out_graph = self.head(self.pool_features(batch, v, e, node_batch, edge_batch), u)
         if self.edge_head is not None:
             fwd = batch.edge_is_forward
             fwd_batch = edge_batch[fwd]
             out_edge = self.edge_head(e[fwd], e[~fwd], u[fwd_batch])
+        if self.head is None and self.edge_head is None:
+            return self.pool_features(batch, v, e, node_batch, edge_batch)
         if out_graph is not None and out_edge is not None:
             return out_graph, out_edge
         return out_graph if out_graph is not None else out_edge

@@ -146,6 +146,32 @@ def test_gmn_variants_are_invariant(config, tol):
     assert (a - b).abs().max() < tol[torch.float64]
 
 
+@pytest.mark.parametrize("heads", [dict(out_dim=3), dict(out_dim=None)])
+def test_param_pooling_and_the_pooled_representation_are_invariant(heads, tol):
+    """``pool=("param",)`` (one mean per parameter tensor) with a graph head, and the pooled representation
+    itself (no head): invariant to random automorphisms of a CNN's graph; an input swap changes them."""
+    g = GRAPHS["cnn"]()
+    k = sum(1 for s in g.slots if s.location == "edge" and not s.is_buffer)
+    model = _model(pool=("param",), param_tensors=k, use_global=False, **heads)
+    a = model(Batch.from_data_list([_data(g), _data(g)]))
+    assert a.shape == (2, 3 if heads["out_dim"] else 16 * k) and model.pooled_dim == 16 * k
+    b = model(
+        Batch.from_data_list([_data(g.permute(random_automorphism(g, torch.Generator().manual_seed(6)))), _data(g)])
+    )
+    assert (a - b).abs().max() < tol[torch.float64]
+    c = model(Batch.from_data_list([_data(g.permute(input_swap(g), check=False)), _data(g)]))
+    assert (a[0] - c[0]).abs().max() > 1e-6  # negative control
+
+
+def test_param_pooling_needs_the_number_of_tensors():
+    with pytest.raises(ValueError, match="param_tensors"):
+        gmn.GMN(hidden_dim=4, num_layers=1, pool=("param",))
+    g = GRAPHS["mlp"]()  # 6 edge-stored tensors
+    model = _model(pool=("param",), param_tensors=2)
+    with pytest.raises(ValueError, match="param_tensors"):
+        model(Batch.from_data_list([_data(g)]))
+
+
 _BATCH_GRAPHS = {
     "mlp_a": lambda: symgraph.parameter_graph(_mlp((3, 5, 2))),
     "mlp_b": lambda: symgraph.parameter_graph(_mlp((4, 3, 3, 1))),

@@ -4,6 +4,7 @@ weight-swapped GMN batches, NT-Xent, editing and the SSL experiment (bounded siz
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_sine_dataset_cli_writes_shards_and_resumes(tmp_path):
     assert man["splits"]["train"]["n"] == 3 and man["fit"]["steps"] == 5
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
     assert len(mtimes) == 4
-    generate(out, 3, 2, 2, shard_size=2, fit=FitConfig(steps=5, lr=5e-3, lr_decay_to=0.01), progress=False)
+    generate(out, 3, 2, 2, shard_size=2, fit=replace(SINE_FIT, steps=5), progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == mtimes  # resumed: nothing refitted
     params, a, b, mse = load_split(out, "train")
     assert params["layers.1.weight"].shape == (3, 32, 32) and a.shape == b.shape == mse.shape == (3,)
@@ -114,9 +115,12 @@ def test_navon_init_has_low_first_layer_frequencies_and_zero_biases():
     bound = 6**0.5 / 30  # hidden-layer SIREN bound with fan_in 1: angular frequencies within +-2.45
     w0 = p["layers.0.weight"]
     assert float(w0.abs().max()) <= bound and float(w0.abs().max()) > 0.9 * bound
-    assert all(float(v.abs().max()) == 0.0 for k, v in p.items() if k.endswith(".bias"))
+    assert all(float(v.abs().max()) == 0.0 for k, v in p.items() if k.endswith(".bias") and k != "layers.2.bias")
     h = (6 / 32) ** 0.5 / 30
     assert float(p["layers.1.weight"].abs().max()) <= h and float(p["layers.1.weight"].abs().max()) > 0.9 * h
+    last = 1 / 32**0.5  # the last layer is a plain nn.Linear in Navon et al.'s INRs: PyTorch's default bound
+    for k in ("layers.2.weight", "layers.2.bias"):
+        assert float(p[k].abs().max()) <= last and float(p[k].abs().max()) > 0.8 * last
     s = initial_params(64, "siren", generator=torch.Generator().manual_seed(0))
     assert float(s["layers.0.weight"].abs().max()) > 0.9  # Sitzmann's first-layer bound 1/fan_in
     assert float(s["layers.0.bias"].abs().max()) > 0.5
@@ -138,6 +142,43 @@ def test_sine_dataset_records_init_and_refuses_to_mix_inits(tmp_path):
     (out / "manifest.json").write_text(json.dumps(legacy))
     with pytest.raises(ValueError, match="init"):
         generate(out, 2, 1, 1, shard_size=2, fit=fit, progress=False)
+
+
+def test_sine_dataset_refuses_to_resume_with_another_schedule(tmp_path):
+    out = tmp_path / "sine"
+    generate(out, 2, 1, 1, shard_size=2, fit=FitConfig(steps=2, lr=1e-3), progress=False)
+    with pytest.raises(ValueError, match="fitted with"):
+        generate(out, 2, 1, 1, shard_size=2, fit=FitConfig(steps=3, lr=1e-3), progress=False)
+    man = generate(out, 2, 1, 1, shard_size=2, fit=FitConfig(steps=2, lr=1e-3), progress=False)  # same: resumes
+    assert man["splits"]["train"]["steps_median"] == 2.0 and man["splits"]["train"]["stopped_early"] == 0.0
+
+
+def test_early_stop_per_inr_equals_fitting_each_alone_and_stops_at_the_stated_loss():
+    """``stop_mse``: each INR stops after the first step whose (pre-update) loss is <= stop_mse, exactly as if
+    it were fitted alone; the others go on. Negative control: without the stop every INR runs all steps."""
+    from gmn.inr.sine_dataset import initial_params
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.tensor([2.0, 8.0, 5.0]), torch.tensor([0.5, 1.0, 9.0])
+    p0 = {k: v.double() for k, v in initial_params(3, "navon", generator=g).items()}  # float64: no drift
+    x, y = sine_grid().double(), sine_targets(a, b).double()
+    cfg = FitConfig(steps=300, lr=1e-3, weight_decay=1e-4, stop_mse=1e-3)
+    p, mse, steps = fit_sirens(p0, x, y, cfg, progress=False, return_steps=True)
+    assert int(steps.min()) < 300 and int(steps.max()) <= 300  # some stop early
+    for j in range(3):
+        pj, _, sj = fit_sirens(
+            {k: v[j : j + 1] for k, v in p0.items()}, x, y[j : j + 1], cfg, progress=False, return_steps=True
+        )
+        assert int(sj) == int(steps[j])
+        for k in p:
+            torch.testing.assert_close(pj[k][0], p[k][j], rtol=1e-9, atol=1e-10)
+        if int(steps[j]) < 300:
+            before = (batched_siren_forward({k: v[j : j + 1] for k, v in p.items()}, x) - y[j : j + 1]).pow(2).mean()
+            assert float(before) < 2e-3 and float(mse[j]) == pytest.approx(float(before), rel=1e-9)
+    full, _, full_steps = fit_sirens(p0, x, y, replace(cfg, stop_mse=0.0), progress=False, return_steps=True)
+    assert bool((full_steps == 300).all())
+    stopped = int(steps.argmin())
+    assert not torch.allclose(full["layers.1.weight"][stopped], p["layers.1.weight"][stopped])
 
 
 def test_dropout_mask_rescales_kept_weights():
@@ -340,21 +381,63 @@ def _permute_siren_hidden(p: dict[str, torch.Tensor], g: torch.Generator) -> dic
     }
 
 
-@pytest.mark.parametrize("pool", [("edge",), ("edge", "node")])
-def test_gmn_encoder_is_invariant_to_hidden_neuron_permutations_and_the_mlp_is_not(pool):
+@pytest.mark.parametrize(
+    "pool, readout",
+    [(("edge",), "head"), (("edge", "node"), "head"), (("param",), "head"), (("param",), "pooled")],
+)
+def test_gmn_encoder_is_invariant_to_hidden_neuron_permutations_and_the_mlp_is_not(pool, readout):
     from gmn.inr.encoders import build_encoder
 
     graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
     torch.manual_seed(0)
     p = _sirens(3)  # float32: the weight-swapped batches are float32
     q = _permute_siren_hidden(p, torch.Generator().manual_seed(1))
-    gmn_enc = build_encoder("gmn", graph, embed_dim=5, hidden_dim=8, num_layers=2, pool=pool).eval()
+    gmn_enc = build_encoder("gmn", graph, 5, 8, num_layers=2, pool=pool, readout=readout).eval()
     mlp_enc = build_encoder("mlp", graph, embed_dim=5, hidden_dim=8).eval()
     with torch.no_grad():
         scale = gmn_enc(p).abs().max()
         assert (gmn_enc(p) - gmn_enc(q)).abs().max() < 1e-5 * max(1.0, float(scale))
         assert (mlp_enc(p) - mlp_enc(q)).abs().max() > 1e-3  # negative control: the check can fail
     assert gmn_enc.net.pool == pool
+    assert gmn_enc(p).shape == (3, 5 if readout == "head" else 6 * 8)  # 6 parameter tensors x width 8
+
+
+def test_param_pooling_is_the_mean_of_each_tensors_edge_features():
+    """``pool=("param",)``: one mean per parameter tensor over its forward edges (checked against the final
+    edge features by hand); a mean over all edges would weight the 1024 middle weights 32 times the first
+    layer's. Negative control: a global edge mean is not what param pooling returns."""
+    from gmn.inr.encoders import build_encoder
+
+    graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
+    torch.manual_seed(0)
+    p = _sirens(2)
+    enc = build_encoder("gmn", graph, 5, 8, num_layers=2, pool=("param",), readout="pooled").eval()
+    batch = enc.batcher.batch(enc.batcher.edge_weights(p))
+    with torch.no_grad():
+        got = enc(p)
+        v, e, u, nb, eb = enc.net.encode(batch)
+    e_fwd = e[batch.edge_is_forward].reshape(2, graph.num_edges, 8)
+    want = torch.cat([e_fwd[:, s.start : s.start + s.numel].mean(1) for s in enc.batcher.edge_slots], 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[:, :8], e.reshape(2, -1, 8).mean(1), atol=1e-3)
+    assert enc.out_dim == 48
+
+
+def test_pooled_readout_for_gmn_npnfn_dws_and_a_clear_error_for_the_others():
+    from gmn.inr.encoders import build_encoder
+
+    graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
+    p = _sirens(2)
+    for kind in ("npnfn", "dws"):
+        enc = build_encoder(kind, graph, 5, 4, num_layers=2, readout="pooled")
+        out = enc(p)
+        assert out.shape == (2, enc.out_dim) and enc.out_dim > 5
+        assert build_encoder(kind, graph, 5, 4, num_layers=2).out_dim == 5
+    for kind in ("statnn", "mlp"):
+        with pytest.raises(ValueError, match="readout"):
+            build_encoder(kind, graph, 5, 4, readout="pooled")
+    with pytest.raises(ValueError, match="readout"):
+        build_encoder("gmn", graph, 5, 4, readout="nope")
 
 
 def test_paper_scale_gmn_has_about_100k_parameters_as_e3():
@@ -368,3 +451,20 @@ def test_paper_scale_gmn_has_about_100k_parameters_as_e3():
     enc = build_encoder("gmn", graph, embed_dim=cfg.embed_dim, hidden_dim=cfg.gmn_hidden, num_layers=cfg.gmn_layers)
     n = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     assert 90_000 <= n <= 110_000, n
+
+
+def test_statistics_reference_features_equal_statnns_statistics():
+    """The SSL table's no-learning reference row uses StatNN's statistics: the same numbers as
+    :func:`gmn.baselines.statnn.tensor_statistics` on the parameter graph. Negative control: another
+    network's statistics differ."""
+    from gmn.baselines.statnn import tensor_statistics
+
+    p = _sirens(2, seed=4)
+    feats = ssl_sine.tensor_statistics_features(p)
+    for j in range(2):
+        vals = [p[k][j].reshape(-1) for k in p]
+        seg = torch.cat([torch.full((v.numel(),), t) for t, v in enumerate(vals)])
+        st, _ = tensor_statistics(torch.cat(vals), seg, len(vals))
+        want = torch.cat([st[t] if v.numel() > 1 else v for t, v in enumerate(vals)])
+        torch.testing.assert_close(feats[j], want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(feats[0], feats[1])

@@ -325,8 +325,8 @@ class DWSNet(nn.Module):
         Feature channels per parameter.
     num_layers : int
         Equivariant layers (>= 1).
-    out_dim : int
-        Width of the invariant output.
+    out_dim : int or None
+        Width of the invariant output (``None``: no head; ``forward`` returns the block means).
     norm : bool
         LayerNorm over each block's folded channels after every equivariant layer.
 
@@ -349,7 +349,7 @@ class DWSNet(nn.Module):
         spec: DWSSpec | NeuralGraph,
         hidden_dim: int = 32,
         num_layers: int = 3,
-        out_dim: int = 32,
+        out_dim: int | None = 32,
         norm: bool = True,
     ):
         super().__init__()
@@ -365,7 +365,9 @@ class DWSNet(nn.Module):
             nn.ModuleList(nn.LayerNorm(blk.fold * hidden_dim) if norm else nn.Identity() for blk in spec.blocks)
             for _ in range(num_layers)
         )
-        self.head = ConcatMLP(sum(blk.fold for blk in spec.blocks) * hidden_dim, hidden_dim, out_dim, 2)
+        #: width of the block means the invariant head reads
+        self.pooled_dim = sum(blk.fold for blk in spec.blocks) * hidden_dim
+        self.head = ConcatMLP(self.pooled_dim, hidden_dim, out_dim, 2) if out_dim is not None else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -393,9 +395,10 @@ class DWSNet(nn.Module):
         return xs
 
     def forward(self, params: Mapping[str, Tensor] | Sequence[NeuralGraph] | NeuralGraph) -> Tensor:
-        """Invariant embedding ``[B, out_dim]``."""
+        """Invariant embedding ``[B, out_dim]`` (``[B, pooled_dim]``, the block means, when ``out_dim`` is None)."""
         xs = self.trunk(to_blocks(self.spec, self._stack(params)))
-        return self.head(torch.cat([_pool_except(x, None) for x in xs], dim=-1))
+        pooled = torch.cat([_pool_except(x, None) for x in xs], dim=-1)
+        return pooled if self.head is None else self.head(pooled)
 
     def forward_equivariant(self, params: Mapping[str, Tensor] | Sequence[NeuralGraph]) -> dict[str, Tensor]:
         """Last layer's features per parameter: ``{key: [B, *shape, hidden_dim]}`` (equivariant)."""

@@ -286,7 +286,9 @@ class NPNFN(nn.Module):
             layers.append(NPLinear(w_in, w_out, b_in, b_out))
             w_in, b_in = w_out, b_out
         self.layers = nn.ModuleList(layers)
-        self.head = ConcatMLP(sum(w_in) + sum(b_in), h, out_dim, 2) if out_dim is not None else None
+        #: width of the per-layer means the invariant head reads
+        self.pooled_dim = sum(w_in) + sum(b_in)
+        self.head = ConcatMLP(self.pooled_dim, h, out_dim, 2) if out_dim is not None else None
         self.edge_layer = None
         if edge_out_dim is not None:
             self.edge_layer = NPLinear(

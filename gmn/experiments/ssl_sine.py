@@ -64,15 +64,16 @@ from symgraph.cli_util import (
 )
 from symgraph.models.siren import SIREN
 
+from ..baselines.statnn import QUANTILES as STAT_QUANTILES
 from ..inr.augment import WeightAugment
-from ..inr.encoders import ENCODERS, available_encoders, build_encoder
+from ..inr.encoders import ENCODERS, POOLED_READOUT, available_encoders, build_encoder
 from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, load_split
 from .common import comma_list, int_list, print_result, with_overrides
 
-__all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main"]
+__all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main", "tensor_statistics_features"]
 
 #: Paper Table 3 (test MSE of a linear probe to (a, b); numbers besides GMN are from Navon et al., 2023).
 PAPER_TABLE3: dict[str, str] = {
@@ -92,6 +93,11 @@ _LABEL = {
     "statnn": "StatNN",
     "deepsets": "DeepSets",
     "dws": "DWSNets (ours, DWSNet)",
+}
+#: Reference rows (no learning): the probe on these features of the normalised weights.
+_REFERENCE = {
+    "raw_weights": "raw weights, ridge probe (no learning)",
+    "statistics": "StatNN's per-tensor statistics, probe (no learning)",
 }
 #: Default ``--data``: INRs generated with ``--init navon`` (see :mod:`gmn.inr.sine_dataset`).
 DEFAULT_DATA = "runs/sine_inrs_navon"
@@ -115,6 +121,10 @@ class SSLConfig:
     gmn_hidden: int = 32
     gmn_layers: int = 2
     gmn_pool: tuple[str, ...] = ("edge",)
+    #: what the probe (and the projection head) reads: "head", each encoder's head output of width
+    #: ``embed_dim``; "pooled", the pooled representation for the encoders that have one (GMN, NP-NFN,
+    #: DWSNet; see :func:`gmn.inr.encoders.build_encoder`), the head output for the others
+    readout: str = "head"
     baseline_hidden: int = 32
     baseline_layers: int = 3
     mlp_hidden: int = 256
@@ -189,22 +199,22 @@ def run_one(
     graph = data["graph"]
     hidden, layers = _sizes(kind, cfg)
     torch.manual_seed(seed)
-    encoder = build_encoder(kind, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool)
+    readout = cfg.readout if kind in POOLED_READOUT else "head"
+    encoder = build_encoder(
+        kind, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool, readout=readout
+    )
     # BatchNorm first: a fresh GMN's mean-pooled embeddings of different INRs agree to ~1e-4 (cosine ~0.9999;
     # the pooled structure term dominates), which leaves NT-Xent at chance for many steps; standardising
     # across the batch removes the shared part. Used for every encoder; the probe sees the encoder output.
-    head = nn.Sequential(
-        nn.BatchNorm1d(cfg.embed_dim),
-        nn.Linear(cfg.embed_dim, cfg.embed_dim),
-        nn.ReLU(),
-        nn.Linear(cfg.embed_dim, cfg.proj_dim),
-    )
+    d = encoder.out_dim
+    head = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim))
     head = head.to(device)
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
     start, history, seconds = 0, [], 0.0
     val_history: list[float] = []
     best: dict | None = None  # {"epoch", "val_mse", "encoder"}: the selected epoch so far (select="val")
+    init: dict = {}  # the untrained encoder's probe: the control for what the contrastive training adds
     if ckpt.exists():
         state = load_checked(ckpt, "delete it to restart", map_location=device)
         encoder.load_state_dict(state["encoder"])
@@ -212,6 +222,10 @@ def run_one(
         opt.load_state_dict(state["opt"])
         start, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
         val_history, best = list(state.get("val_history", [])), state.get("best")
+        init = dict(state.get("init", {}))
+    if not init:
+        z0 = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
+        init = {f"init_{k}": v for k, v in _probe(z0, data).items()}
     flips: dict = {}
     if cfg.sign_flip:
         n_layers = sum(1 for k in data["train"] if k.endswith(".weight"))
@@ -261,6 +275,7 @@ def run_one(
                 "val_history": val_history,
                 "best": best,
                 "seconds": seconds,
+                "init": init,
             },
             ckpt,
         )
@@ -273,7 +288,10 @@ def run_one(
         "epochs": cfg.epochs,
         "train_seconds": round(seconds, 1),
         "params": sum(p.numel() for p in encoder.parameters()),
+        "readout": readout,
+        "embed_width": d,
         "loss_history": [round(x, 4) for x in history],
+        **init,
     }
     if best is not None:
         out["selected_epoch"] = best["epoch"]
@@ -281,16 +299,41 @@ def run_one(
     return {**out, **_probe(z, data)}
 
 
-def _probe(z: dict[str, torch.Tensor], data: dict) -> dict:
+def _probe(z: dict[str, torch.Tensor], data: dict, ridge: float = 1e-6) -> dict:
     """Linear-probe MSEs (fitted on train): val, test, and test per target (a, b)."""
     out = {
-        "val_mse": linear_probe_mse(z["train"], data["y_train"], z["val"], data["y_val"]),
-        "test_mse": linear_probe_mse(z["train"], data["y_train"], z["test"], data["y_test"]),
+        "val_mse": linear_probe_mse(z["train"], data["y_train"], z["val"], data["y_val"], ridge),
+        "test_mse": linear_probe_mse(z["train"], data["y_train"], z["test"], data["y_test"], ridge),
     }
     for j, name in enumerate("ab"):
         y_tr, y_te = data["y_train"][:, j : j + 1], data["y_test"][:, j : j + 1]
-        out[f"test_mse_{name}"] = linear_probe_mse(z["train"], y_tr, z["test"], y_te)
+        out[f"test_mse_{name}"] = linear_probe_mse(z["train"], y_tr, z["test"], y_te, ridge)
     return out
+
+
+def _flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.reshape(v.shape[0], -1) for v in params.values()], 1)
+
+
+def tensor_statistics_features(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """StatNN's statistics of every parameter tensor (mean, variance, 0/25/50/75/100 % quantiles), ``[B, 7T]``.
+
+    The same numbers as :func:`gmn.baselines.statnn.tensor_statistics` on each network's graph (tested);
+    tensors with one entry contribute only their value (the other six statistics are constant).
+
+    >>> p = {"w": torch.tensor([[1.0, 2.0, 3.0]]), "b": torch.tensor([[5.0]])}
+    >>> [round(x, 4) for x in tensor_statistics_features(p)[0].tolist()]
+    [2.0, 0.6667, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0]
+    """
+    q = torch.tensor(STAT_QUANTILES)
+    cols = []
+    for v in params.values():
+        f = v.reshape(v.shape[0], -1)
+        if f.shape[1] == 1:
+            cols.append(f)
+            continue
+        cols += [f.mean(1, keepdim=True), f.var(1, unbiased=False, keepdim=True), torch.quantile(f, q, dim=1).T]
+    return torch.cat(cols, 1)
 
 
 def load_data(
@@ -340,16 +383,17 @@ def table(results: dict) -> str:
     "epochs" lists each seed's reported epoch (chosen on the validation probe with ``select="val"``).
     """
     lines = [
-        "| Metanetwork | ours: test MSE | MSE on a | MSE on b | seeds | epochs | paper Table 3 |",
-        "|---|---|---|---|---|---|---|",
+        "| Metanetwork | ours: test MSE | MSE on a | MSE on b | untrained encoder | seeds | epochs | paper Table 3 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for kind in [*ENCODERS, "raw_weights"]:
+    for kind in [*ENCODERS, *_REFERENCE]:
         runs = [r for r in results["runs"].values() if r["encoder"] == kind]
         if not runs:
             continue
-        label = _LABEL.get(kind, "raw-weights linear probe")
+        label = _LABEL.get(kind) or _REFERENCE[kind]
         paper = PAPER_TABLE3.get(_PAPER_ROW.get(kind, ""), "—")
-        cols = [_mean_std([r[k] for r in runs if k in r]) for k in ("test_mse", "test_mse_a", "test_mse_b")]
+        keys = ("test_mse", "test_mse_a", "test_mse_b", "init_test_mse")
+        cols = [_mean_std([r[k] for r in runs if k in r]) for k in keys]
         epochs = (
             ", ".join(str(r.get("selected_epoch", r.get("epochs", "—"))) for r in runs) if kind in ENCODERS else "—"
         )
@@ -357,7 +401,7 @@ def table(results: dict) -> str:
     shown = {_PAPER_ROW[r["encoder"]] for r in results["runs"].values() if r["encoder"] in _PAPER_ROW}
     for name, val in PAPER_TABLE3.items():
         if name not in shown:
-            lines.append(f"| {name} | — | — | — | — | — | {val} |")
+            lines.append(f"| {name} | — | — | — | — | — | — | {val} |")
     return "\n".join(lines)
 
 
@@ -382,13 +426,11 @@ def run(
     if results.get("config") not in (None, config) or results.get("sizes") not in (None, data["sizes"]):
         raise ValueError(f"Expected {res_path} from the same configuration and data (got another): use a new --out")
     results.update(config=config, sizes=data["sizes"], data=str(data_dir), device=str(device))
-    if "raw_weights" not in results["runs"]:
-        flat = {s: torch.cat([v.reshape(v.shape[0], -1) for v in data[s].values()], 1) for s in ("train", "test")}
-        mse = {"test_mse": linear_probe_mse(flat["train"], data["y_train"], flat["test"], data["y_test"], ridge=1e-2)}
-        for j, name in enumerate("ab"):
-            y_tr, y_te = data["y_train"][:, j : j + 1], data["y_test"][:, j : j + 1]
-            mse[f"test_mse_{name}"] = linear_probe_mse(flat["train"], y_tr, flat["test"], y_te, ridge=1e-2)
-        results["runs"]["raw_weights"] = {"encoder": "raw_weights", "seed": 0, **mse}
+    # reference rows that involve no learning: the probe on the flat weights, and on StatNN's statistics
+    for ref, features, ridge in (("raw_weights", _flat, 1e-2), ("statistics", tensor_statistics_features, 1e-6)):
+        if ref not in results["runs"]:
+            z = {s: features(data[s]) for s in ("train", "val", "test")}
+            results["runs"][ref] = {"encoder": ref, "seed": 0, **_probe(z, data, ridge)}
     for kind in encoders:
         for seed in seeds:
             key = f"{kind}/seed{seed}"
@@ -432,6 +474,19 @@ def _main(argv: list[str]) -> int:
         choices=("val", "last"),
         help="report the epoch with the best validation probe MSE (val, the default) or the last epoch",
     )
+    ap.add_argument(
+        "--readout",
+        choices=("head", "pooled"),
+        help="what the probe reads: each encoder's head output (head) or, for GMN/NP-NFN/DWSNet, the pooled "
+        "representation the head reads (pooled)",
+    )
+    ap.add_argument(
+        "--gmn-pool",
+        help="what the GMN mean-pools, comma-separated from edge,node,param (param: the edges of each "
+        "parameter tensor separately)",
+    )
+    ap.add_argument("--mask-prob", type=float, help="probability of zeroing each weight in an augmented view")
+    ap.add_argument("--noise-std", type=float, help="Gaussian noise std (units of each tensor's train std)")
     ap.add_argument("--n-train", type=int, help="use only the first N train INRs")
     ap.add_argument("--n-val", type=int, help="use only the first N val INRs")
     ap.add_argument("--n-test", type=int, help="use only the first N test INRs")
@@ -447,8 +502,20 @@ def _main(argv: list[str]) -> int:
     skipped = [e for e in wanted if e not in avail]
     if skipped:
         print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
+    pool = tuple(comma_list(args.gmn_pool, ("edge", "node", "param"), "--gmn-pool")) if args.gmn_pool else None
+    for name, val in (("--mask-prob", args.mask_prob), ("--noise-std", args.noise_std)):
+        if val is not None and not (0 <= val < (1 if name == "--mask-prob" else math.inf)):
+            raise CLIError(f"{name}: Expected a value in [0, 1) for the mask, >= 0 for the noise (got {val})")
     cfg = with_overrides(
-        SCALES[args.scale], epochs=args.epochs, batch_size=args.batch_size, select=args.select, sign_flip=args.sign_flip
+        SCALES[args.scale],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        select=args.select,
+        sign_flip=args.sign_flip,
+        readout=args.readout,
+        gmn_pool=pool,
+        mask_prob=args.mask_prob,
+        noise_std=args.noise_std,
     )
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):

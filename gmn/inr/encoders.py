@@ -35,7 +35,16 @@ from symgraph.graph import NeuralGraph
 from ..models import GMN
 from .graph_batch import WeightGraphBatcher
 
-__all__ = ["ENCODERS", "GRAPH_BASELINES", "WeightEncoder", "build_encoder", "available_encoders", "npnfn_stacked"]
+__all__ = [
+    "ENCODERS",
+    "GRAPH_BASELINES",
+    "READOUTS",
+    "POOLED_READOUT",
+    "WeightEncoder",
+    "build_encoder",
+    "available_encoders",
+    "npnfn_stacked",
+]
 
 #: Graph baselines: encoder name -> candidate class names in :mod:`gmn.baselines` (first found is used).
 GRAPH_BASELINES: dict[str, tuple[str, ...]] = {
@@ -47,6 +56,10 @@ GRAPH_BASELINES: dict[str, tuple[str, ...]] = {
 #: Encoders that take the stacked parameters dict directly (no graph batch).
 _STACKED = ("dws",)
 ENCODERS = ("gmn", *GRAPH_BASELINES, "mlp")
+#: What an encoder returns: its head's output, or the pooled representation the head reads.
+READOUTS = ("head", "pooled")
+#: Encoders that have a pooled representation (``readout="pooled"``).
+POOLED_READOUT = ("gmn", "npnfn", "dws")
 
 
 def _baseline_class(name: str):
@@ -77,8 +90,8 @@ def npnfn_stacked(net: nn.Module, spec, params: dict[str, Tensor], edges: bool =
     """Run an :class:`gmn.baselines.NPNFN` on stacked parameters of one architecture (no per-graph objects).
 
     Same computation as ``NPNFN.forward`` / ``forward_edges`` on the graphs of these networks: ``edges=False``
-    gives the invariant output ``[B, out_dim]``; ``edges=True`` gives the equivariant output as stacked
-    parameters (dict of ``[B, *shape]``, one output channel).
+    gives the invariant output ``[B, out_dim]`` (the per-layer means if the net has no head); ``edges=True``
+    gives the equivariant output as stacked parameters (dict of ``[B, *shape]``, one output channel).
     """
     b = next(iter(params.values())).shape[0]
     Ws = [params[s.weight].reshape(b, s.n_out, s.n_in, s.kernel) for s in spec.layers]
@@ -88,8 +101,8 @@ def npnfn_stacked(net: nn.Module, spec, params: dict[str, Tensor], edges: bool =
         Ws = [torch.relu(W) for W in Ws]
         bs = [None if x is None else torch.relu(x) for x in bs]
     if not edges:
-        pooled = [W.mean(dim=(1, 2)) for W in Ws] + [x.mean(dim=1) for x in bs if x is not None]
-        return net.head(torch.cat(pooled, dim=-1))
+        pooled = torch.cat([W.mean(dim=(1, 2)) for W in Ws] + [x.mean(dim=1) for x in bs if x is not None], dim=-1)
+        return pooled if net.head is None else net.head(pooled)
     Ws, bs = net.edge_layer(Ws, bs)
     out = {}
     for s, W, x in zip(spec.layers, Ws, bs):
@@ -100,7 +113,7 @@ def npnfn_stacked(net: nn.Module, spec, params: dict[str, Tensor], edges: bool =
 
 
 class WeightEncoder(nn.Module):
-    """``params -> [B, embed_dim]``: a graph metanet on swapped-weight batches, or an MLP on flat weights.
+    """``params -> [B, out_dim]``: a graph metanet on swapped-weight batches, or an MLP on flat weights.
 
     Parameters
     ----------
@@ -109,11 +122,14 @@ class WeightEncoder(nn.Module):
     net : nn.Module
         The metanet (takes a ``torch_geometric`` batch, or a ``[B, D]`` tensor for ``"mlp"``).
     batcher : WeightGraphBatcher
+    out_dim : int, optional
+        Width of the embeddings (set by :func:`build_encoder`).
     """
 
-    def __init__(self, kind: str, net: nn.Module, batcher: WeightGraphBatcher):
+    def __init__(self, kind: str, net: nn.Module, batcher: WeightGraphBatcher, out_dim: int | None = None):
         super().__init__()
         self.kind, self.net, self.batcher = kind, net, batcher
+        self.out_dim = out_dim
         self.spec = None
         if kind == "npnfn":
             from ..baselines.npnfn import NFNSpec
@@ -131,7 +147,7 @@ class WeightEncoder(nn.Module):
         return self.net(self.batcher.batch(w))
 
     def __repr__(self) -> str:
-        return f"WeightEncoder(kind={self.kind!r}, net={self.net!r})"
+        return f"WeightEncoder(kind={self.kind!r}, out_dim={self.out_dim}, net={self.net!r})"
 
 
 def build_encoder(
@@ -142,20 +158,37 @@ def build_encoder(
     num_layers: int = 3,
     device: torch.device | str = "cpu",
     pool: tuple[str, ...] = ("edge",),
+    readout: str = "head",
 ) -> WeightEncoder:
     """Build a :class:`WeightEncoder` for the architecture of ``graph``.
 
     ``hidden_dim``/``num_layers`` are the metanet's width and depth (for ``"mlp"``: hidden width and number
-    of linear layers). ``pool`` is what the GMN's invariant head mean-pools: its final edge features (the
-    paper's Sec. 4.3 choice, the default), node features, or both.
+    of linear layers). ``pool`` is what the GMN mean-pools: its final edge features (the paper's Sec. 4.3
+    choice, the default), node features, or (``"param"``) the edges of each parameter tensor separately.
+
+    ``readout`` is what the encoder returns: ``"head"`` (default), the invariant head's MLP output of width
+    ``embed_dim``; ``"pooled"``, the pooled representation that head reads (GMN: the mean-pooled features,
+    the "vector representation" of Sec. 4.3; NP-NFN: its per-layer means; DWSNet: its per-block means);
+    only for the encoders in :data:`POOLED_READOUT`. The width is ``out_dim`` of the returned encoder.
     """
     if kind not in ENCODERS:
         raise ValueError(f"Expected an encoder in {ENCODERS} (got {kind!r})")
+    if readout not in READOUTS:
+        raise ValueError(f"Expected a readout in {READOUTS} (got {readout!r})")
+    if readout == "pooled" and kind not in POOLED_READOUT:
+        raise ValueError(f"Expected an encoder in {POOLED_READOUT} for readout 'pooled' (got {kind!r})")
+    head_dim = embed_dim if readout == "head" else None
     batcher = WeightGraphBatcher(graph, device=device)
     if kind == "gmn":
         net: nn.Module = GMN(
-            hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim, use_global=False, pool=tuple(pool)
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            out_dim=head_dim,
+            use_global=False,
+            pool=tuple(pool),
+            param_tensors=len(batcher.edge_slots) if "param" in pool else None,
         )
+        out_dim = head_dim or net.pooled_dim
     elif kind == "mlp":
         dims = [batcher.num_edges] + [hidden_dim] * max(num_layers - 1, 0) + [embed_dim]
         layers: list[nn.Module] = []
@@ -164,12 +197,14 @@ def build_encoder(
             if i < len(dims) - 2:
                 layers.append(nn.ReLU())
         net = nn.Sequential(*layers)
+        out_dim = embed_dim
     else:
         cls = _baseline_class(kind)
         if cls is None:
             raise ValueError(f"Expected gmn.baselines to provide {kind} ({GRAPH_BASELINES[kind]}) (got none yet)")
         if kind in ("npnfn", *_STACKED):
-            net = cls(graph, hidden_dim=hidden_dim, num_layers=num_layers, out_dim=embed_dim)
+            net = cls(graph, hidden_dim=hidden_dim, num_layers=num_layers, out_dim=head_dim)
         else:
             net = cls(hidden_dim=hidden_dim, out_dim=embed_dim)
-    return WeightEncoder(kind, net, batcher).to(device)
+        out_dim = head_dim or net.pooled_dim
+    return WeightEncoder(kind, net, batcher, out_dim).to(device)

@@ -31,11 +31,14 @@ __all__ = ["FitConfig", "init_siren_params", "batched_siren_forward", "fit_siren
 
 @dataclass(frozen=True)
 class FitConfig:
-    """The optimisation schedule of an INR fit (full batch Adam, fixed number of steps).
+    """The optimisation schedule of an INR fit (full batch Adam).
 
-    ``lr`` is the Adam learning rate; after ``steps`` steps the fit stops (or earlier when every INR's MSE
-    is below ``tol``, checked every ``check_every`` steps). ``lr_decay_to`` > 0 applies a cosine decay of the
-    learning rate down to ``lr * lr_decay_to``.
+    ``lr`` is the Adam learning rate and ``weight_decay`` Adam's L2 penalty (``torch.optim.Adam``'s
+    ``weight_decay``); the fit runs at most ``steps`` steps. ``stop_mse`` > 0 stops each INR on its own
+    (as one INR trained alone with an early stop): after the first step whose loss, computed before that
+    step's update, is at most ``stop_mse``, that INR's parameters are kept and it leaves the batch.
+    ``tol`` > 0 stops the whole batch once every INR's MSE is below it (checked every ``check_every`` steps).
+    ``lr_decay_to`` > 0 applies a cosine decay of the learning rate down to ``lr * lr_decay_to``.
     """
 
     steps: int = 1000
@@ -43,6 +46,8 @@ class FitConfig:
     tol: float = 0.0
     check_every: int = 50
     lr_decay_to: float = 0.0
+    weight_decay: float = 0.0
+    stop_mse: float = 0.0
 
 
 def _layer_dims(in_dim: int, hidden: Sequence[int], out_dim: int) -> list[tuple[int, int]]:
@@ -96,33 +101,70 @@ def fit_sirens(
     omega0: float = 30.0,
     progress: bool = True,
     desc: str = "fit",
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return_steps: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Fit ``B`` SIRENs to targets ``y`` ``[B, P, out]`` at coordinates ``x`` (``[P, in]`` or ``[B, P, in]``).
 
-    Returns the fitted parameters (detached) and the final per-INR MSE ``[B]``.
+    Returns the fitted parameters (detached) and the final per-INR MSE ``[B]`` (and, with ``return_steps``,
+    the number of Adam steps each INR took ``[B]``). INRs that stop early (``config.stop_mse``) leave the
+    batch, so the remaining steps cost less; Adam's state of the others is carried over unchanged.
     """
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.Adam(params.values(), lr=config.lr)
-    sched = None
-    if config.lr_decay_to > 0:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps, eta_min=config.lr * config.lr_decay_to)
+    final = {k: v.detach().clone() for k, v in params.items()}
+    n = y.shape[0]
+    steps_taken = torch.full((n,), config.steps, dtype=torch.long)
+    active = torch.arange(n, device=y.device)
+    cur = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.Adam(cur.values(), lr=config.lr, weight_decay=config.weight_decay)
+    xs = x
     bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False)
-    mse = torch.full((y.shape[0],), float("inf"), device=y.device)
     for step in bar:
+        opt.param_groups[0]["lr"] = _lr(config, step)
         opt.zero_grad(set_to_none=True)
-        per = (batched_siren_forward(params, x, omega0) - y).pow(2).mean(dim=(1, 2))
+        per = (batched_siren_forward(cur, xs, omega0) - y[active]).pow(2).mean(dim=(1, 2))
         per.sum().backward()
         opt.step()
-        if sched is not None:
-            sched.step()
         if step % config.check_every == 0 or step == config.steps - 1:
-            mse = per.detach()
-            bar.set_postfix(max_mse=f"{mse.max().item():.2e}", mean_mse=f"{mse.mean().item():.2e}")
-            if config.tol > 0 and bool((mse < config.tol).all()):
+            bar.set_postfix(max_mse=f"{per.max().item():.2e}", left=int(active.numel()))
+            if config.tol > 0 and bool((per.detach() < config.tol).all()):
+                steps_taken[active.cpu()] = step + 1
                 break
+        if config.stop_mse > 0:
+            done = per.detach() <= config.stop_mse
+            if bool(done.any()):
+                for k in cur:
+                    final[k][active[done]] = cur[k].detach()[done]
+                steps_taken[active[done].cpu()] = step + 1
+                keep = ~done
+                cur, opt = _drop_rows(cur, opt, keep)
+                active = active[keep]
+                if x.dim() == 3:
+                    xs = x[active]
+                if active.numel() == 0:
+                    break
+    for k in cur:
+        final[k][active] = cur[k].detach()
     with torch.no_grad():
-        mse = (batched_siren_forward(params, x, omega0) - y).pow(2).mean(dim=(1, 2))
-    return {k: v.detach() for k, v in params.items()}, mse
+        mse = (batched_siren_forward(final, x, omega0) - y).pow(2).mean(dim=(1, 2))
+    return (final, mse, steps_taken) if return_steps else (final, mse)
+
+
+def _lr(config: FitConfig, step: int) -> float:
+    """The learning rate of step ``step``: constant, or cosine-decayed to ``lr * lr_decay_to`` over ``steps``."""
+    if config.lr_decay_to <= 0:
+        return config.lr
+    low = config.lr * config.lr_decay_to
+    return low + (config.lr - low) * (1 + math.cos(math.pi * step / config.steps)) / 2
+
+
+def _drop_rows(cur: dict[str, torch.Tensor], opt: torch.optim.Adam, keep: torch.Tensor):
+    """The rows ``keep`` of the stacked parameters, with the same Adam (its state and learning rate) on them."""
+    new = {k: v.detach()[keep].clone().requires_grad_(True) for k, v in cur.items()}
+    group = opt.param_groups[0]
+    new_opt = torch.optim.Adam(new.values(), lr=group["lr"], weight_decay=group["weight_decay"])
+    for old, p in zip(cur.values(), new.values()):
+        st = opt.state[old]
+        new_opt.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"][keep], "exp_avg_sq": st["exp_avg_sq"][keep]}
+    return new, new_opt
 
 
 def unstack(params: dict[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
