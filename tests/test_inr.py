@@ -448,7 +448,9 @@ def test_paper_scale_gmn_has_about_100k_parameters_as_e3():
 
     cfg = ssl_sine.SCALES["paper"]
     graph = symgraph.parameter_graph(SIREN(1, (32, 32), 1))
-    enc = build_encoder("gmn", graph, embed_dim=cfg.embed_dim, hidden_dim=cfg.gmn_hidden, num_layers=cfg.gmn_layers)
+    enc = build_encoder(
+        "gmn", graph, cfg.embed_dim, cfg.gmn_hidden, cfg.gmn_layers, pool=cfg.gmn_pool, readout=cfg.readout
+    )
     n = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     assert 90_000 <= n <= 110_000, n
 

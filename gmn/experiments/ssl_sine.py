@@ -42,6 +42,7 @@ CLI::
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -70,7 +71,7 @@ from ..inr.encoders import ENCODERS, POOLED_READOUT, available_encoders, build_e
 from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
-from ..inr.sine_dataset import SINE_ARCH, load_split
+from ..inr.sine_dataset import SINE_ARCH, SINE_FIT, load_split
 from .common import comma_list, int_list, print_result, with_overrides
 
 __all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main", "tensor_statistics_features"]
@@ -107,24 +108,29 @@ DEFAULT_DATA = "runs/sine_inrs_navon"
 class SSLConfig:
     """Hyper-parameters of one scale (``hidden``/``layers`` per encoder kind)."""
 
-    epochs: int = 18
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
     temperature: float = 0.1
+    #: augmentation (Navon et al.'s code: the first view clean, the second with dropout 0.5 of the weights;
+    #: Gaussian noise as the paper's E.3 says): noise std and mask probability in units of each tensor's
+    #: train-set std; ``mask_rescale`` scales the kept weights by 1 / (1 - mask_prob) as dropout does
     noise_std: float = 0.1
-    mask_prob: float = 0.1
-    mask_rescale: bool = False
-    clean_view: bool = False
+    mask_prob: float = 0.5
+    mask_rescale: bool = True
+    clean_view: bool = True
     embed_dim: int = 32
     proj_dim: int = 32
     gmn_hidden: int = 32
     gmn_layers: int = 2
-    gmn_pool: tuple[str, ...] = ("edge",)
-    #: what the probe (and the projection head) reads: "head", each encoder's head output of width
-    #: ``embed_dim``; "pooled", the pooled representation for the encoders that have one (GMN, NP-NFN,
-    #: DWSNet; see :func:`gmn.inr.encoders.build_encoder`), the head output for the others
-    readout: str = "head"
+    #: what the GMN mean-pools: "param" = the edges of each parameter tensor separately (see
+    #: :class:`gmn.GMN`); ("edge",) is one mean over all edges
+    gmn_pool: tuple[str, ...] = ("param",)
+    #: what the probe (and the projection head) reads: "pooled", the pooled representation for the encoders
+    #: that have one (GMN, NP-NFN, DWSNet; see :func:`gmn.inr.encoders.build_encoder`) and the head output for
+    #: the others; "head", every encoder's head output of width ``embed_dim``
+    readout: str = "pooled"
     baseline_hidden: int = 32
     baseline_layers: int = 3
     mlp_hidden: int = 256
@@ -147,8 +153,8 @@ SCALES: dict[str, SSLConfig] = {
         batch_size=256,
         embed_dim=76,
         proj_dim=76,
-        # E.3 sizes the GMN to about 100k parameters (their 3 layers of width 76); our layers' update MLPs are
-        # larger, so width 46 gives that count (103k; width 76 would be 248k)
+        # E.3 sizes the GMN to about 100k parameters (their 3 layers of width 76); with our layers' update MLPs
+        # and the pooled readout, width 46 gives that count (98k; width 76 would be 236k)
         gmn_hidden=46,
         gmn_layers=3,
         baseline_hidden=128,
@@ -345,11 +351,18 @@ def load_data(
     """
     out: dict = {}
     man = Path(root) / "manifest.json"
-    init = json.loads(man.read_text()).get("init", "siren") if man.exists() else "unknown"
+    manifest = json.loads(man.read_text()) if man.exists() else {}
+    init = manifest.get("init", "siren") if man.exists() else "unknown"
     if init != "navon":
         print(
             f"note: {root} holds INRs with init {init!r}, not 'navon' (Navon et al.'s, which Table 3 uses); "
             "with 'siren' every encoder's probe MSE plateaus near 4",
+            file=sys.stderr,
+        )
+    elif manifest.get("fit") != json.loads(json.dumps(asdict(SINE_FIT))) or "init_spec" not in manifest:
+        print(
+            f"note: {root} holds INRs fitted with another schedule or an older 'navon' init than "
+            "gmn.inr.sine_dataset's default (Navon et al.'s); results are not comparable with the README's",
             file=sys.stderr,
         )
     limits = {"train": n_train, "val": n_val, "test": n_test}
@@ -487,6 +500,16 @@ def _main(argv: list[str]) -> int:
     )
     ap.add_argument("--mask-prob", type=float, help="probability of zeroing each weight in an augmented view")
     ap.add_argument("--noise-std", type=float, help="Gaussian noise std (units of each tensor's train std)")
+    ap.add_argument(
+        "--mask-rescale",
+        action=argparse.BooleanOptionalAction,
+        help="scale the kept weights by 1/(1 - mask prob), as dropout",
+    )
+    ap.add_argument(
+        "--clean-view",
+        action=argparse.BooleanOptionalAction,
+        help="leave the first of the two views unaugmented (as Navon et al.'s code)",
+    )
     ap.add_argument("--n-train", type=int, help="use only the first N train INRs")
     ap.add_argument("--n-val", type=int, help="use only the first N val INRs")
     ap.add_argument("--n-test", type=int, help="use only the first N test INRs")
@@ -516,6 +539,8 @@ def _main(argv: list[str]) -> int:
         gmn_pool=pool,
         mask_prob=args.mask_prob,
         noise_std=args.noise_std,
+        mask_rescale=args.mask_rescale,
+        clean_view=args.clean_view,
     )
     t0 = time.time()
     with torch_threads(args.threads if args.threads > 0 else None):
