@@ -1,42 +1,52 @@
 """Self-supervised learning on sine-wave INRs (paper Sec. 4.3, E.3, Table 3).
 
-Encoders are trained with a SimCLR-style NT-Xent objective on two augmented views of each INR's weights
-(weights zeroed with probability ``mask_prob``, optionally rescaled as dropout, then Gaussian noise
-``noise_std``; both in units of each parameter tensor's train-set standard deviation, seeded per epoch;
-``clean_view`` leaves the first view unaugmented; ``--sign-flip`` adds random sign flips of hidden neurons, an exact
-symmetry of sine networks, to both views — ours, not the paper's protocol; README has both results). The
-embedding (encoder output, before the projection head:
-BatchNorm, Linear, ReLU, Linear) is evaluated by a least-squares linear probe to (a, b): fitted on the train
-split, test MSE averaged over a and b (also reported per target). Each encoder is trained with several seeds;
-mean ± std is printed beside Table 3.
+Encoders are trained with a SimCLR-style NT-Xent objective on two views of each INR's weights. Augmentation
+(the CPU default follows Navon et al.'s code, which the paper's E.3 says it follows): the first view is the
+clean INR (``clean_view``), the second has each weight zeroed with probability ``mask_prob`` = 0.5 and the
+kept ones scaled by 2 (``mask_rescale``, i.e. dropout), then Gaussian noise of std ``noise_std`` = 0.1; both
+in units of each parameter tensor's train-set standard deviation, seeded per epoch. ``--sign-flip`` adds
+random sign flips of hidden neurons, an exact symmetry of sine networks (ours, not the paper's protocol).
+
+The representation the linear probe reads (``readout``):
+
+- ``"pooled"`` (default): what the encoder pools before its invariant head. For the GMN that is the mean
+  of its final edge features, Sec. 4.3's "edge representations, which are then mean-pooled", taken per
+  parameter tensor (``gmn_pool=("param",)``: six means of width 32 for a 1-32-32-1 SIREN, concatenated);
+  for NP-NFN its per-layer means and for DWSNet its per-block means (the same rule for every encoder that
+  has such a representation). StatNN and the MLP have none and use their head output.
+- ``"head"``: every encoder's head output (width ``embed_dim``), the previous default.
+
+The projection head for NT-Xent (BatchNorm, Linear, ReLU, Linear) sits on top of the representation. The
+probe is least squares from the representation to (a, b), fitted on the train split; test MSE averaged over
+a and b (also per target). Each encoder is trained with several seeds; mean ± std is printed beside Table 3.
+
+Controls, reported in the same table: each run's *untrained* encoder (the same seed's initialisation, same
+probe; what the contrastive training adds is the difference), and two reference rows that involve no
+learning: the probe on the flat normalised weights (ridge-regularised) and on StatNN's per-tensor statistics.
 
 Model selection (``--select val``, the default): after every epoch the probe is fitted on the train embeddings
 and scored on the validation split; the epoch with the lowest validation MSE is the one reported (its epoch
 is in ``selected_epoch``, the curve in ``val_history``). The test split is only used for the final number.
 ``--select last`` reports the final epoch.
 
-A raw-weights probe (the same least squares on the normalised flat weights, ridge-regularised) is reported as a
-reference row that involves no learning.
-
-Data: the INRs must come from ``python -m gmn.inr.sine_dataset --init navon`` (the default there; Navon et al.'s
-initialisation, low first-layer frequencies and zero biases). With Sitzmann's first-layer init (``--init siren``,
-the INRs of ``runs/sine_inrs``) ``b`` is hardly linearly recoverable from the weights and every encoder we tried
-plateaued at a probe MSE of ~4 (b alone ~7; chance 8.3); :func:`load_data` prints a note for such data.
+Data: the INRs must come from ``python -m gmn.inr.sine_dataset`` with its defaults (Navon et al.'s
+initialisation and fitting schedule). With Sitzmann's first-layer init (``--init siren``) ``b`` is hardly
+linearly recoverable from the weights and every encoder we tried plateaued at a probe MSE of ~4 (b alone
+~7; chance 8.3); :func:`load_data` prints a note for such data or for another schedule.
 
 Scales
-    ``cpu`` (default): GMN hidden 32, 2 layers (45k parameters); DWSNet hidden 16, 4 layers (Navon et al.'s
-    SSL size); NP-NFN/StatNN hidden 32, 3 layers; MLP hidden 256; embedding 32; 18 epochs of batch 64 (558
-    steps on 2000 train INRs). Default encoders gmn, dws, npnfn, statnn, mlp with 3 seeds: 28.8 minutes measured
-    on a quiet 2-core machine (GMN ~400 s per seed, DWSNet ~50 s, NP-NFN ~73 s).
-    ``paper``: GMN hidden 76, 3 layers (E.3; 248k parameters with our layers, the paper's ~100k needs hidden
-    ~45), embedding 76, 100 epochs, batch 256 (meant for a GPU).
+    ``cpu`` (default): GMN hidden 32, 2 layers (43k parameters, a 192-wide representation); DWSNet hidden 16,
+    4 layers (Navon et al.'s SSL size); NP-NFN/StatNN hidden 32, 3 layers; MLP hidden 256; head output 32;
+    10 epochs of batch 64 (310 steps on 2000 train INRs). Timings in the README.
+    ``paper``: GMN hidden 46, 3 layers (98k parameters: E.3 sizes its GMN to about 100k; width 76 would be
+    236k with our layers), 100 epochs, batch 256 (meant for a GPU).
 
 Resumable: each (encoder, seed) run checkpoints every epoch under ``--out``; finished runs are kept in
 ``results.json`` (written atomically) and skipped when the command is repeated.
 
 CLI::
 
-    python -m gmn.inr.sine_dataset --n-train 2000 --n-val 500 --n-test 1000 --out runs/sine_inrs_navon
+    python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon              # 2000/1000/1000 INRs
     python -m gmn.experiments.ssl_sine [--data runs/sine_inrs_navon] [--out runs/ssl_sine] [--scale cpu] [--json]
 """
 

@@ -23,20 +23,23 @@ Schedule (``--schedule``, recorded in the manifest; the same for every INR):
   ~700 steps); the others run all 1500 steps. ~1 s per INR on one CPU thread.
 - ``fast``: learning rate 5e-3 with cosine decay to 5e-5, 250 steps, no early stop (~0.3 s per INR). With
   it (and the ``navon`` init of this module before its last layer got PyTorch's default) a linear probe on
-  54 per-tensor weight statistics reached a test MSE of 1.41 on (a, b) with 800 train INRs; with the
-  ``navon`` schedule and init, 1.17 (``runs/explore``-style comparison in the README).
+  72 per-tensor weight statistics reached a test MSE of 1.41 on (a, b) with 800 train INRs; with the
+  ``navon`` schedule and init, 1.17 (400 test INRs each; README).
 
 Each INR's final MSE and number of steps are stored; ``manifest.json`` records the schedule, the init and
 the MSE statistics per split, and refuses to mix with another schedule or init in the same folder.
 
 Splits: ``train`` (``--n-train``, default 2000), ``val`` (1000), ``test`` (1000). INRs are fitted in shards of
 ``--shard-size`` at once (stacked parameters, batched matmuls: see :mod:`gmn.inr.fit`); each shard is written
-atomically as ``{split}_{k:04d}.pt`` holding the stacked state_dict, ``a``, ``b`` and ``mse``, and has its own
-seed, so an interrupted run resumes where it stopped and gives the same data.
+atomically as ``{split}_{k:04d}.pt`` holding the stacked state_dict, ``a``, ``b``, ``mse`` and ``steps``, and
+has its own seed, so an interrupted run resumes where it stopped and gives the same data.
 
 CLI::
 
-    python -m gmn.inr.sine_dataset --n-train 2000 --out data/sine_inrs [--device auto] [--threads 1]
+    python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon [--n-train 2000] [--device auto] [--threads 1]
+    # two processes side by side on a 2-core machine (each fits every other shard):
+    python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon --threads 1 --part 0/2 &
+    python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon --threads 1 --part 1/2
 """
 
 from __future__ import annotations
