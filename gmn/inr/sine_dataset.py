@@ -20,11 +20,12 @@ Schedule (``--schedule``, recorded in the manifest; the same for every INR):
 - ``navon`` (default): Navon et al.'s: full-batch Adam, learning rate 1e-3, weight decay 1e-4 (Adam's L2
   term), at most 1500 steps; each INR stops after the first step whose loss (computed before that step's
   update) is at most 1e-4, and keeps the parameters of that step. About 70 % of the INRs stop early (median
-  ~700 steps); the others run all 1500 steps. ~1 s per INR on one CPU thread.
-- ``fast``: learning rate 5e-3 with cosine decay to 5e-5, 250 steps, no early stop (~0.3 s per INR). With
-  it (and the ``navon`` init of this module before its last layer got PyTorch's default) a linear probe on
-  72 per-tensor weight statistics reached a test MSE of 1.41 on (a, b) with 800 train INRs; with the
-  ``navon`` schedule and init, 1.17 (400 test INRs each; README).
+  ~700 steps); the others run all 1500 steps. ~1.4 CPU-s per INR (4000 INRs: 45.5 min wall as two
+  one-thread processes on 2 cores).
+- ``fast``: learning rate 5e-3 with cosine decay to 5e-5, 250 steps, no early stop (~0.5 CPU-s per INR,
+  15.6 min for 4000). Kept for comparison: on 2000/1000/1000 INRs with the same init and targets, a
+  least-squares probe on StatNN's per-tensor weight statistics gets a test MSE on (a, b) of 2.00 with it
+  and 1.66 with ``navon``, and every SSL encoder is worse on it (README).
 
 Each INR's final MSE and number of steps are stored; ``manifest.json`` records the schedule, the init and
 the MSE statistics per split, and refuses to mix with another schedule or init in the same folder.
