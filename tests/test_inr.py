@@ -247,6 +247,28 @@ def test_probe_is_chance_on_random_embeddings_and_exact_on_true_features():
     assert linear_probe_mse(feats[:800], y[:800], feats[800:], y[800:]) < 1e-6
 
 
+def test_probe_leaves_out_features_constant_on_train_up_to_noise():
+    # A ReLU unit dead on all train embeddings but one, firing on one test embedding: least squares fits its
+    # coefficient to that one train row, and standardising by its tiny spread lets the test row swamp the
+    # prediction. The guard leaves such features out; min_rel_std=0 (the unguarded probe) is the negative control.
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(1200, 2, generator=g) * 10
+    feats = torch.cat([y + 0.3 * torch.randn(1200, 2, generator=g), torch.randn(1200, 4, generator=g)], 1)
+    dead = torch.zeros(1200, 1)
+    dead[5], dead[1000] = 1e-5, 2e-3  # one train row, one test row
+    x = torch.cat([feats, dead], 1)
+    tr, te = slice(0, 800), slice(800, 1200)
+    guarded = linear_probe_mse(x[tr], y[tr], x[te], y[te])
+    clean = linear_probe_mse(feats[tr], y[tr], feats[te], y[te])
+    assert abs(guarded - clean) < 1e-9
+    assert linear_probe_mse(x[tr], y[tr], x[te], y[te], min_rel_std=0.0) > 10 * clean
+    # exactly constant features change nothing either way; all-constant features give the train mean
+    const = torch.cat([feats, torch.full((1200, 1), 3.0)], 1)
+    assert abs(linear_probe_mse(const[tr], y[tr], const[te], y[te], min_rel_std=0.0) - clean) < 1e-6
+    mean_mse = float((y[te] - y[tr].mean(0)).pow(2).mean())
+    assert abs(linear_probe_mse(torch.ones(800, 3), y[tr], torch.ones(400, 3), y[te]) - mean_mse) < 1e-5
+
+
 def test_weight_swapped_batch_equals_batch_of_built_graphs():
     p = _sirens(3)
     g = symgraph.parameter_graph(SIREN())
