@@ -258,9 +258,10 @@ class GMN(nn.Module):
             v, e, u = layer(v, batch.edge_index, e, u, node_batch, edge_batch)
         return v, e, u, node_batch, edge_batch
 
-    def pool_features(self, batch, v: Tensor, e: Tensor, node_batch: Tensor, edge_batch: Tensor) -> Tensor:
+    def pool_features(
+        self, batch, v: Tensor, e: Tensor, node_batch: Tensor, edge_batch: Tensor, num_graphs: int
+    ) -> Tensor:
         """The pooled representation ``[num_graphs, pooled_dim]`` (what the invariant head reads, before its MLP)."""
-        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
         pooled = []
         for kind in self.pool:
             if kind == "edge":
@@ -289,15 +290,16 @@ class GMN(nn.Module):
         """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple); with
         neither head, the pooled representation ``[num_graphs, pooled_dim]``."""
         v, e, u, node_batch, edge_batch = self.encode(batch)
+        num_graphs = u.shape[0]
         out_graph = out_edge = None
         if self.head is not None:
-            out_graph = self.head(self.pool_features(batch, v, e, node_batch, edge_batch), u)
+            out_graph = self.head(self.pool_features(batch, v, e, node_batch, edge_batch, num_graphs), u)
         if self.edge_head is not None:
             fwd = batch.edge_is_forward
             fwd_batch = edge_batch[fwd]
             out_edge = self.edge_head(e[fwd], e[~fwd], u[fwd_batch])
         if self.head is None and self.edge_head is None:
-            return self.pool_features(batch, v, e, node_batch, edge_batch)
+            return self.pool_features(batch, v, e, node_batch, edge_batch, num_graphs)
         if out_graph is not None and out_edge is not None:
             return out_graph, out_edge
         return out_graph if out_graph is not None else out_edge

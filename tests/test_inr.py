@@ -360,6 +360,9 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
     assert f"| 1 | {sel} | 1.13 ± .08 |" in flipped["table"]  # seeds, reported epoch, paper
     assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
     assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    for bad in (["--mask-prob", "1"], ["--mask-prob", "-0.1"], ["--noise-std", "-1"]):
+        assert ssl_sine.main(["--data", str(data), "--out", str(tmp_path / "o3"), *bad]) == 2
+    assert not (tmp_path / "o3").exists()
 
 
 def test_ssl_selects_the_epoch_with_the_best_validation_probe(tmp_path):

@@ -75,9 +75,9 @@ from symgraph.cli_util import (
 )
 from symgraph.models.siren import SIREN
 
-from ..baselines.statnn import QUANTILES as STAT_QUANTILES
+from ..baselines.statnn import tensor_statistics
 from ..inr.augment import WeightAugment
-from ..inr.encoders import ENCODERS, POOLED_READOUT, available_encoders, build_encoder
+from ..inr.encoders import ENCODERS, POOLED_READOUT, READOUTS, available_encoders, build_encoder
 from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
@@ -334,21 +334,21 @@ def _flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
 def tensor_statistics_features(params: dict[str, torch.Tensor]) -> torch.Tensor:
     """StatNN's statistics of every parameter tensor (mean, variance, 0/25/50/75/100 % quantiles), ``[B, 7T]``.
 
-    The same numbers as :func:`gmn.baselines.statnn.tensor_statistics` on each network's graph (tested);
-    tensors with one entry contribute only their value (the other six statistics are constant).
+    :func:`gmn.baselines.statnn.tensor_statistics` with one segment per network and tensor; tensors with one
+    entry contribute only their value (the other six statistics are constant).
 
     >>> p = {"w": torch.tensor([[1.0, 2.0, 3.0]]), "b": torch.tensor([[5.0]])}
     >>> [round(x, 4) for x in tensor_statistics_features(p)[0].tolist()]
     [2.0, 0.6667, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0]
     """
-    q = torch.tensor(STAT_QUANTILES)
     cols = []
     for v in params.values():
         f = v.reshape(v.shape[0], -1)
         if f.shape[1] == 1:
             cols.append(f)
             continue
-        cols += [f.mean(1, keepdim=True), f.var(1, unbiased=False, keepdim=True), torch.quantile(f, q, dim=1).T]
+        segment = torch.arange(f.shape[0], device=f.device).repeat_interleave(f.shape[1])
+        cols.append(tensor_statistics(f.reshape(-1), segment, f.shape[0])[0])
     return torch.cat(cols, 1)
 
 
@@ -499,7 +499,7 @@ def _main(argv: list[str]) -> int:
     )
     ap.add_argument(
         "--readout",
-        choices=("head", "pooled"),
+        choices=READOUTS,
         help="what the probe reads: each encoder's head output (head) or, for GMN/NP-NFN/DWSNet, the pooled "
         "representation the head reads (pooled)",
     )
@@ -536,9 +536,10 @@ def _main(argv: list[str]) -> int:
     if skipped:
         print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
     pool = tuple(comma_list(args.gmn_pool, ("edge", "node", "param"), "--gmn-pool")) if args.gmn_pool else None
-    for name, val in (("--mask-prob", args.mask_prob), ("--noise-std", args.noise_std)):
-        if val is not None and not (0 <= val < (1 if name == "--mask-prob" else math.inf)):
-            raise CLIError(f"{name}: Expected a value in [0, 1) for the mask, >= 0 for the noise (got {val})")
+    if args.mask_prob is not None and not 0 <= args.mask_prob < 1:
+        raise CLIError(f"--mask-prob: Expected a value in [0, 1) (got {args.mask_prob})")
+    if args.noise_std is not None and not args.noise_std >= 0:
+        raise CLIError(f"--noise-std: Expected a value >= 0 (got {args.noise_std})")
     cfg = with_overrides(
         SCALES[args.scale],
         epochs=args.epochs,
