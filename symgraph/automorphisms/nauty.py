@@ -40,6 +40,8 @@ __all__ = [
     "graph_arrays",
     "layered_autgrp",
     "nauty_autgrp",
+    "refine_colors",
+    "undirected_form",
     "naive_autgrp",
     "multiset_hash",
     "unique_int",
@@ -255,8 +257,122 @@ def layered_autgrp(
     return NautyResult(gens_arr, np.asarray(orbits, dtype=np.int64)[:n], (float(size1), int(size2)), secs, L, b)
 
 
+def refine_colors(n: int, u, v, label, vertex_color, max_rounds: int | None = None) -> np.ndarray:
+    """Colour refinement (1-dimensional Weisfeiler-Leman) of a digraph with edge labels.
+
+    Each round recolours a vertex by its colour and the multisets of ``(label, neighbour colour)`` over its
+    out- and its in-edges, until the number of colours stops growing. The classes are automorphism-invariant
+    sets (each round's colour is a fixed function of data every automorphism preserves; a hash collision
+    could only make the partition coarser, never wrong), so *any* numbering of them is an invariant
+    colouring; they are numbered by (input colour, smallest member), which depends on the partition alone,
+    not on how labels are numbered.
+
+    Example
+    -------
+    >>> refine_colors(4, [0, 1, 2], [1, 2, 3], [1, 1, 1], [0, 0, 0, 0]).tolist()   # a directed path
+    [0, 1, 2, 3]
+    >>> refine_colors(4, [0, 1, 2, 3], [1, 2, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]).tolist()   # a cycle
+    [0, 0, 0, 0]
+    """
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    label = np.asarray(label, dtype=np.int64)
+    vc0 = _compact(np.asarray(vertex_color, dtype=np.int64)) if n else np.zeros(0, dtype=np.int64)
+    if n == 0 or u.size == 0:
+        return vc0
+    vc = vc0
+    k = int(vc.max()) + 1
+    for _ in range(max_rounds or n):
+        out_key = (label * (k + 1) + vc[v]) * 2
+        in_key = (label * (k + 1) + vc[u]) * 2 + 1
+        h = multiset_hash(np.concatenate([out_key, in_key]), np.concatenate([u, v]), n, salt=0x51ED)
+        new = np.unique(np.stack([vc, h], axis=1), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        k_new = int(new.max()) + 1
+        vc = new
+        if k_new == k:
+            break
+        k = k_new
+    mins = np.full(k, n, dtype=np.int64)
+    np.minimum.at(mins, vc, np.arange(n, dtype=np.int64))
+    order = np.lexsort((mins, vc0[mins]))
+    rank = np.empty(k, dtype=np.int64)
+    rank[order] = np.arange(k, dtype=np.int64)
+    return rank[vc]
+
+
+def undirected_form(n: int, u, v, label, vertex_color) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An undirected, vertex- and edge-labelled graph with exactly the automorphisms of a labelled digraph.
+
+    pynauty's digraph mode refines by out-neighbourhoods only and can search for minutes on graphs of a few
+    dozen vertices (a residual block whose stream was contracted by the twin reduction is a small cyclic
+    graph: 33 vertices took over 20 s), so nauty only ever sees undirected graphs. A DAG is oriented by
+    depth colours (:func:`nauty_autgrp`); any digraph is oriented here:
+
+    1. a self-loop's label moves into its vertex's colour; the colours are then refined
+       (:func:`refine_colors`), which every automorphism preserves;
+    2. an edge between vertices of different colours is oriented by the colours: the pair ``{a, b}`` with
+       ``colour(a) < colour(b)`` gets the label ``(label(a -> b), label(b -> a))`` (0 where absent);
+    3. an arc ``a -> b`` between vertices of equal colour is subdivided: a new vertex ``m`` coloured by the
+       arc's label, joined to ``a`` by a *tail* edge and to ``b`` by a *head* edge.
+
+    Automorphisms of the result map original vertices to original vertices (the new ones have colours of
+    their own) and preserve every oriented label and every tail/head pair, hence every arc with its label;
+    conversely an automorphism of the digraph extends uniquely (``m_ab -> m_{g(a) g(b)}``). The first ``n``
+    vertices are the original ones.
+
+    Returns ``(n2, a, b, label2, colour2)`` with one undirected edge per pair and labels ``>= 1``.
+
+    Example
+    -------
+    >>> n2, a, b, lab, vc = undirected_form(3, [0, 1, 2], [1, 2, 0], [1, 1, 1], [0, 0, 0])  # a 3-cycle
+    >>> n2   # refinement cannot split the cycle: every arc is subdivided
+    6
+    """
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    label = np.asarray(label, dtype=np.int64)
+    vc = _compact(np.asarray(vertex_color, dtype=np.int64)) if n else np.zeros(0, dtype=np.int64)
+    loop = u == v
+    if loop.any():
+        loop_lab = np.zeros(n, dtype=np.int64)
+        loop_lab[u[loop]] = label[loop]
+        vc = _compact(vc * (int(loop_lab.max()) + 1) + loop_lab)
+        u, v, label = u[~loop], v[~loop], label[~loop]
+    vc = refine_colors(n, u, v, label, vc)
+    L = int(label.max()) if label.size else 0
+    same = vc[u] == vc[v]
+    # 2. oriented pairs: lo -> hi by colour, both directions' labels in one
+    du, dv, dl = u[~same], v[~same], label[~same]
+    fwd = vc[du] < vc[dv]
+    lo = np.where(fwd, du, dv)
+    hi = np.where(fwd, dv, du)
+    pair = lo * n + hi
+    uniq, inv = np.unique(pair, return_inverse=True)
+    lab_f = np.zeros(uniq.size, dtype=np.int64)
+    lab_b = np.zeros(uniq.size, dtype=np.int64)
+    lab_f[inv[fwd]] = dl[fwd]
+    lab_b[inv[~fwd]] = dl[~fwd]
+    combined = lab_f * (L + 1) + lab_b  # >= 1: every pair has at least one arc
+    # 3. subdivided arcs between equal colours: codes above every combined label for tail and head edges
+    su, sv, sl = u[same], v[same], label[same]
+    k = su.size
+    mids = n + np.arange(k, dtype=np.int64)
+    tail_code = (L + 1) ** 2
+    head_code = tail_code + 1
+    a = np.concatenate([uniq // n, su, mids])
+    b = np.concatenate([uniq % n, mids, sv])
+    codes = np.concatenate([combined, np.full(k, tail_code), np.full(k, head_code)])
+    ncol = int(vc.max()) + 1 if n else 0
+    colour = np.concatenate([vc, ncol + sl])
+    return n + k, a, b, _compact(codes) + 1, _compact(colour)
+
+
 def nauty_autgrp(n: int, src, dst, color, vertex_color, use_depth: bool = True) -> NautyResult:
     """Exact automorphism group of a vertex- and edge-coloured directed multigraph (no twin reduction).
+
+    nauty always searches an undirected graph: a DAG with its depth in the vertex colours (every edge goes
+    from a smaller to a larger longest-path depth, and automorphisms preserve depth), any other digraph in
+    the exact undirected form of :func:`undirected_form`.
 
     Example
     -------
@@ -271,13 +387,14 @@ def nauty_autgrp(n: int, src, dst, color, vertex_color, use_depth: bool = True) 
     u, v, lab, L = collapse_parallel_edges(n, src, dst, color)
     vc = np.asarray(vertex_color, dtype=np.int64)
     depth = dag_depth(n, u, v) if use_depth else None
-    if depth is None:
-        return layered_autgrp(n, u, v, lab, vc, L, directed=True)
-    # every edge of a DAG goes from a smaller to a larger longest-path depth, and automorphisms preserve
-    # depth: with depth in the vertex colours the undirected graph has exactly the directed graph's
-    # automorphisms, and nauty's undirected refinement is far stronger than its digraph one
-    vc = _compact(vc * (int(depth.max()) + 1) + depth)
-    return layered_autgrp(n, u, v, lab, vc, L, directed=False)
+    if depth is not None:
+        vc = _compact(vc * (int(depth.max()) + 1) + depth)
+        return layered_autgrp(n, u, v, lab, vc, L, directed=False)
+    n2, a, b, lab2, vc2 = undirected_form(n, u, v, lab, vc)
+    res = layered_autgrp(n2, a, b, lab2, vc2, directed=False)
+    if n2 == n:
+        return res
+    return NautyResult(res.generators[:, :n], res.orbits[:n], res.grpsize, res.seconds, res.num_labels, res.num_layers)
 
 
 def naive_autgrp(graph) -> NautyResult:

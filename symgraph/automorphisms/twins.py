@@ -15,11 +15,14 @@ equivalence relation preserved by every automorphism. Hence, for the twin classe
 
 The reduction is iterated on ``Q`` (classes of classes: e.g. blocks of twins that are themselves twins)
 until no twins remain; nauty then only sees the final quotient. A hidden layer of 1024 units becomes one
-vertex. Three more exact steps make twins appear where structure hides them (each lifts uniquely, see its
+vertex. More exact steps make twins appear where structure hides them (each lifts uniquely, see its
 docstring): :func:`fold_fixed` (fixed nodes become colours of their neighbours), :func:`chain_classes`
-(a channel and the norm node hanging on it become one vertex) and :func:`matching_classes` (a residual
-stream: each channel contracted with its own sum node). Twin, chain and matching steps alternate until none
-applies; a ResNet-18 parameter graph (12,524 nodes) ends as a 12-vertex quotient.
+(a channel and the norm node hanging on it become one vertex; an expansion channel and its own depthwise
+channel), :func:`_matching` (a residual stream: each channel contracted with its own sum node),
+:func:`closed_twin_classes` (pairwise-joined interchangeable vertices, which contracted streams produce) and
+colour refinement (:func:`~symgraph.automorphisms.nauty.refine_colors`, which splits classes that only look
+alike). The steps take turns until none applies; a ResNet-18 parameter graph (12,524 nodes) ends as a
+12-vertex quotient, a DenseNet-121 one (53,068 nodes) as 62 vertices.
 
 Candidate classes are proposed with multiset hashes of the neighbourhoods and then verified exactly by
 counting ``(class, neighbour, colour)`` triples; a class that fails verification is split into singletons,
@@ -34,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .nauty import _mix, dag_depth, multiset_hash, unique_int
+from .nauty import _mix, dag_depth, multiset_hash, refine_colors, unique_int
 
-__all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes"]
+__all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
 
 
 @dataclass(frozen=True)
@@ -234,20 +237,20 @@ def _make_level(cls: np.ndarray, position: np.ndarray | None = None) -> TwinLeve
     return TwinLevel(cls, sizes, members, start, rank, position is None)
 
 
-def chain_classes(
-    n: int, src, dst, color, vertex_color, multiplicity=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Contract chains: edges ``x -> y`` with ``x`` of out-degree 1 and ``y`` of in-degree 1.
+def chain_classes(n: int, src, dst, label, vertex_color) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Contract chains of a labelled simple digraph: edges ``x -> y`` where ``y`` is the only out-neighbour of
+    ``x`` and ``x`` the only in-neighbour of ``y``.
 
-    Such edges form vertex-disjoint paths (a norm node hanging on its channel, an activation copy); the
-    condition is automorphism-invariant, chains only enter at their head and leave at their tail, so
-    replacing each chain by one vertex coloured by its sequence of vertex and edge colours keeps the group,
-    and a quotient automorphism lifts uniquely (position along the chain to the same position).
+    Such edges form vertex-disjoint paths (a norm node hanging on its channel, an activation copy, a 1x1
+    expansion channel feeding its own depthwise channel); the condition is automorphism-invariant, chains
+    only enter at their head and leave at their tail, so replacing each chain by one vertex coloured by its
+    sequence of vertex colours and edge labels (a depthwise 3x3 kernel's nine colours are one label) keeps the
+    group, and a quotient automorphism lifts uniquely (position along the chain to the same position).
 
-    ``multiplicity`` (optional, per edge) counts an edge as that many parallel edges in the degrees (a
-    collapsed multigraph, see :func:`reduce_twins`).
-
-    Returns ``(cls, position, quotient vertex colour)``, or None when there is no chain edge.
+    ``src, dst`` must be one edge per ordered pair (parallel edges collapsed into their label). Returns
+    ``(cls, position, quotient vertex colour)``, or None when there is no chain edge. The quotient colours
+    number the distinct chain signatures by their first chain (an invariant numbering of an invariant
+    partition, independent of how the labels are numbered).
 
     Example
     -------
@@ -257,18 +260,17 @@ def chain_classes(
     """
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
-    color = np.asarray(color, dtype=np.int64)
+    label = np.asarray(label, dtype=np.int64)
     vc = np.asarray(vertex_color, dtype=np.int64)
-    w = None if multiplicity is None else np.asarray(multiplicity, dtype=np.int64)
-    outdeg = np.bincount(src, weights=w, minlength=n).astype(np.int64)
-    indeg = np.bincount(dst, weights=w, minlength=n).astype(np.int64)
+    outdeg = np.bincount(src, minlength=n).astype(np.int64)
+    indeg = np.bincount(dst, minlength=n).astype(np.int64)
     ce = (outdeg[src] == 1) & (indeg[dst] == 1) & (src != dst)
     if not ce.any():
         return None
     nxt = np.full(n, -1, dtype=np.int64)
     nxt[src[ce]] = dst[ce]
     ecol = np.full(n, -1, dtype=np.int64)
-    ecol[src[ce]] = color[ce]
+    ecol[src[ce]] = label[ce]
     has_prev = np.zeros(n, dtype=bool)
     has_prev[dst[ce]] = True
     heads = np.nonzero(~has_prev)[0]
@@ -290,92 +292,22 @@ def chain_classes(
         pos[loose] = 0
         ecol[loose] = -1
     k = int(cls.max()) + 1
+    if k == n:  # every chain edge closes a cycle: nothing to contract
+        return None
     L = int(pos.max()) + 1
     sig = np.full((k, 2 * L), -1, dtype=np.int64)
     sig[cls, 2 * pos] = vc
     inner = (nxt >= 0) & (cls[np.maximum(nxt, 0)] == cls)
     sig[cls[inner], 2 * pos[inner] + 1] = ecol[inner]
-    qv = np.unique(sig, axis=0, return_inverse=True)[1].reshape(-1)
-    return cls, pos, qv
+    return cls, pos, _first_rank(sig)
 
 
-def matching_classes(n: int, src, dst, color, vertex_color):
-    """Contract canonical perfect matchings: all ``c``-edges from colour class ``a`` to class ``b`` (a != b),
-    when they match the two classes perfectly (a residual stream: each channel to its own sum node).
-
-    Every automorphism maps class ``a`` onto itself and ``b`` onto itself and preserves the ``c``-edges, so it
-    maps matched pairs to matched pairs; conversely a permutation of the pairs lifts uniquely (``x`` first,
-    ``y = mu(x)`` second). Edges keep which end of a pair they touch (``side`` in their new colour), so the
-    contracted graph loses nothing. Pairs joined by any other edge are left alone.
-
-    Returns ``(cls, position, quotient vertex colour, new edge colours)`` or None.
-
-    Example
-    -------
-    >>> cls, pos, qv, _ = matching_classes(4, [0, 1], [2, 3], [0, 0], [0, 0, 1, 1])
-    >>> cls.tolist(), pos.tolist()
-    ([0, 1, 0, 1], [0, 0, 1, 1])
-    """
-    src = np.asarray(src, dtype=np.int64)
-    dst = np.asarray(dst, dtype=np.int64)
-    color = np.asarray(color, dtype=np.int64)
-    vc = np.asarray(vertex_color, dtype=np.int64)
-    if src.size == 0:
-        return None
-    depth = dag_depth(n, src, dst)
-    if depth is not None:  # an invariant that separates the layers (e.g. the sum nodes of each block)
-        vc = _dense(vc * (int(depth.max()) + 1) + depth)
-    V = int(vc.max()) + 1
-    C = int(color.max()) + 1
-    size = np.bincount(vc, minlength=V)
-    key = (vc[src] * V + vc[dst]) * C + color
-    uk, counts = unique_int(key, return_counts=True)
-    a_of, b_of = uk // C // V, uk // C % V
-    ok = (a_of != b_of) & (counts == size[a_of]) & (counts == size[b_of]) & (counts > 1)
-    cands = uk[ok]
-    if cands.size == 0:
-        return None
-    # distinct sources and targets per candidate key: a perfect matching has counts distinct of each
-    sel = np.isin(key, cands)
-    n_src = unique_int(key[sel] * n + src[sel], return_counts=True)[0] // n
-    n_dst = unique_int(key[sel] * n + dst[sel], return_counts=True)[0] // n
-    cs = np.bincount(np.searchsorted(cands, n_src), minlength=cands.size)
-    cd = np.bincount(np.searchsorted(cands, n_dst), minlength=cands.size)
-    good = cands[(cs == counts[ok]) & (cd == counts[ok])]
-    used: set[int] = set()
-    chosen = []
-    for kk in good.tolist():
-        a, b = kk // C // V, kk // C % V
-        if a not in used and b not in used:
-            used.update((a, b))
-            chosen.append(kk)
-    while chosen:
-        partner = np.full(n, -1, dtype=np.int64)
-        sel = np.isin(key, np.asarray(chosen))
-        partner[src[sel]] = dst[sel]
-        is_y = np.zeros(n, dtype=bool)
-        is_y[dst[sel]] = True
-        head = np.nonzero(~is_y)[0]  # x ends and uncontracted vertices
-        cls = np.full(n, -1, dtype=np.int64)
-        cls[head] = np.arange(head.size)
-        pos = np.zeros(n, dtype=np.int64)
-        xs = np.nonzero(partner >= 0)[0]
-        cls[partner[xs]] = cls[xs]
-        pos[partner[xs]] = 1
-        internal = cls[src] == cls[dst]
-        extra = internal & ~sel  # pairs joined by another edge too: drop their matching, try again
-        if not extra.any():
-            break
-        bad_keys = set(key[sel & np.isin(cls[src], cls[src[extra]])].tolist())
-        chosen = [kk for kk in chosen if kk not in bad_keys]
-    if not chosen:
-        return None
-    side = np.where(partner >= 0, 0, np.where(is_y, 1, 2))
-    qv_sig = np.stack([vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1)], axis=1)
-    qv = np.unique(qv_sig, axis=0, return_inverse=True)[1].reshape(-1)
-    new_color = (color * 3 + side[src]) * 3 + side[dst]
-    new_color[internal] = -1
-    return cls, pos, qv, new_color
+def _first_rank(rows: np.ndarray) -> np.ndarray:
+    """Id of each row's distinct value, numbered in order of first occurrence."""
+    _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size, dtype=np.int64)
+    return rank[inv.reshape(-1)]
 
 
 def fold_fixed(n: int, src, dst, color, vertex_color, fixed) -> tuple[tuple, np.ndarray]:
@@ -437,18 +369,14 @@ def _dense(x: np.ndarray) -> np.ndarray:
     return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def reduce_twins(
-    n: int, src, dst, color, vertex_color, max_levels: int = 32, chains: bool = True, fixed=None, collapse: bool = True
-) -> TwinReduction:
-    """Iterated twin reduction (and chain contraction) of a coloured directed multigraph (module docstring).
+def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_000, fixed=None) -> TwinReduction:
+    """Iterated exact reduction of a coloured directed multigraph (module docstring).
 
-    Twin steps and chain steps alternate until neither changes the graph: contracting a channel with its
-    norm node makes the channels of a layer twins again, and so on.
-
-    With ``collapse`` (the default) the parallel edges of each ordered pair are merged once, up front, into
-    one edge labelled by their colour set (a 3x3 conv's 9 edges per channel pair become one), and every
-    step works on that much smaller simple graph (:func:`_reduce_collapsed`); the levels and the quotient
-    are identical to those of the plain multigraph passes (``collapse=False``, kept as the reference).
+    The parallel edges of each ordered pair are merged once, up front, into one edge labelled by the
+    multiset of their colours (a 3x3 conv's 9 edges per channel pair become one), and every step works on
+    that much smaller labelled simple graph. Twins, chains, matchings and closed twins are contracted and
+    the colours refined, in turn, until no step changes the graph: contracting a channel with its norm node
+    makes the channels of a layer twins again, and so on.
 
     Example
     -------
@@ -460,66 +388,24 @@ def reduce_twins(
     dst = np.asarray(dst, dtype=np.int64)
     color = np.asarray(color, dtype=np.int64)
     vc = np.asarray(vertex_color, dtype=np.int64)
-    levels: list[TwinLevel] = []
     keep = None
+    m = int(n)
     if fixed is not None:
-        (m0, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
-    cur = (int(n) if keep is None else m0, src, dst, color, vc)
-    if collapse and chains:
-        done = _reduce_collapsed(*cur, max_levels)
-        if done is not None:
-            levels, quotient = done
-            return TwinReduction(levels, quotient if levels else cur, int(n), keep)
-    idle = 0
-    step = 0
-    while idle < 3 and len(levels) < max_levels:
-        m, s, d, c, v = cur
-        if m == 0:
-            break
-        C = int(c.max()) + 1 if c.size else 1
-        if step % 3 == 0:
-            cls = twin_classes(m, s, d, c, v)
-            k = int(cls.max()) + 1 if m else 0
-            if k == m:
-                idle, step = idle + 1, step + 1
-                continue
-            lv = _make_level(cls)
-            # quotient: one vertex per class, coloured by (colour, class size); one edge per (A, B, colour)
-            rep = lv.members[lv.start]
-            qv = np.unique(np.stack([v[rep], lv.sizes]), axis=1, return_inverse=True)[1].reshape(-1)
-            key = unique_int((cls[s] * k + cls[d]) * C + c)
-        elif step % 3 == 2:
-            found = matching_classes(m, s, d, c, v) if chains else None
-            if found is None:
-                idle, step = idle + 1, step + 1
-                continue
-            cls, pos, qv, newc = found
-            k = int(cls.max()) + 1
-            lv = _make_level(cls, pos)
-            ext = newc >= 0
-            c = _dense(newc[ext])
-            C = int(c.max()) + 1 if c.size else 1
-            key = unique_int((cls[s[ext]] * k + cls[d[ext]]) * C + c)
-        else:
-            found = chain_classes(m, s, d, c, v) if chains else None
-            if found is None:
-                idle, step = idle + 1, step + 1
-                continue
-            cls, pos, qv = found
-            k = int(cls.max()) + 1
-            lv = _make_level(cls, pos)
-            ext = cls[s] != cls[d]  # chain-internal edges live in the vertex colour now
-            key = unique_int((cls[s[ext]] * k + cls[d[ext]]) * C + c[ext])
-        levels.append(lv)
-        cur = (k, key // C // k, key // C % k, key % C, qv)
-        idle, step = 0, step + 1
-    return TwinReduction(levels, cur, int(n), keep)
+        (m, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
+    if color.size and int(color.min()) < 0:
+        raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
+    u, v, lab, table = _collapse(m, src, dst, color)
+    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels)
+    if not levels:  # nothing contracted: the graph as it came, with its refined colours
+        return TwinReduction(levels, (m, src, dst, color, vc), int(n), keep)
+    return TwinReduction(levels, _expand(m, u, v, lab, table, vc), int(n), keep)
 
 
-# ------------------------------------------------------------------ the collapsed (labelled) passes
-# A multigraph without repeated ``(src, dst, colour)`` is the simple graph of its ordered pairs, each pair
-# labelled by the set of its colours. ``table[label]`` is that set as a sorted tuple; labels are numbered in
-# the lexicographic order of their tuples (so single colours keep their relative order).
+# ------------------------------------------------------------------ the labelled graph and its steps
+# The multigraph is held as the simple graph of its ordered pairs ``(u, v)``, each labelled by the multiset of
+# its colours: ``table[label]`` is that multiset as a sorted tuple, and labels are numbered in the
+# lexicographic order of their tuples (so single colours keep their relative order). A step takes the state
+# ``(m, u, v, lab, table, vc)`` and returns ``(level or None, new state)``, or None when it changes nothing.
 
 
 def _ragged_arange(counts: np.ndarray) -> np.ndarray:
@@ -576,12 +462,10 @@ def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _collapse(m: int, src, dst, color):
-    """``(u, v, label, table)``, one edge per ordered pair; None when a ``(src, dst, colour)`` repeats."""
+    """``(u, v, label, table)``: one edge per ordered pair, labelled by the multiset of its colours."""
     if src.size == 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e.copy(), e.copy(), []
-    if int(color.min()) < 0:
-        return None
     pair = src * m + dst
     first, counts = _runs(pair)
     inner = np.ones(pair.size, dtype=bool)
@@ -590,15 +474,11 @@ def _collapse(m: int, src, dst, color):
     if grouped and first.size == pair.size:  # a simple graph already (an MLP): labels are the colours
         lab = _dense(color)
         return src, dst, lab, [(c,) for c in np.unique(color).tolist()]
-    if not (grouped and bool(np.all(color[1:][inner[1:]] > color[:-1][inner[1:]]))):
+    if not (grouped and bool(np.all(color[1:][inner[1:]] >= color[:-1][inner[1:]]))):
         C = int(color.max()) + 1
         order = torch.sort(torch.from_numpy(pair * C + color), stable=True).indices.numpy()
         src, dst, color, pair = src[order], dst[order], color[order], pair[order]
         first, counts = _runs(pair)
-        inner = np.ones(pair.size, dtype=bool)
-        inner[first] = False
-        if bool(np.any(color[1:][inner[1:]] == color[:-1][inner[1:]])):
-            return None  # a repeated coloured edge: the plain multigraph passes handle it
     ids, rep = _run_ids(color, first, counts)
     tuples = [tuple(color[first[r] : first[r] + counts[r]].tolist()) for r in rep.tolist()]
     lab, table = _canonical(ids, tuples)
@@ -642,8 +522,10 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
 
 
 def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple]):
-    """Quotient edges: one per distinct ``pair`` (``A * k + B``), labelled by the union of the colour sets
-    ``tuples[item]`` of its edges. Returns ``(u, v, label, table)`` sorted by pair."""
+    """Quotient edges: one per distinct ``pair`` (``A * k + B``). Equal labels of one pair are counted once
+    (the complete blocks between two twin classes); different ones add up as multisets (the side-tagged
+    edges between two contracted pairs: their tags make them distinct). Returns ``(u, v, label, table)``
+    sorted by pair."""
     T = max(len(tuples), 1)
     uk = unique_int(pair * T + item)
     p, it = uk // T, uk % T
@@ -653,7 +535,7 @@ def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple]):
     else:
         ids, rep = _segment_ids(it, first, counts)
         merged = [
-            tuple(sorted(set().union(*(tuples[x] for x in it[first[r] : first[r] + counts[r]].tolist()))))
+            tuple(sorted(c for x in it[first[r] : first[r] + counts[r]].tolist() for c in tuples[x]))
             for r in rep.tolist()
         ]
         p = p[first]
@@ -671,12 +553,198 @@ def _expand(k: int, u, v, lab, table, vc):
     return k, np.repeat(u, reps), np.repeat(v, reps), col, vc
 
 
-def _matching_collapsed(n: int, u, v, lab, table, vertex_color):
-    """:func:`matching_classes` on the labelled graph (same classes, positions and vertex colours).
+def _reduce(m: int, u, v, lab, table, vc, max_levels: int):
+    """Apply the steps in turn until a full round changes nothing; returns ``(levels, final state)``."""
+    steps = (_twin_step, _chain_step, _matching_step, _closed_twin_step, _refine_step)
+    state = (m, u, v, lab, table, vc)
+    levels: list[TwinLevel] = []
+    idle = i = 0
+    while idle < len(steps) and len(levels) < max_levels and state[0] > 0:
+        out = steps[i % len(steps)](*state)
+        i += 1
+        if out is None:
+            idle += 1
+            continue
+        level, state = out
+        if level is not None:
+            levels.append(level)
+        idle = 0
+    return levels, state
+
+
+def _twin_step(m, u, v, lab, table, vc):
+    # exact twins of the labelled graph = those of the multigraph (a label is the pair's colour multiset)
+    cls = twin_classes(m, u, v, lab, vc)
+    k = int(cls.max()) + 1 if m else 0
+    if k == m:
+        return None
+    lv = _make_level(cls)
+    rep = lv.members[lv.start]
+    qv = np.unique(np.stack([vc[rep], lv.sizes]), axis=1, return_inverse=True)[1].reshape(-1)
+    return lv, (k, *_merge(k, cls[u] * k + cls[v], lab, table), qv)
+
+
+def _chain_step(m, u, v, lab, table, vc):
+    found = chain_classes(m, u, v, lab, vc)
+    if found is None:
+        return None
+    cls, pos, qv = found
+    k = int(cls.max()) + 1
+    ext = cls[u] != cls[v]  # chain-internal edges live in the vertex colour now
+    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], lab[ext], table), qv)
+
+
+def _matching_step(m, u, v, lab, table, vc):
+    found = _matching(m, u, v, lab, table, vc)
+    if found is None:
+        return None
+    cls, pos, qv, ext, item, tuples = found
+    k = int(cls.max()) + 1
+    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples), qv)
+
+
+def _closed_twin_step(m, u, v, lab, table, vc):
+    found = closed_twin_classes(m, u, v, lab, vc)
+    if found is None:
+        return None
+    cls, mutual = found
+    k = int(cls.max()) + 1
+    lv = _make_level(cls)
+    rep = lv.members[lv.start]
+    qv = np.unique(np.stack([vc[rep], lv.sizes, mutual]), axis=1, return_inverse=True)[1].reshape(-1)
+    ext = cls[u] != cls[v]  # inside a class every edge carries the mutual label, now in the colour
+    return lv, (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], lab[ext], table), qv)
+
+
+def _refine_step(m, u, v, lab, table, vc):
+    # colour refinement: stuck reductions often only need the classes split (the BatchNorm copies of a
+    # DenseNet's concatenated channels, one per later layer, look alike until their layers differ)
+    refined = refine_colors(m, u, v, lab, vc)
+    if int(refined.max()) == int(vc.max()):
+        return None
+    return None, (m, u, v, lab, table, refined)
+
+
+def closed_twin_classes(n: int, src, dst, label, vertex_color) -> tuple[np.ndarray, np.ndarray] | None:
+    """Classes of *closed* twins of a labelled simple digraph: vertices of one colour joined pairwise in both
+    directions by edges of one label ``X``, with equal labelled neighbourhoods outside the class.
+
+    Swapping two of them maps every edge to an edge of the same label (the edges between them have label
+    ``X`` both ways), so any permutation inside a class is an automorphism; "closed twins with mutual label
+    ``X``" is an equivalence relation that automorphisms preserve (they arise where a contracted residual
+    stream makes the channels of a layer a complete digraph: RepVGG's identity branches, ConvMixer). The
+    quotient treats a class like a twin class, with ``X`` in its colour.
+
+    Candidates: vertices with exactly one label on symmetric same-colour edges (an invariant condition,
+    shared by all members of a class), grouped by the hashes of their neighbourhoods with themselves added
+    under that label; each class is then verified exactly (``s (s - 1)`` internal edges, all of label
+    ``X``; every outside ``(neighbour, label)`` shared by all ``s`` members) and split into singletons if not.
+
+    Returns ``(cls, mutual)``: class ids in order of first member, and the mutual label per class (-1 for
+    singletons), or None when there is no class of two or more.
+
+    Example
+    -------
+    >>> # a triangle 0 <-> 1 <-> 2 <-> 0 (label 0) with all three pointing at 3 (label 1): one class {0, 1, 2}
+    >>> cls, mutual = closed_twin_classes(4, [0, 1, 0, 2, 1, 2, 0, 1, 2], [1, 0, 2, 0, 2, 1, 3, 3, 3],
+    ...                                   [0, 0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1])
+    >>> cls.tolist(), mutual.tolist()
+    ([0, 0, 0, 1], [0, -1])
+    """
+    u = np.asarray(src, dtype=np.int64)
+    v = np.asarray(dst, dtype=np.int64)
+    lab = np.asarray(label, dtype=np.int64)
+    vc = np.asarray(vertex_color, dtype=np.int64)
+    if u.size == 0:
+        return None
+    L = int(lab.max()) + 1
+    fwd = u * n + v
+    order = np.argsort(fwd, kind="stable")
+    sk = fwd[order]
+    back = v * n + u
+    pos = np.minimum(np.searchsorted(sk, back), sk.size - 1)
+    has_back = sk[pos] == back
+    sym = has_back & (lab[order[pos]] == lab) & (vc[u] == vc[v]) & (u != v)
+    if not sym.any():
+        return None
+    vx = unique_int(u[sym] * L + lab[sym])  # distinct (vertex, mutual label) pairs
+    x_of, l_of = vx // L, vx % L
+    nlab = np.bincount(x_of, minlength=n)
+    X = np.full(n, -1, dtype=np.int64)
+    one = nlab[x_of] == 1
+    X[x_of[one]] = l_of[one]
+    cand_ok = X >= 0
+    idx = np.arange(n, dtype=np.int64)
+    self_key = idx * L + np.maximum(X, 0)
+    h_out = _hash_with_self(v * L + lab, u, n, self_key, cand_ok, salt=0x3C0FFEE)
+    h_in = _hash_with_self(u * L + lab, v, n, self_key, cand_ok, salt=0x7EA)
+    deg = np.bincount(u, minlength=n) * (n + 1) + np.bincount(v, minlength=n)
+    sig = np.stack([vc, X, h_out, h_in, deg, np.where(cand_ok, -1, idx)], axis=1)
+    cand = np.unique(sig, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    sizes = np.bincount(cand)
+    big = sizes[cand] > 1
+    if not big.any():
+        return None
+    bad = np.zeros(sizes.size, dtype=bool)
+    inside = cand[u] == cand[v]
+    # internal edges: s (s - 1) of them per class, all with the class's mutual label
+    in_cls = cand[u[inside]]
+    bad[in_cls[lab[inside] != X[u[inside]]]] = True
+    n_in = np.bincount(in_cls, minlength=sizes.size)
+    bad |= (sizes > 1) & (n_in != sizes * (sizes - 1))
+    # outside: every (class, neighbour, label) occurs once per member, in both directions
+    for a, b in ((u, v), (v, u)):
+        sel = ~inside & big[a]
+        if not sel.any():
+            continue
+        key = (cand[a[sel]] * n + b[sel]) * L + lab[sel]
+        uniq, counts = unique_int(key, return_counts=True)
+        c_of = uniq // (n * L)
+        bad[c_of[counts != sizes[c_of]]] = True
+    bad &= sizes > 1
+    good = ~bad & (sizes > 1)
+    if not good.any():
+        return None
+    split = ~good[cand]
+    cand = cand.copy()
+    cand[split] = int(cand.max()) + 1 + np.nonzero(split)[0]
+    _, first, inv = np.unique(cand, return_index=True, return_inverse=True)
+    rank_of = np.empty(first.size, dtype=np.int64)
+    rank_of[np.argsort(first)] = np.arange(first.size)
+    cls = rank_of[inv.reshape(-1)]
+    mutual = np.full(first.size, -1, dtype=np.int64)
+    sizes2 = np.bincount(cls)
+    mutual[cls[sizes2[cls] > 1]] = X[sizes2[cls] > 1]
+    return cls, mutual
+
+
+def _hash_with_self(keys, groups, n, self_key, with_self, salt: int) -> np.ndarray:
+    """Multiset hash of each vertex's ``keys``, plus its own ``self_key`` where ``with_self``."""
+    keys = np.concatenate([keys, self_key[with_self]])
+    groups = np.concatenate([groups, np.nonzero(with_self)[0]])
+    return multiset_hash(keys, groups, n, salt=salt)
+
+
+def _matching(n: int, u, v, lab, table, vertex_color):
+    """Contract canonical perfect matchings of the labelled graph: all edges carrying colour ``c`` from colour
+    class ``a`` to class ``b`` (a != b), when they match the two classes perfectly (a residual stream: each
+    channel to its own sum node; a depthwise convolution: each channel to its own output channel).
+
+    Every automorphism maps class ``a`` onto itself and ``b`` onto itself and preserves those edges, so it
+    maps matched pairs to matched pairs; conversely a permutation of the pairs lifts uniquely (``x`` first,
+    ``y = mu(x)`` second). Edges to the outside keep which end of a pair they touch (``side`` in their new
+    colours) and the pair's own edges (``x -> y`` with all its colours, and ``y -> x`` if present) go into
+    its vertex colour, so the contracted graph loses nothing. Each class takes part in one matching per step.
 
     Returns ``(cls, pos, qv, ext, item, tuples)``: the edges ``ext`` between different classes keep the
-    colour set ``tuples[item]`` (colours that record which end of a pair they touch, densely renumbered
-    over all such colours exactly as :func:`matching_classes` does), or None.
+    colour multiset ``tuples[item]`` (side-tagged colours, densely renumbered), or None.
+
+    Example
+    -------
+    >>> cls, pos, qv, *_ = _matching(4, np.array([0, 1]), np.array([2, 3]), np.array([0, 0]), [(0,)],
+    ...                              np.array([0, 0, 1, 1]))
+    >>> cls.tolist(), pos.tolist()
+    ([0, 1, 0, 1], [0, 0, 1, 1])
     """
     vc = vertex_color
     if u.size == 0:
@@ -697,12 +765,16 @@ def _matching_collapsed(n: int, u, v, lab, table, vertex_color):
         for x in torch.unique(torch.from_numpy(ab * NL + lab), sorted=True, return_inverse=True, return_counts=True)
     )
     cl, cab = comb % NL, comb // NL
+    # one entry per (combination, distinct colour of its label): a repeated colour is one matching candidate
     rep = lens[cl]
-    ent_comb = np.repeat(np.arange(comb.size, dtype=np.int64), rep)  # (combination, colour) entries
-    ent_key = np.repeat(cab, rep) * C + flat[np.repeat(tstart[cl], rep) + _ragged_arange(rep)]
+    ent_comb = np.repeat(np.arange(comb.size, dtype=np.int64), rep)
+    ent_col = flat[np.repeat(tstart[cl], rep) + _ragged_arange(rep)]
+    dedup = unique_int(ent_comb * C + ent_col)
+    ent_comb, ent_col = dedup // C, dedup % C
+    ent_key = cab[ent_comb] * C + ent_col
     uk, kinv = np.unique(ent_key, return_inverse=True)
     kinv = kinv.reshape(-1)
-    counts = np.bincount(kinv, weights=np.repeat(ccnt, rep), minlength=uk.size).astype(np.int64)
+    counts = np.bincount(kinv, weights=ccnt[ent_comb], minlength=uk.size).astype(np.int64)
     a_of, b_of = uk // C // V, uk // C % V
     ok = (a_of != b_of) & (counts == size[a_of]) & (counts == size[b_of]) & (counts > 1)
     cands = uk[ok]
@@ -729,34 +801,35 @@ def _matching_collapsed(n: int, u, v, lab, table, vertex_color):
         if a not in used and b not in used:
             used.update((a, b))
             chosen.append(kk)
-    single = lens == 1
-    while chosen:
-        chosen_arr = np.asarray(chosen, dtype=np.int64)
-        sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
-        sel = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
-        partner = np.full(n, -1, dtype=np.int64)
-        partner[u[sel]] = v[sel]
-        is_y = np.zeros(n, dtype=bool)
-        is_y[v[sel]] = True
-        head = np.nonzero(~is_y)[0]
-        cls = np.full(n, -1, dtype=np.int64)
-        cls[head] = np.arange(head.size)
-        pos = np.zeros(n, dtype=np.int64)
-        xs = np.nonzero(partner >= 0)[0]
-        cls[partner[xs]] = cls[xs]
-        pos[partner[xs]] = 1
-        internal = cls[u] == cls[v]
-        extra = internal & ~(sel & single[lab])  # another coloured edge inside a pair
-        if not extra.any():
-            break
-        hit_sel = sel & np.isin(cls[u], cls[u[extra]])
-        chosen_of = {kk // C: kk for kk in chosen}
-        bad_keys = {chosen_of[x] for x in np.unique(ab[hit_sel]).tolist()}
-        chosen = [kk for kk in chosen if kk not in bad_keys]
     if not chosen:
         return None
+    chosen_arr = np.asarray(chosen, dtype=np.int64)
+    sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
+    sel = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
+    partner = np.full(n, -1, dtype=np.int64)
+    partner[u[sel]] = v[sel]
+    is_y = np.zeros(n, dtype=bool)
+    is_y[v[sel]] = True
+    head = np.nonzero(~is_y)[0]  # x ends and uncontracted vertices
+    cls = np.full(n, -1, dtype=np.int64)
+    cls[head] = np.arange(head.size)
+    pos = np.zeros(n, dtype=np.int64)
+    xs = np.nonzero(partner >= 0)[0]
+    cls[partner[xs]] = cls[xs]
+    pos[partner[xs]] = 1
+    internal = cls[u] == cls[v]
+    # the pair's own edges: x -> y (always there) and y -> x (maybe), by label, into the colour
+    lab_xy = np.full(n, -1, dtype=np.int64)
+    lab_yx = np.full(n, -1, dtype=np.int64)
+    forward = internal & (partner[u] == v)
+    lab_xy[u[forward]] = lab[forward]
+    backward = internal & ~forward
+    lab_yx[v[backward]] = lab[backward]
     side = np.where(partner >= 0, 0, np.where(is_y, 1, 2))
-    qv_sig = np.stack([vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1)], axis=1)
+    qv_sig = np.stack(
+        [vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1), lab_xy[head], lab_yx[head]],
+        axis=1,
+    )
     qv = np.unique(qv_sig, axis=0, return_inverse=True)[1].reshape(-1)
     ext = ~internal
     t = (lab[ext] * 3 + side[u[ext]]) * 3 + side[v[ext]]
@@ -765,55 +838,3 @@ def _matching_collapsed(n: int, u, v, lab, table, vertex_color):
     values = sorted({c for r in raw for c in r})
     rank = {c: i for i, c in enumerate(values)}
     return cls, pos, qv, ext, item.reshape(-1).astype(np.int64), [tuple(rank[c] for c in r) for r in raw]
-
-
-def _reduce_collapsed(m: int, src, dst, color, vc, max_levels: int):
-    """The twin / chain / matching loop of :func:`reduce_twins` on the collapsed graph: ``(levels,
-    quotient)``, or None when the multigraph repeats a coloured edge (then the plain passes run)."""
-    col = _collapse(m, src, dst, color)
-    if col is None:
-        return None
-    u, v, lab, table = col
-    levels: list[TwinLevel] = []
-    idle = step = 0
-    while idle < 3 and len(levels) < max_levels:
-        if m == 0:
-            break
-        if step % 3 == 0:
-            # exact twins of the labelled graph = those of the multigraph (no coloured edge repeats)
-            cls = twin_classes(m, u, v, lab, vc)
-            k = int(cls.max()) + 1 if m else 0
-            if k == m:
-                idle, step = idle + 1, step + 1
-                continue
-            lv = _make_level(cls)
-            rep = lv.members[lv.start]
-            qv = np.unique(np.stack([vc[rep], lv.sizes]), axis=1, return_inverse=True)[1].reshape(-1)
-            u, v, lab, table = _merge(k, cls[u] * k + cls[v], lab, table)
-        elif step % 3 == 2:
-            found = _matching_collapsed(m, u, v, lab, table, vc)
-            if found is None:
-                idle, step = idle + 1, step + 1
-                continue
-            cls, pos, qv, ext, item, tuples = found
-            k = int(cls.max()) + 1
-            lv = _make_level(cls, pos)
-            u, v, lab, table = _merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples)
-        else:
-            lens = np.array([len(t) for t in table], dtype=np.int64)
-            single = np.array([t[0] if len(t) == 1 else -1 for t in table], dtype=np.int64)
-            found = chain_classes(
-                m, u, v, single[lab] if lab.size else lab, vc, multiplicity=lens[lab] if lab.size else lab
-            )
-            if found is None:
-                idle, step = idle + 1, step + 1
-                continue
-            cls, pos, qv = found
-            k = int(cls.max()) + 1
-            lv = _make_level(cls, pos)
-            ext = cls[u] != cls[v]
-            u, v, lab, table = _merge(k, cls[u[ext]] * k + cls[v[ext]], lab[ext], table)
-        levels.append(lv)
-        m, vc = k, qv
-        idle, step = 0, step + 1
-    return levels, _expand(m, u, v, lab, table, vc)
