@@ -15,7 +15,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .builder import Features, GraphBuilder
 from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
@@ -146,25 +145,86 @@ def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(gm, memo)
 
 
+@dataclass(frozen=True)
+class _TensorMeta:
+    """Shape and dtype of one traced tensor value (what the encoders read)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _tensor_meta(value: Any) -> tuple[Any, bool]:
+    """(``value`` with every tensor replaced by its :class:`_TensorMeta`, whether it held a tensor)."""
+    if isinstance(value, torch.Tensor):
+        return _TensorMeta(tuple(value.shape), value.dtype), True
+    if isinstance(value, tuple | list):
+        items = [_tensor_meta(v) for v in value]
+        return tuple(m for m, _ in items), any(f for _, f in items)
+    if isinstance(value, dict):
+        items = {k: _tensor_meta(v) for k, v in value.items()}
+        return {k: m for k, (m, _) in items.items()}, any(f for _, f in items.values())
+    return value, False
+
+
+class _ShapeInterpreter(fx.Interpreter):
+    """Runs the traced graph and records each node's output shape and dtype in ``node.meta["tensor_meta"]``.
+
+    torch.fx's own ``ShapeProp`` imports ``torch._dynamo`` and sympy on its first use (about 1.3 s before any
+    work); this records only what the encoders need.
+    """
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        meta, found = _tensor_meta(result)
+        if found:
+            n.meta["tensor_meta"] = meta
+        return result
+
+
+#: Below this many multiply-adds (parameters x input positions) a real forward pass on the example input costs
+#: microseconds, and shapes are propagated for real; above it, on the meta device (no arithmetic). The meta
+#: path's first use imports torch._dynamo and sympy (about 1.3 s, through ``torch._check`` in meta kernels),
+#: which a small model's CLI run must not pay.
+REAL_SHAPE_PROP_WORK = 50_000_000
+
+
+def _shape_work(model: nn.Module, x: torch.Tensor) -> int:
+    positions = 1
+    for s in tuple(x.shape)[2:]:
+        positions *= int(s)
+    return sum(p.numel() for p in model.parameters()) * max(1, positions)
+
+
+def _run_meta(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    meta_gm = _meta_copy(gm)
+    meta_gm.eval()
+    with torch.no_grad():
+        _ShapeInterpreter(meta_gm).run(x.to("meta"))
+    for n, mn in zip(gm.graph.nodes, meta_gm.graph.nodes):
+        if "tensor_meta" in mn.meta:
+            n.meta["tensor_meta"] = mn.meta["tensor_meta"]
+
+
+def _run_real(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        _ShapeInterpreter(gm).run(x)
+
+
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, x: torch.Tensor) -> None:
-    """Shapes of every traced value. Tried on the meta device first (no arithmetic: a deep CNN's forward pass
-    would dominate the build time), then for real if some op has no meta kernel."""
+    """Shapes of every traced value: by a real forward pass in eval mode when that is cheap (see
+    :data:`REAL_SHAPE_PROP_WORK`), else on the meta device (a deep CNN's forward pass would dominate the build
+    time); each path falls back to the other."""
     was_training = model.training
+    real_first = x.device.type != "meta" and _shape_work(model, x) <= REAL_SHAPE_PROP_WORK
+    first, second = (_run_real, _run_meta) if real_first else (_run_meta, _run_real)
     try:
         model.eval()
         try:
-            meta_gm = _meta_copy(gm)
-            meta_gm.eval()
-            with torch.no_grad():
-                ShapeProp(meta_gm).propagate(x.to("meta"))
-            for n, mn in zip(gm.graph.nodes, meta_gm.graph.nodes):
-                if "tensor_meta" in mn.meta:
-                    n.meta["tensor_meta"] = mn.meta["tensor_meta"]
+            first(gm, x)
             return
-        except Exception:  # noqa: BLE001 - fall back to a real forward pass below
+        except Exception:  # noqa: BLE001 - e.g. an op without a meta kernel: try the other path below
             pass
-        with torch.no_grad():
-            ShapeProp(gm).propagate(x)
+        second(gm, x)
     except Exception as exc:
         raise ShapeMismatchError(
             "an input the model accepts",
