@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .builder import Features, GraphBuilder
 from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from .input_shapes import infer_example_input, remember_example_input
 from .registry import encoder_for_function, encoder_for_module
 
 __all__ = [
@@ -114,26 +115,41 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
 def resolve_example_input(model: nn.Module, example_input=None, input_shape=None) -> torch.Tensor:
-    """The example input: given, built from ``input_shape``, or inferred for models whose first layer says."""
+    """The example input: given, built from ``input_shape``, or inferred from the model
+    (:func:`symgraph.input_shapes.infer_example_input`: the last input its graph was built with, its
+    ``example_input_shape``, Hugging Face / timm / torchvision configuration, or its first layer).
+
+    Example
+    -------
+    >>> import torch.nn as nn
+    >>> resolve_example_input(nn.Sequential(nn.Linear(5, 2))).shape
+    torch.Size([1, 5])
+    """
+    return _example_inputs(model, example_input, input_shape)[0]
+
+
+def _example_inputs(model: nn.Module, example_input=None, input_shape=None) -> list[torch.Tensor]:
+    """The example input, then larger alternatives to try when an inferred shape is too small."""
     if example_input is not None:
-        return example_input
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    dtype = getattr(model, "example_input_dtype", None) or dtype  # e.g. token ids (torch.long) for embeddings
+        return [example_input]
+    dtype = _model_dtype(model)
     if input_shape is not None:
-        return torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
-    shape = getattr(model, "example_input_shape", None)
-    if shape is not None:
-        return torch.zeros(tuple(shape), dtype=dtype)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return torch.zeros((1, m.in_features), dtype=dtype)
-        if isinstance(m, nn.Flatten | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            break
-    raise ShapeMismatchError(
-        "an example input or input_shape for a model whose first layer is not nn.Linear",
-        f"neither for {type(model).__name__}",
-    )
+        dtype = getattr(model, "example_input_dtype", None) or dtype  # e.g. token ids (torch.long)
+        return [torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)]
+    guess = infer_example_input(model)
+    if guess is None:
+        raise ShapeMismatchError(
+            "an example input or input_shape for this model (its input could not be inferred: it has no "
+            "example_input_shape, no Hugging Face/timm/torchvision configuration, and its first layer is neither "
+            "nn.Linear nor a convolution with adaptive pooling before the head)",
+            f"neither for {type(model).__name__}",
+        )
+    return [torch.zeros(s, dtype=guess.dtype or dtype) for s in (guess.shape,) + guess.alternatives]
 
 
 def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -264,14 +280,21 @@ def _trace_failure(model: nn.Module, failed_at, exc: Exception) -> str:
 
 def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple[ModelSpec, fx.GraphModule]:
     """Trace ``model`` with torch.fx and propagate shapes; returns the spec and the GraphModule."""
-    x = resolve_example_input(model, example_input, input_shape)
+    candidates = _example_inputs(model, example_input, input_shape)
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; users get one clear error
         raise TraceError(_trace_failure(model, tracer.failed_at, exc)) from None
     gm = fx.GraphModule(model, graph)
-    _propagate_shapes(gm, model, x)
+    for i, x in enumerate(candidates):
+        try:
+            _propagate_shapes(gm, model, x)
+            break
+        except ShapeMismatchError:
+            if i + 1 == len(candidates):
+                raise
+    remember_example_input(model, x)  # later builds without an input (permute_model, ...) get the same graph
     ops = []
     for n in gm.graph.nodes:
         meta = n.meta.get("tensor_meta")
