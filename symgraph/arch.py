@@ -10,7 +10,10 @@ how their tensors are wired; the architecture is given by name and rebuilt here,
 ``hf:DIR``                           Hugging Face ``transformers`` from ``DIR/config.json`` (the class its
                                      ``architectures`` entry names, else ``AutoModel``), offline, no remote code
 ``sequential[:act=relu,...]``        an ``nn.Sequential`` of Linear/Conv layers rebuilt from the state_dict's
-                                     own keys (``0.weight``, ``2.weight``, ...) and shapes
+                                     own keys (``0.weight``, ``2.weight``, ...) and shapes (options:
+                                     ``act``, conv ``stride``/``padding``, input ``size``; one skipped
+                                     index is the activation, two between a Conv and a Linear are the
+                                     activation and a flatten; convolutions have ``groups=1``)
 ``package.module:Class[:k=v,...]``   the user's own class or factory, imported as ``python -m`` would (from
                                      the current directory first): **this runs the module's code**
 ===================================  ==========================================================================
@@ -130,6 +133,11 @@ def parse_arch_spec(spec: str) -> ArchSpec:
             raise ModelLoadError(f"--arch: Expected hf:DIR, a folder with config.json (got {spec!r})")
         return ArchSpec("hf", rest)
     if head in ("torchvision", "timm"):
+        if re.match(r"(hf[-_]hub|local-dir):", rest):
+            raise ModelLoadError(
+                f"--arch: Expected a {head} architecture name like resnet18 (got {rest!r}, a hub/file reference "
+                "that would fetch a configuration or weights)"
+            )
         name, _, opts = rest.partition(":")
         if not name:
             raise ModelLoadError(f"--arch: Expected {head}:NAME[:k=v,...] (got {spec!r})")
@@ -137,7 +145,8 @@ def parse_arch_spec(spec: str) -> ArchSpec:
     if head == "sequential":
         return ArchSpec("sequential", "sequential", _kwargs(rest, spec))
     second, _, opts = rest.partition(":")
-    if rest and "=" not in second and _ATTR_RE.fullmatch(second) and _MODULE_RE.fullmatch(head):
+    is_user = rest and "=" not in second and _ATTR_RE.fullmatch(second) and _MODULE_RE.fullmatch(head)
+    if is_user and head not in list_models():  # registry names win: "mlp:hidden" is a malformed option
         return ArchSpec("user", f"{head}:{second}", _kwargs(opts, spec))
     name, kwargs = head, _kwargs(rest, spec)
     return ArchSpec("registry", name, kwargs)
@@ -246,7 +255,7 @@ def _build_torchvision(s: ArchSpec, text: str) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------- timm
 def _build_timm(s: ArchSpec, text: str) -> nn.Module:
-    if re.match(r"(hf[-_]hub|local-dir|timm/)", s.name):
+    if re.match(r"(hf[-_]hub|local-dir|timm/)", s.name) or "/" in s.name:
         raise ModelLoadError(
             f"--arch {text!r}: Expected a timm architecture name like resnet18 (got {s.name!r}, a hub/file "
             "reference that would fetch a configuration or weights)"
@@ -276,8 +285,11 @@ def hf_folder(name: str | Path, text: str | None = None) -> Path:
     return d
 
 
-def _build_hf(s: ArchSpec, text: str) -> nn.Module:
-    d = hf_folder(s.name, text)
+def hf_class_and_config(folder: str | Path, text: str | None = None) -> tuple[Any, Any]:
+    """``(class, config)`` of a Hugging Face folder: the transformers class its ``architectures`` entry names
+    (else ``AutoModel``) and its configuration, read offline. Refuses configurations that need remote code."""
+    d = hf_folder(folder, text)
+    text = text or f"hf:{folder}"
     try:
         raw = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -292,18 +304,45 @@ def _build_hf(s: ArchSpec, text: str) -> nn.Module:
         )
     transformers = _import_optional("transformers", text)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
+        with quiet_transformers():
+            config = transformers.AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"--arch {text!r}: transformers could not read config.json: {_first_line(exc)}") from None
     archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     cls = getattr(transformers, archs[0], None) if archs else None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        cls = transformers.AutoModel
+    return cls, config
+
+
+class quiet_transformers:  # noqa: N801 - used like a function: `with quiet_transformers():`
+    """Silence transformers' logging and progress bars inside the block (restored afterwards)."""
+
+    def __enter__(self):
+        import transformers
+
+        self._logging = transformers.utils.logging
+        self._level = self._logging.get_verbosity()
+        self._bars = self._logging.is_progress_bar_enabled()
+        self._logging.set_verbosity_error()
+        self._logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logging.set_verbosity(self._level)
+        if self._bars:
+            self._logging.enable_progress_bar()
+
+
+def _build_hf(s: ArchSpec, text: str) -> nn.Module:
+    cls, config = hf_class_and_config(s.name, text)
     try:
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            return cls(config)
-        return transformers.AutoModel.from_config(config)
+        with quiet_transformers():
+            return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except Exception as exc:
-        what = archs[0] if archs else "AutoModel"
-        raise ModelLoadError(f"--arch {text!r}: transformers could not build {what}: {_first_line(exc)}") from None
+        raise ModelLoadError(
+            f"--arch {text!r}: transformers could not build {cls.__name__}: {_first_line(exc)}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- user class

@@ -625,22 +625,92 @@ def hf_weight_files(folder: str | Path) -> list[Path]:
     return []
 
 
-def _read_hf_weights(folder: Path, trust: bool, map_location: Any) -> tuple[dict[str, torch.Tensor], str, str]:
-    files = hf_weight_files(folder)
-    if not files:
-        raise ModelLoadError(
-            f"{str(folder)!r}: Expected weights beside config.json ({' or '.join(HF_WEIGHT_FILES[::2])}) (got none); "
-            "for the architecture at random init use --example hf:DIR"
-        )
-    state: dict[str, torch.Tensor] = {}
-    fmt = "safetensors"
-    for f in files:
-        obj, fmt, _, _ = load_state_dict_file(f, trust=trust, map_location=map_location)
+def _load_hf(
+    file: Path | None, arch: str, trust: bool, map_location: Any
+) -> tuple[nn.Module, str, str, list[str], int]:
+    """A Hugging Face model: ``(model, format, where, notes, num_tensors)``.
+
+    Weights are read by this module's safe readers (safetensors, or ``torch.load(weights_only=True)`` for
+    ``pytorch_model.bin``); transformers' ``from_pretrained`` only ever sees safetensors (``use_safetensors``),
+    so that its checkpoint key conversions (older layouts of the same class) apply. A state_dict that fits the
+    built model as it is loads directly.
+    """
+    folder = _arch.hf_folder(arch[3:], arch)
+    cls, config = _arch.hf_class_and_config(folder, arch)
+    notes: list[str] = []
+    if file is None:
+        files = hf_weight_files(folder)
+        if not files:
+            raise ModelLoadError(
+                f"{str(folder)!r}: Expected weights beside config.json ({' or '.join(HF_WEIGHT_FILES[::2])}) "
+                "(got none); for the architecture at random init use --example hf:DIR"
+            )
+        where = str(files[0]) if len(files) == 1 else f"{str(folder)} ({len(files)} shards)"
+        if files[0].name.endswith(".safetensors"):
+            model = _hf_from_safetensors(cls, config, folder, where)
+            return model, "safetensors", where, notes, len(model.state_dict())
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            obj, fmt, _, _ = load_state_dict_file(f, trust=trust, map_location=map_location)
+            if isinstance(obj, nn.Module):
+                raise ModelLoadError(f"{str(f)!r}: Expected weights (got a pickled {type(obj).__name__} module)")
+            state.update(obj)
+    else:
+        obj, fmt, notes, _ = load_state_dict_file(file, trust=trust, map_location=map_location)
+        where = str(file)
         if isinstance(obj, nn.Module):
-            raise ModelLoadError(f"{str(f)!r}: Expected weights (got a pickled {type(obj).__name__} module)")
-        state.update(obj)
-    where = str(files[0]) if len(files) == 1 else f"{str(folder)!r} ({len(files)} shards)"
-    return state, fmt, where
+            notes.append(f"--arch {arch} ignored: the file holds the whole module")
+            return obj, fmt, where, notes, len(obj.state_dict())
+        state = obj
+    model = build_arch(arch)
+    try:
+        notes.extend(fit_state_dict(model, state, where=where))
+        return model, fmt, where, notes, len(state)
+    except StateDictMismatchError:
+        pass  # perhaps an older key layout of the same class: let transformers convert it
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="symgraph-hf-") as tmp:
+        (Path(tmp) / "config.json").write_bytes((folder / "config.json").read_bytes())
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
+        model = _hf_from_safetensors(cls, config, Path(tmp), where)
+    notes.append("keys converted by transformers' from_pretrained (an older layout of the same class)")
+    return model, fmt, where, notes, len(state)
+
+
+def _hf_from_safetensors(cls: Any, config: Any, folder: Path, where: str) -> nn.Module:
+    """``cls.from_pretrained`` on a folder of safetensors only, offline; mismatches as StateDictMismatchError."""
+    try:
+        with _arch.quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(folder),
+                config=config,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: transformers could not load it: {_first_line(exc)}") from None
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        first = mismatched[0] if isinstance(mismatched[0], tuple) else (mismatched[0],)
+        k, got, want = (tuple(first) + (None, None))[:3]
+        shape_of = lambda t: tuple(t) if t is not None else "?"  # noqa: E731
+        raise StateDictMismatchError(f"{k!r} of shape {shape_of(want)}", f"shape {shape_of(got)}", where)
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    if missing:
+        near = unexpected[:3]
+        got = "no such key" + (f"; the file has unmatched keys {near}" if near else "")
+        raise StateDictMismatchError(f"key {missing[0]!r}", got, where)
+    if unexpected:
+        raise StateDictMismatchError(
+            f"only the keys of {type(model).__name__}", f"unexpected key {unexpected[0]!r}", where
+        )
+    return model
 
 
 def load_model(
@@ -687,15 +757,17 @@ def load_model(
     ('safetensors', 'mlp')
     """
     file, arch = _hf_target(path, arch)
+    if arch is not None and arch.startswith("hf:"):
+        model, fmt, where, notes, n = _load_hf(file, arch, trust, map_location)
+        if map_location is not None:
+            model.to(map_location)
+        model.eval()
+        info = LoadInfo(where, fmt, arch, type(model).__name__, n, None, tuple(notes))
+        return model, info
     if file is None:
-        if arch is None or not arch.startswith("hf:"):
-            raise ModelLoadError(f"Expected a model file, or arch='hf:DIR' for a Hugging Face folder (got {arch!r})")
-        folder = _arch.hf_folder(arch[3:], arch)
-        obj, fmt, where = _read_hf_weights(folder, trust, map_location)
-        notes, shape = [], None
-    else:
-        obj, fmt, notes, shape = load_state_dict_file(file, trust=trust, map_location=map_location)
-        where = str(file)
+        raise ModelLoadError(f"Expected a model file, or arch='hf:DIR' for a Hugging Face folder (got {arch!r})")
+    obj, fmt, notes, shape = load_state_dict_file(file, trust=trust, map_location=map_location)
+    where = str(file)
     if isinstance(obj, nn.Module):
         if arch is not None:
             notes.append(f"--arch {arch} ignored: the file holds the whole module")

@@ -244,6 +244,16 @@ def _save_generators(path: str, suffix: str, aut: Any, meta: dict[str, Any]) -> 
             torch.save(payload, f)
 
 
+#: Longer exact orders are summarised in the text output (the JSON output always has every digit).
+MAX_ORDER_DIGITS = 400
+
+
+def _order_text(order: str) -> str:
+    if len(order) <= MAX_ORDER_DIGITS:
+        return order
+    return f"{order[:12]}...{order[-12:]} ({len(order)} digits; every digit: --json)"
+
+
 def _summary_text(out: dict[str, Any]) -> str:
     shape = "x".join(str(s) for s in out["input_shape"])
     lines = [
@@ -252,7 +262,7 @@ def _summary_text(out: dict[str, Any]) -> str:
         f"input:      {shape} ({out['input_source']})",
         f"graph:      {out['graph']} graph ({out['encoding']} encoding): {out['num_nodes']} nodes, "
         f"{out['num_edges']} edges",
-        f"|Aut|:      {out['order']}",
+        f"|Aut|:      {_order_text(out['order'])}",
         f"log10|Aut|: {out['log10_order']:.4f}",
         f"generators: {out['generators']}",
         "factors:    " + ("; ".join(out["factors"]) if out["factors"] else "trivial group"),
@@ -281,7 +291,23 @@ def _report_ok(report: Any, as_dict: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ main
+@contextlib.contextmanager
+def _exact_big_ints():
+    # |Aut| of a real model has thousands of digits; Python refuses str(int) beyond 4300 by default
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
 def _main(argv: list[str]) -> int:
+    with _exact_big_ints():
+        return _main_exact(argv)
+
+
+def _main_exact(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.verify < 0:
         raise CLIError(f"--verify: Expected a count >= 0 (got {args.verify})")
