@@ -20,8 +20,15 @@ from symgraph.io import load_model
 
 pytestmark = pytest.mark.models
 
-tv = pytest.importorskip("torchvision", reason="the models environment (make test-models) has torchvision")
-timm = pytest.importorskip("timm", reason="the models environment (make test-models) has timm")
+
+@pytest.fixture(scope="module")
+def tv():
+    return pytest.importorskip("torchvision", reason="the models environment (make test-models) has torchvision")
+
+
+@pytest.fixture(scope="module")
+def timm():
+    return pytest.importorskip("timm", reason="the models environment (make test-models) has timm")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +53,7 @@ def _run(capsys, argv):
     return code, out, err
 
 
-def test_torchvision_resnet18_state_dict_loads_with_inferred_input_and_verifies(capsys, tmp_path):
+def test_torchvision_resnet18_state_dict_loads_with_inferred_input_and_verifies(capsys, tmp_path, tv):
     torch.manual_seed(0)
     ref = tv.models.resnet18(num_classes=10).eval()
     p = tmp_path / "r18.pt"
@@ -64,7 +71,7 @@ def test_torchvision_resnet18_state_dict_loads_with_inferred_input_and_verifies(
     assert abs(d["log10_order"] - 5934.4926) < 1e-3  # the registry's resnet18-shaped value (README)
 
 
-def test_torchvision_input_defaults_for_vit_swin_and_inception():
+def test_torchvision_input_defaults_for_vit_swin_and_inception(tv):
     vit = tv.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
     )
@@ -76,7 +83,7 @@ def test_torchvision_input_defaults_for_vit_swin_and_inception():
     assert infer_example_input(inception).shape == (1, 3, 299, 299)
 
 
-def test_timm_model_with_orig_mod_prefix_loads_and_says_so(capsys, tmp_path):
+def test_timm_model_with_orig_mod_prefix_loads_and_says_so(capsys, tmp_path, timm):
     torch.manual_seed(0)
     ref = timm.create_model("test_resnet", pretrained=False).eval()
     p = tmp_path / "w.pt"
@@ -90,7 +97,7 @@ def test_timm_model_with_orig_mod_prefix_loads_and_says_so(capsys, tmp_path):
     assert "passed" in out
 
 
-def test_timm_img_size_option_sets_the_inferred_input():
+def test_timm_img_size_option_sets_the_inferred_input(timm):
     m = symgraph.io.build_arch("timm:vit_tiny_patch16_224:depth=1,img_size=32,num_classes=10")
     guess = infer_example_input(m)
     assert guess.shape == (1, 3, 32, 32) and "img_size" in guess.source
@@ -98,7 +105,7 @@ def test_timm_img_size_option_sets_the_inferred_input():
     assert g.spec.input_shape == (1, 3, 32, 32)
 
 
-def test_permute_model_reuses_the_shape_the_group_was_computed_with():
+def test_permute_model_reuses_the_shape_the_group_was_computed_with(tv, timm):
     """Issue 21 item 3: no ShapeMismatchError when the shape is not passed again."""
     torch.manual_seed(0)
     cnn = tv.models.resnet18(num_classes=4).eval()
@@ -123,7 +130,7 @@ def test_permute_model_reuses_the_shape_the_group_was_computed_with():
         ("torchvision:resnet18:no_such_option=3", "torchvision could not build it"),
     ],
 )
-def test_downloads_and_unknown_names_are_refused_in_one_line(capsys, arch, needle):
+def test_downloads_and_unknown_names_are_refused_in_one_line(capsys, arch, needle, tv, timm):
     with pytest.raises(ModelLoadError) as ei:
         symgraph.io.build_arch(arch)
     assert needle in str(ei.value) and "\n" not in str(ei.value)
@@ -131,7 +138,7 @@ def test_downloads_and_unknown_names_are_refused_in_one_line(capsys, arch, needl
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err
 
 
-def test_malicious_pickle_never_runs_with_torchvision_or_timm_arch(capsys, tmp_path):
+def test_malicious_pickle_never_runs_with_torchvision_or_timm_arch(capsys, tmp_path, tv, timm):
     marker = tmp_path / "MARKER"
 
     class Evil:
