@@ -139,8 +139,12 @@ def _example_inputs(model: nn.Module, example_input=None, input_shape=None) -> l
         return [example_input]
     dtype = _model_dtype(model)
     if input_shape is not None:
-        dtype = getattr(model, "example_input_dtype", None) or dtype  # e.g. token ids (torch.long)
-        return [torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)]
+        # e.g. token ids (torch.long): the model's own record, else what inference says its input is
+        given = getattr(model, "example_input_dtype", None)
+        if given is None:
+            guess = infer_example_input(model)
+            given = guess.dtype if guess is not None else None
+        return [torch.zeros(tuple(int(s) for s in input_shape), dtype=given or dtype)]
     guess = infer_example_input(model)
     if guess is None:
         raise ShapeMismatchError(

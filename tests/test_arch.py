@@ -384,6 +384,9 @@ def test_hf_folder_loads_its_weights_offline_and_infers_token_ids(tmp_path, bert
 
     guess = infer_example_input(model)
     assert guess.shape == (1, 8) and guess.dtype == torch.long and "token ids" in guess.source
+    from symgraph.trace import resolve_example_input
+
+    assert resolve_example_input(model, None, (2, 5)).dtype == torch.long  # --input-shape keeps token ids
 
 
 def test_hf_pytorch_model_bin_is_read_weights_only_and_a_malicious_one_is_refused(capsys, tmp_path, bert_dir):
