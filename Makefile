@@ -1,20 +1,30 @@
 # Two commands do everything on a fresh machine (see README):
 #   make demo   -- create .venv, install, run the automorphism CLI on the built-in example model
-#   make test   -- create .venv, install, run the test suite (+ ruff)
+#   make test   -- create .venv, install, run ruff and the default test suite
+# The main environment is the CPU wheel of torch (constraints/cpu.txt) with transformers (Hugging Face
+# folders need no torchvision). torchvision and timm need torch 2.14.1 here (PyPI's torchvision does not
+# import beside the CPU wheel of 2.13.0), so they live in a second environment: make test-models.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MVENV := .venv-models
+MBIN := $(MVENV)/bin
+MSTAMP := $(MVENV)/.installed
 
-.PHONY: demo test test-slow test-torchvision lint clean
+.PHONY: demo test test-slow test-models lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/cpu.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch is pinned to the CPU wheel that lies on the machine; install it first so nothing pulls a CUDA build
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test,experiments,io]"
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[test,experiments,io,hf]"
 	@touch $(STAMP)
+
+$(MSTAMP): pyproject.toml constraints/models.txt
+	@test -x $(MBIN)/python || $(PY) -m venv $(MVENV)
+	$(MBIN)/python -m pip install -q --upgrade pip
+	$(MBIN)/python -m pip install -q -c constraints/models.txt -e ".[test,experiments,io,models]"
+	@touch $(MSTAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m symgraph.demo
@@ -26,19 +36,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# Optional: torchvision models (resnet18, VisionTransformer). On this machine torchvision needs torch 2.14.1, so
-# it lives in its own environment; the project is installed there without its torch==2.13.0 pin (--no-deps).
-TVENV := .venv-tv
-test-torchvision:
-	@test -x $(TVENV)/bin/python || $(PY) -m venv $(TVENV)
-	$(TVENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(TVENV)/bin/python -m pip install -q torch-geometric networkx pynauty sympy matplotlib tqdm numpy pytest hypothesis scipy scikit-learn
-	$(TVENV)/bin/python -m pip install -q --no-deps -e .
-	$(TVENV)/bin/python -m pytest -q tests/test_models.py -k torchvision
+# torchvision and timm architectures (tests marked 'models'), in .venv-models (torch 2.14.1 + torchvision 0.29.1)
+test-models: $(MSTAMP)
+	$(MBIN)/python -m pytest -q -m models
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(TVENV) build *.egg-info
+	rm -rf $(VENV) $(MVENV) build *.egg-info

@@ -64,6 +64,8 @@ def run_case(name: str) -> dict:
     symgraph.parameter_graph(
         nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)), input_shape=(1, 1, 3, 3)
     )
+    # and once on the meta device (big models propagate shapes there; its first use imports torch._dynamo)
+    symgraph.parameter_graph(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 1, 4096, 4096))
     t_startup = time.perf_counter() - t
     model, shape = build_model(name)
     n_params = sum(p.numel() for p in model.parameters())
@@ -102,7 +104,16 @@ def run_case(name: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Run the benchmark; exit code 0 ok, 2 bad input (one ``error:`` line)."""
+    from symgraph.cli_util import run_cli  # imported here: each case's process times its own start-up
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    from symgraph.cli_util import OneLineArgumentParser
+
+    ap = OneLineArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=CASES, action="append", help="run only this case (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per case")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process

@@ -8,7 +8,7 @@ row per model and the ratio GMN / DeepSets.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import torch
@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 import gmn
 import symgraph
 from gmn.baselines import DeepSetsBaseline
+from symgraph.cli_util import OneLineArgumentParser, add_device_argument, resolve_device, run_cli
 
 
 def make_graphs(n: int, seed: int = 0) -> list[symgraph.NeuralGraph]:
@@ -55,18 +56,23 @@ def throughput(model: nn.Module, batch, steps: int, warmup: int = 1) -> float:
     return n * steps / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    """Run the benchmark; exit code 0 ok, 2 bad input (one ``error:`` line)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = gmn.train.resolve_device(args.device)
+    device = resolve_device(args.device)
     graphs = make_graphs(args.batch_size)
     batch = Batch.from_data_list([gmn.graph_to_data(g, normalize="graph") for g in graphs]).to(device)
     n_edges = sum(g.num_edges for g in graphs)
@@ -86,7 +92,8 @@ def main(argv=None) -> None:
         print(f"{name:<28s} {n_params:>9d} params  {rates[name]:10.1f} graphs/s (forward+backward)")
     a, b = rates.values()
     print(f"ratio GMN / DeepSets: {a / b:.3f} (DeepSets is {b / a:.1f}x faster)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

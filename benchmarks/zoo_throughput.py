@@ -9,20 +9,26 @@ side by side in one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
+from symgraph.cli_util import CLIError, OneLineArgumentParser, add_device_argument, resolve_device, run_cli
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Run the benchmark; exit code 0 ok, 2 bad input (one ``error:`` line)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = OneLineArgumentParser(description=__doc__)
     ap.add_argument("--arch", default="cnn2d", help="family: cnn2d, cnn1d, deepsets, resnet, vit")
     ap.add_argument("--networks", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    add_device_argument(ap, default="cpu")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -37,8 +43,7 @@ def main(argv=None) -> int:
     cfgs = [sample_config(family, i, 0) for i in range(400)]
     cfgs = [c for c in cfgs if c.arch == args.arch]
     if not cfgs or args.arch not in FAMILIES["diverse"]:
-        print(f"error: unknown arch {args.arch!r}", file=sys.stderr)
-        return 2
+        raise CLIError(f"--arch: Expected one of {', '.join(FAMILIES['diverse'])} (got {args.arch!r})")
     tmpl = cfgs[0]
     hps = [HParams(c.lr, c.weight_decay, c.label_smoothing, tmpl.optimizer, c.seed) for c in cfgs[: args.networks]]
     hps += [HParams(1e-3, 1e-4, 0.1, tmpl.optimizer, 1000 + i) for i in range(args.networks - len(hps))]
@@ -46,7 +51,7 @@ def main(argv=None) -> int:
     res = {}
     for name, vec in (("vmap", True), ("sequential", False)):
         t = time.perf_counter()
-        train_group(make, hps, data, epochs=args.epochs, device=args.device, vectorize=vec)
+        train_group(make, hps, data, epochs=args.epochs, device=resolve_device(args.device), vectorize=vec)
         dt = time.perf_counter() - t
         res[name] = {"seconds": round(dt, 2), "networks_per_second": round(len(hps) / dt, 3)}
     res["speedup"] = round(res["sequential"]["seconds"] / res["vmap"]["seconds"], 2)

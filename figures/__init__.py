@@ -1,8 +1,8 @@
 """Figures of the paper, drawn from the objects symgraph builds: ``python -m figures`` writes them all.
 
 One module per figure; each has ``NAME``, ``STEM``, ``TITLE``, ``missing()`` and ``make(notes)`` (see
-:mod:`figures.common`). Result plots (Fig. 5 and 8 style) are in :mod:`figures.plots`, which needs neither
-symgraph nor torch: figure modules are imported only when asked for.
+:mod:`figures.common`). Result plots (Fig. 5 and 8 style) are in :mod:`figures.plots`, which needs no
+figure module: figure modules are imported only when asked for.
 
 Example
 -------

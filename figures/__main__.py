@@ -1,20 +1,22 @@
 """``python -m figures [--only NAME[,NAME]] [--format png,svg] [--out DIR]``: write the figures.
 
 Each figure is drawn from real symgraph objects and written atomically (temp file, then ``os.replace``).
-A figure (or fig6 panel) whose symgraph feature is not in this checkout is skipped with a printed note; a
-figure that fails is reported with its traceback, the others are still written, and the exit code is 1.
+A figure that fails is reported with its traceback, the others are still written, and the exit code is 1.
+Bad options are one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import traceback
+from collections.abc import Sequence
+
+from symgraph.cli_util import CLIError, OneLineArgumentParser, run_cli
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m figures", description=__doc__.splitlines()[0].split(": ", 1)[-1])
+def _parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(prog="python -m figures", description=__doc__.splitlines()[0].split(": ", 1)[-1])
     p.add_argument("--only", default=None, help="comma-separated figure names (fig1, fig2, ...) or file stems")
     p.add_argument("--format", default="png,svg", help="comma-separated formats among png, svg, pdf (default png,svg)")
     p.add_argument("--out", default=None, help="output folder (default figures/out)")
@@ -23,30 +25,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the figures; returns the exit code (0 ok, 1 a figure failed, 2 bad input)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import DEFAULT_OUT, FigureUnavailable, by_name, figure_modules, save_figure
+    from . import DEFAULT_OUT, by_name, figure_modules, save_figure
 
     if args.list:
         for mod in figure_modules():
-            why = mod.missing()
-            print(f"{mod.NAME:6s} {mod.STEM:32s} {mod.TITLE}" + (f"  [unavailable: {why}]" if why else ""))
+            print(f"{mod.NAME:6s} {mod.STEM:32s} {mod.TITLE}")
         return 0
     try:
         todo = [by_name(n.strip()) for n in args.only.split(",")] if args.only else figure_modules()
     except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
-        return 2
+        raise CLIError(err.args[0]) from None
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("png", "svg", "pdf")]
     if bad or not formats:
-        print(f"error: Expected formats among png, svg, pdf (got {args.format!r})", file=sys.stderr)
-        return 2
+        raise CLIError(f"Expected formats among png, svg, pdf (got {args.format!r})")
     out = args.out or DEFAULT_OUT
     failed = []
     for i, mod in enumerate(todo, 1):
@@ -57,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             fig = mod.make(notes)
             paths = save_figure(fig, mod.STEM, out, formats, dpi=args.dpi)
-        except FigureUnavailable as why:
-            print(f"{prefix}: skipped: {why}", flush=True)
-            continue
         except Exception:  # one broken figure must not cost the others; the exit code reports it
             print(f"{prefix}: FAILED", flush=True)
             traceback.print_exc()

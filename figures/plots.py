@@ -30,7 +30,6 @@ Example
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from symgraph.cli_util import CLIError, OneLineArgumentParser, run_cli
 
 __all__ = ["Run", "load_results", "metrics", "arch_colors", "scatter_panel", "plot_fig5", "plot_fig8", "main"]
 
@@ -245,8 +246,13 @@ def plot_fig8(runs: Sequence[Run], split: str | None = None) -> plt.Figure:
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+def main(argv: Sequence[str] | None = None) -> int:
+    """Draw the plots; returns the exit code (0 ok, 2 bad input: one ``error:`` line on stderr)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = OneLineArgumentParser(
         prog="python -m figures.plots", description="Fig. 5/8-style scatter plots of predicted vs true accuracy."
     )
     p.add_argument("results", help="results JSON or CSV (schema: see figures/plots.py)")
@@ -262,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = load_results(args.results)
     except (OSError, ValueError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CLIError(str(err)) from None
     for r in runs:
         m = metrics(r)
         print(f"{r.metanet:12s} {r.split:8s} {r.subset:5s} n={m['n']:5d}  R2={m['r2']:+.4f}  tau={m['tau']:+.4f}")

@@ -181,12 +181,10 @@ def baseline_npnfn_error(view: MLPView, gen: torch.Generator) -> float | None:
 
     ``NPLinear`` pools with means where Eqs. 49-54 use sums, so its weights map to the paper's scalars divided
     by the pooled counts; its affine offsets (the biases of ``A6``/``C5``) are not part of Eqs. 49-54 and are
-    set to zero. Returns None when the baseline is not available.
+    set to zero.
     """
-    try:
-        from gmn.baselines.npnfn import NPLinear
-    except ImportError:
-        return None
+    from gmn.baselines.npnfn import NPLinear
+
     L = view.num_layers
     b_in = [1 if h else 0 for h in view.has_bias]
     layer = NPLinear([1] * L, [1] * L, b_in, b_in).double()

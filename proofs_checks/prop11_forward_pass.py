@@ -101,15 +101,9 @@ def _outputs(g: NeuralGraph) -> torch.Tensor:
 
 
 def _computation_graph_fn():
-    import symgraph
+    from symgraph import computation_graph
 
-    fn = getattr(symgraph, "computation_graph", None)
-    if fn is None:
-        try:
-            from symgraph.computation import computation_graph as fn
-        except ImportError:
-            return None
-    return fn
+    return computation_graph
 
 
 def _one_case(g: NeuralGraph, model, x: torch.Tensor, x_graph: torch.Tensor) -> tuple[float, float | None]:

@@ -174,10 +174,8 @@ def _gmn_features(g: NeuralGraph, misroute_edge: int | None = None) -> torch.Ten
 
 def _baseline_features(g: NeuralGraph) -> torch.Tensor | None:
     """StatNN features from the team's baseline (``gmn.baselines.statnn.tensor_statistics``), same layout."""
-    try:
-        from gmn.baselines.statnn import tensor_statistics
-    except ImportError:
-        return None
+    from gmn.baselines.statnn import tensor_statistics
+
     slot, _ = g.edge_param.lookup(torch.arange(g.num_edges))
     has = slot >= 0
     stats, _count = tensor_statistics(g.edge_weight.double()[has], slot[has], len(g.edge_param.slots))

@@ -6,7 +6,7 @@ is only unpickled in full when the caller says they trust the file. What each fo
 =====================  ===========================================  ==========================================
 format                 how it is read                                what else is needed
 =====================  ===========================================  ==========================================
-state_dict (.pt)       ``torch.load(weights_only=True)``             ``arch`` (a name from ``symgraph.models``)
+state_dict (.pt)       ``torch.load(weights_only=True)``             ``arch`` (see :mod:`symgraph.arch`)
 checkpoint dict        same; the state_dict under ``state_dict``,    ``arch``
                        ``model_state_dict``, ``model``, ...
 pickled ``nn.Module``  ``torch.load(weights_only=False)``            ``trust=True`` (it can run any code)
@@ -21,9 +21,17 @@ safetensors            ``safetensors.torch.load_file``               ``arch``
 =====================  ===========================================  ==========================================
 
 The format is detected from the file's content (zip layout, pickle opcode, safetensors header), not from
-its extension. Every failure is a :class:`~symgraph.errors.ModelLoadError` with a one-line message;
-a state_dict that does not fit its architecture raises :class:`StateDictMismatchError` (a ModelLoadError
-and a ShapeMismatchError) naming the first mismatching key: ``"Expected ... (got ...)"``.
+its extension. ``arch`` is any form of :mod:`symgraph.arch`: a registry name, ``torchvision:NAME``,
+``timm:NAME``, ``hf:DIR``, ``sequential:act=relu`` or ``package.module:Class``. A Hugging Face folder
+(``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``, sharded or not) loads from its path
+alone: ``load_model("hf:path/to/bert")`` or ``load_model("path/to/bert")``; its weight files are read by
+the same safe readers. State_dicts saved through ``DataParallel`` (``module.``), ``torch.compile``
+(``_orig_mod.``) or a wrapper (``model.``) load after the prefix is stripped (``LoadInfo.notes`` says so), and
+tied parameters (e.g. an ``lm_head`` tied to the embedding) may be stored once.
+
+Every failure is a :class:`~symgraph.errors.ModelLoadError` with a one-line message; a state_dict that does
+not fit its architecture raises :class:`StateDictMismatchError` (a ModelLoadError and a ShapeMismatchError)
+naming the first mismatching key: ``"Expected ... (got ...)"``.
 
 Example
 -------
@@ -54,6 +62,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import arch as _arch
 from .errors import ModelLoadError, ShapeMismatchError
 
 __all__ = [
@@ -407,12 +416,31 @@ def _unwrap(obj: Any, where: str) -> tuple[Any, str, list[str]]:
     )
 
 
+#: Key prefixes that wrappers add: DataParallel/DistributedDataParallel, torch.compile, Lightning-style wrappers.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
 def _strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    # DataParallel / DistributedDataParallel / torch.compile save keys under 'module.' or '_orig_mod.'.
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
-            return {k[len(prefix) :]: v for k, v in state.items()}, [f"stripped the {prefix!r} key prefix"]
-    return state, []
+    """Strip wrapper prefixes (repeatedly: ``_orig_mod.module.``) shared by every key and by no expected key."""
+    notes = []
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                notes.append(f"stripped the key prefix {prefix!r} from every key")
+                changed = True
+    return state, notes
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """state_dict key -> the other keys that are the same tensor (tied parameters, e.g. lm_head = embedding)."""
+    groups: dict[tuple, list[str]] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if v.numel() and v.device.type != "meta":
+            groups.setdefault((v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype), []).append(k)
+    return {k: [o for o in ks if o != k] for ks in groups.values() if len(ks) > 1 for k in ks}
 
 
 def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state_dict") -> list[str]:
@@ -440,10 +468,18 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: s
     """
     expected = model.state_dict()
     state, notes = _strip_wrapper_prefix(dict(state), expected)
+    tied = _tied_aliases(model)
     for k, v in expected.items():
         if k not in state:
+            alias = next((a for a in tied.get(k, ()) if a in state), None)
+            if alias is not None:
+                state[k] = state[alias]
+                notes.append(f"{k!r} is tied to {alias!r} (stored once in the file)")
+                continue
             near = [s for s in state if s not in expected][:3]
             got = "no such key" + (f"; the file has unmatched keys {near}" if near else "")
+            if _arch.looks_sequential(state) and not _arch.looks_sequential(expected):
+                got += "; the file looks like a plain nn.Sequential state_dict: try --arch sequential:act=relu"
             raise StateDictMismatchError(f"key {k!r} of shape {tuple(v.shape)}", got, where)
         if tuple(state[k].shape) != tuple(v.shape):
             raise StateDictMismatchError(f"{k!r} of shape {tuple(v.shape)}", f"shape {tuple(state[k].shape)}", where)
@@ -465,40 +501,29 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: s
     return notes
 
 
-def build_arch(arch: str) -> nn.Module:
-    """Build the architecture ``"NAME[:k=v,...]"`` from :mod:`symgraph.models`.
+def build_arch(arch: str, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build the architecture ``arch`` (any form of :mod:`symgraph.arch`) at random init.
+
+    ``state`` is needed by ``sequential:...``, which rebuilds an ``nn.Sequential`` from the keys and shapes of
+    a state_dict.
 
     Example
     -------
-    >>> type(build_arch("mlp")).__name__ != ""
-    True
+    >>> type(build_arch("mlp")).__name__
+    'MLP'
     """
-    try:
-        from .models import build_model, list_models, parse_arch
-    except ImportError as exc:
-        raise ModelLoadError(f"the model registry symgraph.models is not available ({exc})") from None
-    try:
-        name, kwargs = parse_arch(arch)
-    except Exception as exc:
-        raise ModelLoadError(f"--arch: Expected NAME[:k=v,...] (got {arch!r}: {_first_line(exc)})") from None
-    names = list(list_models())
-    if name not in names:
-        raise ModelLoadError(f"--arch: Expected one of {', '.join(names)} (got {name!r})")
-    try:
-        return build_model(name, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"--arch {arch!r}: could not build the model: {_first_line(exc)}") from None
+    return _arch.build_arch(arch, state=state)
 
 
-def _need_arch(where: str, what: str) -> ModelLoadError:
-    try:
-        from .models import list_models
+def _need_arch(where: str, what: str, state: Mapping[str, Any] | None = None) -> ModelLoadError:
+    from .models import list_models
 
-        available = ", ".join(list_models())
-    except ImportError:
-        available = "(model registry unavailable)"
+    hint = ""
+    if state is not None and _arch.looks_sequential(state):
+        hint = " (its keys look like a plain nn.Sequential: --arch sequential:act=relu rebuilds it from the file)"
     return ModelLoadError(
-        f"{where} holds {what}; give its architecture with --arch NAME[:k=v,...] (arch=...); available: {available}"
+        f"{where} holds {what}; give its architecture with --arch (arch=...){hint}: a registry name "
+        f"({', '.join(list_models())}) or one of {', '.join(_arch.ARCH_FORMS[1:])}"
     )
 
 
@@ -548,19 +573,163 @@ def load_state_dict_file(
     return state, "export", [], shape
 
 
+#: Weight files of a Hugging Face folder, in the order ``from_pretrained`` prefers them.
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _hf_target(path: str | Path | None, arch: str | None) -> tuple[Path | None, str | None]:
+    """``("hf:DIR", None)`` or ``(DIR with config.json, None)`` -> ``(None, "hf:DIR")``; anything else unchanged."""
+    text = str(path) if path is not None else None
+    if text is not None and text.startswith("hf:"):
+        if arch is not None and arch != text:
+            raise ModelLoadError(f"{text!r} names its architecture itself; Expected no --arch (got {arch!r})")
+        return None, text
+    if path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file() and arch is None:
+        return None, f"hf:{text}"
+    return (Path(path) if path is not None else None), arch
+
+
+def hf_weight_files(folder: str | Path) -> list[Path]:
+    """The weight files of a Hugging Face folder (one file, or the shards its ``*.index.json`` lists).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> hf_weight_files(tempfile.mkdtemp())
+    []
+    """
+    d = Path(folder)
+    for name in HF_WEIGHT_FILES:
+        p = d / name
+        if not p.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [p]
+        try:
+            weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{str(p)!r}: Expected a shard index with a 'weight_map' ({_first_line(exc)})"
+            ) from None
+        files = [d / s for s in shards]
+        bad = [s for s, f in zip(shards, files, strict=True) if Path(s).name != s or not f.is_file()]
+        if bad:
+            raise ModelLoadError(f"{str(p)!r}: Expected the shard {bad[0]!r} in {str(d)!r} (got no such file)")
+        return files
+    return []
+
+
+def _load_hf(
+    file: Path | None, arch: str, trust: bool, map_location: Any
+) -> tuple[nn.Module, str, str, list[str], int]:
+    """A Hugging Face model: ``(model, format, where, notes, num_tensors)``.
+
+    Weights are read by this module's safe readers (safetensors, or ``torch.load(weights_only=True)`` for
+    ``pytorch_model.bin``); transformers' ``from_pretrained`` only ever sees safetensors (``use_safetensors``),
+    so that its checkpoint key conversions (older layouts of the same class) apply. A state_dict that fits the
+    built model as it is loads directly.
+    """
+    folder = _arch.hf_folder(arch[3:], arch)
+    cls, config = _arch.hf_class_and_config(folder, arch)
+    notes: list[str] = []
+    if file is None:
+        files = hf_weight_files(folder)
+        if not files:
+            raise ModelLoadError(
+                f"{str(folder)!r}: Expected weights beside config.json ({' or '.join(HF_WEIGHT_FILES[::2])}) "
+                "(got none); for the architecture at random init use --example hf:DIR"
+            )
+        where = str(files[0]) if len(files) == 1 else f"{str(folder)} ({len(files)} shards)"
+        if files[0].name.endswith(".safetensors"):
+            model = _hf_from_safetensors(cls, config, folder, where)
+            return model, "safetensors", where, notes, len(model.state_dict())
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            obj, fmt, _, _ = load_state_dict_file(f, trust=trust, map_location=map_location)
+            if isinstance(obj, nn.Module):
+                raise ModelLoadError(f"{str(f)!r}: Expected weights (got a pickled {type(obj).__name__} module)")
+            state.update(obj)
+    else:
+        obj, fmt, notes, _ = load_state_dict_file(file, trust=trust, map_location=map_location)
+        where = str(file)
+        if isinstance(obj, nn.Module):
+            notes.append(f"--arch {arch} ignored: the file holds the whole module")
+            return obj, fmt, where, notes, len(obj.state_dict())
+        state = obj
+    model = build_arch(arch)
+    try:
+        notes.extend(fit_state_dict(model, state, where=where))
+        return model, fmt, where, notes, len(state)
+    except StateDictMismatchError:
+        pass  # perhaps an older key layout of the same class: let transformers convert it
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="symgraph-hf-") as tmp:
+        (Path(tmp) / "config.json").write_bytes((folder / "config.json").read_bytes())
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
+        model = _hf_from_safetensors(cls, config, Path(tmp), where)
+    notes.append("keys converted by transformers' from_pretrained (an older layout of the same class)")
+    return model, fmt, where, notes, len(state)
+
+
+def _hf_from_safetensors(cls: Any, config: Any, folder: Path, where: str) -> nn.Module:
+    """``cls.from_pretrained`` on a folder of safetensors only, offline; mismatches as StateDictMismatchError."""
+    try:
+        with _arch.quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(folder),
+                config=config,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: transformers could not load it: {_first_line(exc)}") from None
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        first = mismatched[0] if isinstance(mismatched[0], tuple) else (mismatched[0],)
+        k, got, want = (tuple(first) + (None, None))[:3]
+        shape_of = lambda t: tuple(t) if t is not None else "?"  # noqa: E731
+        raise StateDictMismatchError(f"{k!r} of shape {shape_of(want)}", f"shape {shape_of(got)}", where)
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    if missing:
+        near = unexpected[:3]
+        got = "no such key" + (f"; the file has unmatched keys {near}" if near else "")
+        raise StateDictMismatchError(f"key {missing[0]!r}", got, where)
+    if unexpected:
+        raise StateDictMismatchError(
+            f"only the keys of {type(model).__name__}", f"unexpected key {unexpected[0]!r}", where
+        )
+    return model
+
+
 def load_model(
-    path: str | Path, arch: str | None = None, trust: bool = False, map_location: Any = "cpu"
+    path: str | Path | None, arch: str | None = None, trust: bool = False, map_location: Any = "cpu"
 ) -> tuple[nn.Module, LoadInfo]:
     """Load a model file safely and return an fx-traceable ``nn.Module`` in eval mode, and what was done.
 
     Parameters
     ----------
-    path : str or Path
+    path : str or Path or None
         A ``torch.save`` file (state_dict, checkpoint dict or pickled module), a TorchScript archive,
         a ``torch.export`` ``.pt2`` archive, or a safetensors file. The format is read from the content.
+        ``"hf:DIR"`` or a folder with ``config.json`` is a Hugging Face model (weights from the folder);
+        ``None`` with ``arch="hf:DIR"`` too.
     arch : str, optional
-        ``"NAME[:k=v,...]"`` from :func:`symgraph.models.list_models`; required for everything except a
-        pickled module (weights alone do not say how they are wired).
+        The architecture, in any form of :mod:`symgraph.arch` (``"mlp:hidden=64"``,
+        ``"torchvision:resnet18"``, ``"timm:resnet18"``, ``"hf:DIR"``, ``"sequential:act=relu"``,
+        ``"mypkg.nets:Net"``); required for everything except a pickled module and a Hugging Face folder
+        (weights alone do not say how they are wired).
     trust : bool
         Allow full unpickling (arbitrary code execution) for pickled modules. Never needed for weights.
     map_location : str or torch.device
@@ -587,8 +756,18 @@ def load_model(
     >>> info.format, info.arch
     ('safetensors', 'mlp')
     """
-    obj, fmt, notes, shape = load_state_dict_file(path, trust=trust, map_location=map_location)
-    where = str(path)
+    file, arch = _hf_target(path, arch)
+    if arch is not None and arch.startswith("hf:"):
+        model, fmt, where, notes, n = _load_hf(file, arch, trust, map_location)
+        if map_location is not None:
+            model.to(map_location)
+        model.eval()
+        info = LoadInfo(where, fmt, arch, type(model).__name__, n, None, tuple(notes))
+        return model, info
+    if file is None:
+        raise ModelLoadError(f"Expected a model file, or arch='hf:DIR' for a Hugging Face folder (got {arch!r})")
+    obj, fmt, notes, shape = load_state_dict_file(file, trust=trust, map_location=map_location)
+    where = str(file)
     if isinstance(obj, nn.Module):
         if arch is not None:
             notes.append(f"--arch {arch} ignored: the file holds the whole module")
@@ -606,8 +785,8 @@ def load_model(
                 "export": "a torch.export program, whose ATen-level graph symgraph cannot encode (we rebuild "
                 "it from its architecture and load its weights)",
             }[fmt]
-            raise _need_arch(where, what)
-        model = build_arch(arch)
+            raise _need_arch(where, what, obj)
+        model = build_arch(arch, state=obj)
         notes.extend(fit_state_dict(model, obj, where=where))
         arch_used = arch
         n = len(obj)

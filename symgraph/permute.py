@@ -82,9 +82,13 @@ def permute_model(
     perm : LongTensor [N]
         Node permutation of the parameter graph (``perm[i]`` = image of ``i``); must be an automorphism.
     example_input, input_shape
-        Used to build the parameter graph when ``graph`` is not given.
-    graph : NeuralGraph, optional
-        The model's parameter graph (its structure is used; the weights are read from ``model``).
+        Used to build the parameter graph when ``graph`` is not given. Without them the input is inferred
+        (:func:`symgraph.input_shapes.infer_example_input`), which includes the input the model's last
+        parameter graph was built with: after ``aut = automorphism_group(cnn, input_shape=s)``,
+        ``permute_model(cnn, aut.random_element())`` builds the same graph.
+    graph : NeuralGraph or AutomorphismGroup, optional
+        The model's parameter graph, or the group computed on it (``aut``: its ``aut.graph`` is used); its
+        structure is used, the weights are read from ``model``. Saves rebuilding the graph.
     check : bool
         Refuse permutations that are not automorphisms (``ValueError``). With ``check=False`` any
         permutation that maps the coloured edge set onto itself is applied, even one moving fixed nodes
@@ -99,15 +103,28 @@ def permute_model(
     >>> torch.allclose(symgraph.permute_model(m, p)(x), m(x), atol=1e-6)
     True
     """
-    if graph is None:
-        from .build import parameter_graph
-
-        graph = parameter_graph(model, example_input=example_input, input_shape=input_shape)
+    graph = _parameter_graph_of(model, graph, example_input, input_shape)
     g = graph_with_model_weights(graph, model)
     new_state = _state_like(g.permute(torch.as_tensor(perm, dtype=torch.long), check=check), model.state_dict())
     out = copy.deepcopy(model)
     out.load_state_dict(new_state)
     return out
+
+
+def _parameter_graph_of(model: nn.Module, graph, example_input, input_shape):
+    """``graph`` itself, the graph of a group (``aut.graph``), or the model's parameter graph built here."""
+    if graph is not None and not hasattr(graph, "edge_index") and hasattr(graph, "graph"):
+        graph = graph.graph  # an AutomorphismGroup
+    if graph is not None:
+        kind = getattr(graph, "kind", "parameter")
+        if kind != "parameter":
+            raise ShapeMismatchError(
+                "the model's parameter graph (or a group computed on it)", f"a {kind} graph's group or graph"
+            )
+        return graph
+    from .build import parameter_graph
+
+    return parameter_graph(model, example_input=example_input, input_shape=input_shape)
 
 
 def _tensors(x) -> list[torch.Tensor]:
@@ -158,7 +175,9 @@ def check_function_preservation(
     forward; dropout is switched off in train mode (see ``_set_mode``). ``perm`` need not be an
     automorphism (this is a checker): a permutation that moves fixed nodes but maps the coloured edge set
     onto itself is applied as it is; one that does not even map the edge set onto itself has no Phi, and
-    the result is ``inf``.
+    the result is ``inf``. ``graph`` may be the model's parameter graph or the group computed on it
+    (``aut``); without it the graph is built with ``example_input`` / ``input_shape``, else with
+    ``inputs[:1]``.
 
     Example
     -------
@@ -168,15 +187,15 @@ def check_function_preservation(
     >>> symgraph.check_function_preservation(m, aut.random_element(), torch.randn(4, 2)) < 1e-12
     True
     """
-    from .build import parameter_graph
-
     base = copy.deepcopy(model).double()
     x = _to_double(inputs)
     if graph is None:
         ex = _to_double(example_input) if example_input is not None else None
         if ex is None and input_shape is None and isinstance(x, torch.Tensor):
             ex = x[:1]
-        graph = parameter_graph(base, example_input=ex, input_shape=input_shape)
+        graph = _parameter_graph_of(base, None, ex, input_shape)
+    else:
+        graph = _parameter_graph_of(base, graph, None, None)
     perm = torch.as_tensor(perm, dtype=torch.long)
     try:
         permuted = permute_model(base, perm, graph=graph, check=False)

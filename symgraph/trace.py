@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .builder import Features, GraphBuilder
 from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from .input_shapes import infer_example_input, remember_example_input
 from .registry import encoder_for_function, encoder_for_module
 
 __all__ = [
@@ -115,26 +115,45 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
 def resolve_example_input(model: nn.Module, example_input=None, input_shape=None) -> torch.Tensor:
-    """The example input: given, built from ``input_shape``, or inferred for models whose first layer says."""
+    """The example input: given, built from ``input_shape``, or inferred from the model
+    (:func:`symgraph.input_shapes.infer_example_input`: the last input its graph was built with, its
+    ``example_input_shape``, Hugging Face / timm / torchvision configuration, or its first layer).
+
+    Example
+    -------
+    >>> import torch.nn as nn
+    >>> resolve_example_input(nn.Sequential(nn.Linear(5, 2))).shape
+    torch.Size([1, 5])
+    """
+    return _example_inputs(model, example_input, input_shape)[0]
+
+
+def _example_inputs(model: nn.Module, example_input=None, input_shape=None) -> list[torch.Tensor]:
+    """The example input, then larger alternatives to try when an inferred shape is too small."""
     if example_input is not None:
-        return example_input
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    dtype = getattr(model, "example_input_dtype", None) or dtype  # e.g. token ids (torch.long) for embeddings
+        return [example_input]
+    dtype = _model_dtype(model)
     if input_shape is not None:
-        return torch.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
-    shape = getattr(model, "example_input_shape", None)
-    if shape is not None:
-        return torch.zeros(tuple(shape), dtype=dtype)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return torch.zeros((1, m.in_features), dtype=dtype)
-        if isinstance(m, nn.Flatten | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            break
-    raise ShapeMismatchError(
-        "an example input or input_shape for a model whose first layer is not nn.Linear",
-        f"neither for {type(model).__name__}",
-    )
+        # e.g. token ids (torch.long): the model's own record, else what inference says its input is
+        given = getattr(model, "example_input_dtype", None)
+        if given is None:
+            guess = infer_example_input(model)
+            given = guess.dtype if guess is not None else None
+        return [torch.zeros(tuple(int(s) for s in input_shape), dtype=given or dtype)]
+    guess = infer_example_input(model)
+    if guess is None:
+        raise ShapeMismatchError(
+            "an example input or input_shape for this model (its input could not be inferred: it has no "
+            "example_input_shape, no Hugging Face/timm/torchvision configuration, and its first layer is neither "
+            "nn.Linear nor a convolution with adaptive pooling before the head)",
+            f"neither for {type(model).__name__}",
+        )
+    return [torch.zeros(s, dtype=guess.dtype or dtype) for s in (guess.shape,) + guess.alternatives]
 
 
 def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -146,25 +165,86 @@ def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(gm, memo)
 
 
+@dataclass(frozen=True)
+class _TensorMeta:
+    """Shape and dtype of one traced tensor value (what the encoders read)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _tensor_meta(value: Any) -> tuple[Any, bool]:
+    """(``value`` with every tensor replaced by its :class:`_TensorMeta`, whether it held a tensor)."""
+    if isinstance(value, torch.Tensor):
+        return _TensorMeta(tuple(value.shape), value.dtype), True
+    if isinstance(value, tuple | list):
+        items = [_tensor_meta(v) for v in value]
+        return tuple(m for m, _ in items), any(f for _, f in items)
+    if isinstance(value, dict):
+        items = {k: _tensor_meta(v) for k, v in value.items()}
+        return {k: m for k, (m, _) in items.items()}, any(f for _, f in items.values())
+    return value, False
+
+
+class _ShapeInterpreter(fx.Interpreter):
+    """Runs the traced graph and records each node's output shape and dtype in ``node.meta["tensor_meta"]``.
+
+    torch.fx's own ``ShapeProp`` imports ``torch._dynamo`` and sympy on its first use (about 1.3 s before any
+    work); this records only what the encoders need.
+    """
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        meta, found = _tensor_meta(result)
+        if found:
+            n.meta["tensor_meta"] = meta
+        return result
+
+
+#: Below this many multiply-adds (parameters x input positions) a real forward pass on the example input costs
+#: microseconds, and shapes are propagated for real; above it, on the meta device (no arithmetic). The meta
+#: path's first use imports torch._dynamo and sympy (about 1.3 s, through ``torch._check`` in meta kernels),
+#: which a small model's CLI run must not pay.
+REAL_SHAPE_PROP_WORK = 50_000_000
+
+
+def _shape_work(model: nn.Module, x: torch.Tensor) -> int:
+    positions = 1
+    for s in tuple(x.shape)[2:]:
+        positions *= int(s)
+    return sum(p.numel() for p in model.parameters()) * max(1, positions)
+
+
+def _run_meta(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    meta_gm = _meta_copy(gm)
+    meta_gm.eval()
+    with torch.no_grad():
+        _ShapeInterpreter(meta_gm).run(x.to("meta"))
+    for n, mn in zip(gm.graph.nodes, meta_gm.graph.nodes):
+        if "tensor_meta" in mn.meta:
+            n.meta["tensor_meta"] = mn.meta["tensor_meta"]
+
+
+def _run_real(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        _ShapeInterpreter(gm).run(x)
+
+
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, x: torch.Tensor) -> None:
-    """Shapes of every traced value. Tried on the meta device first (no arithmetic: a deep CNN's forward pass
-    would dominate the build time), then for real if some op has no meta kernel."""
+    """Shapes of every traced value: by a real forward pass in eval mode when that is cheap (see
+    :data:`REAL_SHAPE_PROP_WORK`), else on the meta device (a deep CNN's forward pass would dominate the build
+    time); each path falls back to the other."""
     was_training = model.training
+    real_first = x.device.type != "meta" and _shape_work(model, x) <= REAL_SHAPE_PROP_WORK
+    first, second = (_run_real, _run_meta) if real_first else (_run_meta, _run_real)
     try:
         model.eval()
         try:
-            meta_gm = _meta_copy(gm)
-            meta_gm.eval()
-            with torch.no_grad():
-                ShapeProp(meta_gm).propagate(x.to("meta"))
-            for n, mn in zip(gm.graph.nodes, meta_gm.graph.nodes):
-                if "tensor_meta" in mn.meta:
-                    n.meta["tensor_meta"] = mn.meta["tensor_meta"]
+            first(gm, x)
             return
-        except Exception:  # noqa: BLE001 - fall back to a real forward pass below
+        except Exception:  # noqa: BLE001 - e.g. an op without a meta kernel: try the other path below
             pass
-        with torch.no_grad():
-            ShapeProp(gm).propagate(x)
+        second(gm, x)
     except Exception as exc:
         raise ShapeMismatchError(
             "an input the model accepts",
@@ -204,14 +284,21 @@ def _trace_failure(model: nn.Module, failed_at, exc: Exception) -> str:
 
 def trace_model(model: nn.Module, example_input=None, input_shape=None) -> tuple[ModelSpec, fx.GraphModule]:
     """Trace ``model`` with torch.fx and propagate shapes; returns the spec and the GraphModule."""
-    x = resolve_example_input(model, example_input, input_shape)
+    candidates = _example_inputs(model, example_input, input_shape)
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; users get one clear error
         raise TraceError(_trace_failure(model, tracer.failed_at, exc)) from None
     gm = fx.GraphModule(model, graph)
-    _propagate_shapes(gm, model, x)
+    for i, x in enumerate(candidates):
+        try:
+            _propagate_shapes(gm, model, x)
+            break
+        except ShapeMismatchError:
+            if i + 1 == len(candidates):
+                raise
+    remember_example_input(model, x)  # later builds without an input (permute_model, ...) get the same graph
     ops = []
     for n in gm.graph.nodes:
         meta = n.meta.get("tensor_meta")

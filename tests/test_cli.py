@@ -174,13 +174,10 @@ def test_every_file_format_gives_the_same_group_as_the_model(capsys, tmp_path, m
         [str(tmp_path / "ts.pt"), "--arch", ARCH],
         [str(tmp_path / "m.pt2"), "--arch", ARCH],
     ]
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file  # the 'io' extra: installed by make test
 
-        save_file(mlp.state_dict(), str(tmp_path / "w.safetensors"))
-        runs.append([str(tmp_path / "w.safetensors"), "--arch", ARCH])
-    except ImportError:
-        pass
+    save_file(mlp.state_dict(), str(tmp_path / "w.safetensors"))
+    runs.append([str(tmp_path / "w.safetensors"), "--arch", ARCH])
     for argv in runs:
         assert _order_of(capsys, argv + ["--verify", "1"]) == expected, argv
 
@@ -338,6 +335,49 @@ def test_end_to_end_bad_input_is_one_line_without_traceback(tmp_path):
     assert r.returncode == 2
     assert r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+_HEAVY = ("torch._dynamo", "sympy", "scipy", "networkx", "matplotlib", "torch_geometric")
+
+
+def _modules_after(code: str) -> set[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    probe = code + "\nimport sys; print(' '.join(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return set(r.stdout.split())
+
+
+def test_cli_cold_start_loads_no_heavy_module_and_the_probe_sees_them_when_used():
+    """Issue 21 item 6: the built-in MLP's CLI run imports neither torch._dynamo (meta shape propagation)
+    nor sympy, scipy, networkx, matplotlib or torch_geometric."""
+    loaded = _modules_after(
+        "from symgraph.automorphisms.__main__ import main; main(['--example', 'mlp', '--verify', '2'])"
+    )
+    assert not [m for m in _HEAVY if m in loaded], [m for m in _HEAVY if m in loaded]
+    # negative control: the probe does see them once they are used (to_networkx; the meta path of big models)
+    used = _modules_after(
+        "import torch.nn as nn, symgraph, symgraph.trace as t\n"
+        "symgraph.parameter_graph(nn.Sequential(nn.Linear(2, 2))).to_networkx()\n"
+        "t.REAL_SHAPE_PROP_WORK = 0\n"
+        "symgraph.parameter_graph(nn.Sequential(nn.Linear(3, 2)))"
+    )
+    assert {"networkx", "torch._dynamo", "sympy"} <= used
+
+
+def test_shapes_are_propagated_for_real_on_small_models_and_on_meta_on_big_ones(monkeypatch):
+    import torch.nn as nn
+
+    import symgraph
+    from symgraph import trace
+
+    calls = []
+    for name in ("_run_real", "_run_meta"):
+        fn = getattr(trace, name)
+        monkeypatch.setattr(trace, name, lambda gm, x, _f=fn, _n=name: (calls.append(_n), _f(gm, x))[1])
+    symgraph.parameter_graph(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1)), input_shape=(1, 1, 8, 8))
+    symgraph.parameter_graph(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 1, 4096, 4096))
+    assert calls == ["_run_real", "_run_meta"]
 
 
 # ------------------------------------------------------------------------------------------------ cli_util

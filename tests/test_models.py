@@ -251,9 +251,10 @@ def _torchvision_model(name):
     return vit.double(), (2, 3, 32, 32)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("name", ["resnet18", "vit_small"])
 def test_torchvision_model_round_trips_and_keeps_its_function_under_random_symmetries(name, tol):
-    """Optional extra (torchvision needs torch 2.14.1 here: `make test-torchvision` builds that environment)."""
+    """The models environment (torchvision needs torch 2.14.1 here: `make test-models` builds it)."""
     model, shape = _torchvision_model(name)
     g = symgraph.parameter_graph(model, input_shape=(1,) + shape[1:])
     _check_counts_and_inverse(g, model)

@@ -193,3 +193,45 @@ def test_float32_batchnorm_cnn_with_its_float32_graph_passes_in_train_mode_at_fl
     swap_out[int(out[0])], swap_out[int(out[1])] = int(out[1]), int(out[0])
     assert not aut.contains(swap_out)
     assert symgraph.check_function_preservation(model, swap_out, x, graph=g, modes=("train",)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- inferred inputs
+def _flatten_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
+
+
+def test_permute_model_after_automorphism_group_needs_no_shape_again():
+    """Issue 21 item 3: the input the group's graph was built with is remembered on the model."""
+    cnn = _flatten_cnn()
+    aut = symgraph.automorphism_group(cnn, input_shape=(1, 2, 6, 6))
+    perm = aut.random_element(torch.Generator().manual_seed(1))
+    x = torch.randn(3, 2, 6, 6)
+    permuted = symgraph.permute_model(cnn, perm)
+    with torch.no_grad():
+        assert float((permuted(x) - cnn(x)).abs().max()) < 1e-5
+    assert symgraph.check_function_preservation(cnn, perm, x) < 1e-12
+    assert symgraph.check_function_preservation(cnn, perm, x, graph=aut) < 1e-12  # the group itself
+    assert symgraph.permute_model(cnn, perm, graph=aut).state_dict().keys() == cnn.state_dict().keys()
+    # negative control: a fresh model of the same architecture has no remembered input, and a flatten head
+    # does not say its input size
+    with pytest.raises(symgraph.ShapeMismatchError, match="input could not be inferred"):
+        symgraph.permute_model(_flatten_cnn(), perm)
+
+
+def test_cnn_with_adaptive_pooling_gets_an_inferred_input_and_larger_ones_when_too_small():
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert symgraph.parameter_graph(small).spec.input_shape == (1, 3, 64, 64)
+    strided = nn.Sequential(
+        *[nn.Conv2d(3, 3, 3, stride=4) for _ in range(3)], nn.Conv2d(3, 3, 3), nn.AdaptiveAvgPool2d(1)
+    )
+    assert symgraph.parameter_graph(strided).spec.input_shape == (1, 3, 224, 224)  # 64 and 128 are too small
+    with pytest.raises(symgraph.ShapeMismatchError, match="could not be inferred"):
+        symgraph.parameter_graph(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 62 * 62, 2)))
+
+
+def test_a_computation_graph_group_is_refused_by_permute_model():
+    m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    aut = symgraph.automorphism_group(m, graph="computation", input_shape=(1, 2))
+    with pytest.raises(symgraph.ShapeMismatchError, match="parameter graph"):
+        symgraph.permute_model(m, aut.random_element(), graph=aut)

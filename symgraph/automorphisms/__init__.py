@@ -10,6 +10,7 @@ from .group import AutomorphismGroup, automorphism_group, compute_group
 from .nauty import NautyResult, naive_autgrp, nauty_autgrp
 from .report import Report, ReportRow, soundness_report
 from .twins import TwinReduction, reduce_twins
+from .verify import VERIFY_RTOL, VerifyResult, verify_automorphisms
 
 __all__ = [
     "AutomorphismGroup",
@@ -26,4 +27,7 @@ __all__ = [
     "ConjectureResult",
     "check_conjecture_c5",
     "lift_to_computation_graph",
+    "verify_automorphisms",
+    "VerifyResult",
+    "VERIFY_RTOL",
 ]

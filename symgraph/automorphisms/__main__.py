@@ -12,13 +12,11 @@ Example
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +33,17 @@ from ..cli_util import (
     add_device_argument,
     atomic_open,
     held_stderr,
-    one_line,
     parse_int_tuple,
     resolve_device,
     run_cli,
     torch_threads,
 )
-from ..errors import SymgraphError
+from ..models import list_models
+from .group import automorphism_group
+from .report import soundness_report
+from .verify import VERIFY_RTOL, VerifyResult, verify_automorphisms
 
 __all__ = ["main", "build_parser", "verify_automorphisms", "VerifyResult", "VERIFY_RTOL"]
-
-#: A permuted model passes verification when max|f(x) - f_perm(x)| <= VERIFY_RTOL * max(1, max|f(x)|),
-#: computed in float64: exact symmetries leave only floating-point reassociation error (about 1e-15).
-VERIFY_RTOL = 1e-9
 
 _EPILOG = """\
 examples:
@@ -57,6 +53,15 @@ examples:
       one JSON object: order (decimal string), log10_order, num_nodes, num_edges, generators, factors, seconds
   python -m symgraph.automorphisms weights.pt --arch mlp:hidden=64 --verify 4
       a state_dict (or .safetensors, TorchScript, torch.export .pt2 file) rebuilt from a registry architecture
+  python -m symgraph.automorphisms resnet18.pt --arch torchvision:resnet18:num_classes=10
+  python -m symgraph.automorphisms weights.safetensors --arch timm:resnet18
+      torchvision / timm architectures, built at random init (never downloading) and given the file's weights
+  python -m symgraph.automorphisms hf:path/to/bert
+      a Hugging Face folder: config.json, weights from model.safetensors or pytorch_model.bin beside it
+  python -m symgraph.automorphisms mlp.pt --arch sequential:act=relu
+      a plain nn.Sequential state_dict (keys 0.weight, 2.weight, ...) rebuilt from the file alone
+  python -m symgraph.automorphisms weights.pt --arch mypkg.nets:MyNet:width=64
+      your own class: imports mypkg.nets like python -m would (current directory first) and RUNS ITS CODE
   python -m symgraph.automorphisms model.pt --trust
       a whole pickled nn.Module: only with --trust, since unpickling can execute arbitrary code
   python -m symgraph.automorphisms --example vit --report --encoding paper
@@ -65,9 +70,22 @@ examples:
       save the generators (node permutations, LongTensor [k, N]) with torch.save; .json also works
 
 model files: the format is read from the content. state_dicts, checkpoints ({"state_dict": ...}),
-  safetensors, TorchScript and torch.export archives need --arch NAME[:k=v,...] (TorchScript and ATen
-  graphs cannot be traced by torch.fx, so the architecture is rebuilt and their weights loaded into it);
-  pickled modules need --trust.
+  safetensors, TorchScript and torch.export archives need --arch (TorchScript and ATen graphs cannot be
+  traced by torch.fx, so the architecture is rebuilt and their weights loaded into it); pickled modules
+  need --trust. Keys saved with a 'module.', 'model.' or '_orig_mod.' prefix load after it is stripped
+  (the output's notes say so).
+
+architectures (--arch, and --example for random init):
+  NAME[:k=v,...]                  symgraph's registry (see --example)
+  torchvision:NAME[:k=v,...]      torchvision.models.get_model(NAME, weights=None, **kw)
+  timm:NAME[:k=v,...]             timm.create_model(NAME, pretrained=False, **kw)
+  hf:DIR                          transformers, from DIR/config.json (offline, no remote code)
+  sequential:act=relu             nn.Sequential of Linear/Conv layers read from the state_dict's keys
+  package.module:Class[:k=v,...]  your own class or factory; this imports and runs your module
+
+input shapes: --input-shape wins; else the model's own record is used (example_input_shape, timm's
+  pretrained_cfg, Hugging Face config, torchvision defaults) or its first layer (Linear; a convolution with
+  adaptive pooling before the head gets 64 per spatial axis). The output says which.
 
 verification: --verify N draws N random automorphisms, applies each to the parameters and buffers
   (permute_model) and compares outputs on random inputs in float64, in train and eval mode. It passes when
@@ -78,32 +96,9 @@ exit codes: 0 ok; 1 a verification (--verify or --report) failed; 2 bad input (o
 """
 
 
-def _api(name: str) -> Any:
-    """A public function of symgraph (re-exported at top level, or defined in symgraph.automorphisms)."""
-    import symgraph
-
-    fn = getattr(symgraph, name, None)
-    if fn is None:
-        from .. import automorphisms as pkg
-
-        fn = getattr(pkg, name, None)
-    if fn is None:
-        raise CLIError(f"symgraph.{name} is not available in this installation")
-    return fn
-
-
-def _available_models() -> list[str]:
-    try:
-        from ..models import list_models
-
-        return list(list_models())
-    except ImportError:
-        return []
-
-
 def build_parser() -> OneLineArgumentParser:
     """The argument parser of ``python -m symgraph.automorphisms`` (see ``--help``)."""
-    names = _available_models()
+    names = list_models()
     p = OneLineArgumentParser(
         prog="python -m symgraph.automorphisms",
         description="Compute the exact permutation-symmetry group (automorphism group of the parameter or "
@@ -111,13 +106,22 @@ def build_parser() -> OneLineArgumentParser:
         "leave the model's function unchanged.",
         epilog=_EPILOG,
     )
-    p.add_argument("model", nargs="?", help="model file (.pt/.pth state_dict or module, .pt2, .safetensors)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="model file (.pt/.pth state_dict or module, .pt2, .safetensors), or hf:DIR (a Hugging Face folder)",
+    )
     p.add_argument(
         "--example",
         metavar="NAME[:k=v,...]",
-        help="use a built-in model instead of a file" + (f" (available: {', '.join(names)})" if names else ""),
+        help=f"use a model at random init instead of a file: {', '.join(names)}, or any --arch form",
     )
-    p.add_argument("--arch", metavar="NAME[:k=v,...]", help="architecture of a weights-only model file")
+    p.add_argument(
+        "--arch",
+        metavar="SPEC",
+        help="architecture of a weights-only model file: NAME[:k=v,...], torchvision:NAME, timm:NAME, hf:DIR, "
+        "sequential:act=relu or package.module:Class (imports and runs your module; see below)",
+    )
     p.add_argument(
         "--graph",
         choices=("parameter", "computation"),
@@ -179,187 +183,31 @@ def _load(args) -> _Loaded:
         model = build_arch(args.example).eval()
         return _Loaded(model, args.example, {"example": args.example}, shape)
     if not args.model:
-        names = _available_models()
-        raise CLIError("give a model file or --example NAME" + (f" (available: {', '.join(names)})" if names else ""))
+        raise CLIError(f"give a model file or --example NAME (available: {', '.join(list_models())})")
     from ..io import load_model
 
     model, info = load_model(args.model, arch=args.arch, trust=args.trust, map_location="cpu")
-    label = f"{Path(args.model).name} ({info.format}{', arch ' + info.arch if info.arch else ''})"
+    name = args.model[3:] if str(args.model).startswith("hf:") else args.model
+    label = f"{Path(name).name} ({info.format}{', arch ' + info.arch if info.arch else ''})"
     return _Loaded(model, label, {"file": str(args.model), **info.as_dict()}, shape or info.example_input_shape)
 
 
+def _input_source(model: nn.Module, shape: tuple[int, ...] | None) -> str:
+    """Where the example input comes from, for the output (read before the graph is built)."""
+    if shape is not None:
+        return "given"
+    from ..input_shapes import infer_example_input
+
+    guess = infer_example_input(model)
+    return f"inferred: {guess.source}" if guess is not None else "not inferred"
+
+
 def _example_input(model: nn.Module, shape: tuple[int, ...] | None, required: bool = False) -> torch.Tensor | None:
-    if not required and shape is None and getattr(model, "example_input_shape", None) is None:
-        return None  # parameter_graph infers it for models that start with nn.Linear
+    if not required and shape is None:
+        return None  # parameter_graph infers it (trying larger sizes where an inferred one is too small)
     from ..trace import resolve_example_input
 
     return resolve_example_input(model, None, shape)
-
-
-def _random_inputs(model: nn.Module, example: torch.Tensor, gen: torch.Generator, batch: int) -> torch.Tensor:
-    shape = tuple(example.shape)
-    if shape and shape[0] == 1:
-        shape = (batch,) + shape[1:]  # BatchNorm in train mode needs more than one sample
-    if example.is_floating_point():
-        return torch.randn(shape, generator=gen, dtype=torch.float64)
-    vocab = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
-    high = min(vocab) if vocab else int(example.max().item()) + 1
-    return torch.randint(0, max(high, 1), shape, generator=gen, dtype=example.dtype)
-
-
-def _output_scale(model: nn.Module, x: torch.Tensor) -> float:
-    m = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        out = m(x)
-    leaves = [t for t in _flatten(out) if isinstance(t, torch.Tensor) and t.numel() and t.is_floating_point()]
-    return max((float(t.abs().max()) for t in leaves), default=0.0)
-
-
-def _flatten(obj: Any) -> list[Any]:
-    if isinstance(obj, list | tuple):
-        return [y for x in obj for y in _flatten(x)]
-    if isinstance(obj, dict):
-        return [y for x in obj.values() for y in _flatten(x)]
-    return [obj]
-
-
-# ------------------------------------------------------------------------------------------------ verify
-@dataclass
-class VerifyResult:
-    """Outcome of :func:`verify_automorphisms`: the largest output difference and whether all passed."""
-
-    n: int
-    max_abs_diff: float
-    output_scale: float
-    tolerance: float
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def verified(self) -> bool:
-        return not self.failures and math.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "verify": self.n,
-            "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
-            "output_scale": self.output_scale,
-            "tolerance": self.tolerance,
-            "verified": self.verified,
-            "verify_failures": self.failures,
-        }
-
-
-def verify_automorphisms(
-    model: nn.Module,
-    aut: Any,
-    n: int,
-    example_input: torch.Tensor,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    rtol: float = VERIFY_RTOL,
-) -> VerifyResult:
-    """Apply ``n`` random elements of ``aut`` to ``model`` and measure the largest output change.
-
-    A permutation fails when the group does not contain it, or when the permuted model's outputs differ by
-    more than ``rtol * max(1, max|f(x)|)`` (float64; train and eval mode, dropout off, buffers compared too).
-    Works for groups of parameter graphs (through :func:`symgraph.check_function_preservation`) and of
-    computation graphs (Phi applied to the computation graph's edges, read back as a state_dict).
-
-    Example
-    -------
-    >>> import torch, symgraph
-    >>> from symgraph.models import build_model
-    >>> m = build_model("mlp")
-    >>> x = torch.zeros(1, *m.example_input_shape[1:])
-    >>> res = verify_automorphisms(m, symgraph.automorphism_group(m, example_input=x), 2, x)
-    >>> res.verified
-    True
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    dev = torch.device(device)
-    model = model.to(dev)
-    x = _random_inputs(model, example_input, gen, batch=4).to(dev)
-    try:
-        scale = _output_scale(model, x)
-    except Exception:
-        x = _random_inputs(model, example_input, gen, batch=1).to(dev)  # the leading axis was not a batch
-        scale = _output_scale(model, x)
-    tol = rtol * max(1.0, scale)
-    graph = aut.graph
-    is_param_graph = getattr(graph, "kind", "parameter") == "parameter"
-    if is_param_graph:
-        graph = _float64_parameter_graph(model, graph, example_input)
-    else:
-        # a computation graph's group acts on its sharing graph, whose first nodes are the neurons
-        graph = getattr(aut, "computation_graph", None) or graph
-    check_function_preservation = _api("check_function_preservation")
-    worst = 0.0
-    failures: list[str] = []
-    for i in range(n):
-        perm = aut.random_element(generator=gen)
-        if not bool(aut.contains(perm)):
-            failures.append(f"#{i}: the permutation drawn is not an automorphism of the graph")
-        try:
-            if is_param_graph:
-                diff = float(check_function_preservation(model, perm, x, graph=graph))
-            else:
-                diff = _graph_permutation_diff(model, graph, perm[: graph.num_nodes], x)
-        except (SymgraphError, ValueError) as exc:
-            failures.append(f"#{i}: could not apply it: {one_line(exc)}")
-            continue
-        if not math.isfinite(diff):
-            worst = math.inf
-            failures.append(f"#{i}: the permutation has no action on the weights (output difference inf)")
-        else:
-            worst = max(worst, diff)
-            if diff > tol:
-                failures.append(f"#{i}: max |f(x) - f_perm(x)| = {diff:.3g} > {tol:.3g}")
-    return VerifyResult(n=n, max_abs_diff=worst, output_scale=scale, tolerance=tol, failures=failures)
-
-
-def _float64_parameter_graph(model: nn.Module, graph: Any, example_input: torch.Tensor) -> Any:
-    """The parameter graph of a float64 copy of ``model``, with the same structure as ``graph``.
-
-    The comparison runs in float64, and a graph built from a float32 model reads state entries back in its
-    slots' dtype, which would round what it carries (e.g. the running statistics compared in train mode).
-    """
-    if all(s.dtype == torch.float64 for s in graph.slots if s.dtype.is_floating_point):
-        return graph
-    from ..build import parameter_graph
-
-    ex = example_input.double() if example_input.is_floating_point() else example_input
-    encoding = getattr(graph, "meta", {}).get("encoding", "sound")
-    g64 = parameter_graph(copy.deepcopy(model).cpu().double(), example_input=ex.cpu(), encoding=encoding)
-    if g64.num_nodes != graph.num_nodes or not torch.equal(g64.edge_index, graph.edge_index):
-        raise SymgraphError("internal: the float64 parameter graph differs in structure from the group's graph")
-    return g64
-
-
-def _graph_permutation_diff(model: nn.Module, graph: Any, perm: torch.Tensor, x: torch.Tensor) -> float:
-    """Max output difference after applying Phi(perm) through ``graph`` (e.g. a computation graph)."""
-    try:
-        state = graph.permute(perm, check=False).to_state_dict()
-    except ValueError:
-        return math.inf  # no induced edge permutation, or weight sharing broken: no Phi exists
-    base = copy.deepcopy(model).double()
-    permuted = copy.deepcopy(model)
-    permuted.load_state_dict(state)
-    permuted = permuted.double()
-    xd = x.double() if x.is_floating_point() else x
-    worst = 0.0
-    for mode in ("train", "eval"):
-        outs = []
-        for m in (base, permuted):
-            m.train(mode == "train")
-            for mod in m.modules():  # dropout masks would differ between the two: compare without them
-                if isinstance(mod, nn.modules.dropout._DropoutNd):
-                    mod.eval()
-            with torch.no_grad():
-                outs.append([t for t in _flatten(m(xd)) if isinstance(t, torch.Tensor)])
-        for a, b in zip(*outs, strict=True):
-            if a.numel():
-                worst = max(worst, float((a.double() - b.double()).abs().max()))
-    return worst
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -396,12 +244,25 @@ def _save_generators(path: str, suffix: str, aut: Any, meta: dict[str, Any]) -> 
             torch.save(payload, f)
 
 
+#: Longer exact orders are summarised in the text output (the JSON output always has every digit).
+MAX_ORDER_DIGITS = 400
+
+
+def _order_text(order: str) -> str:
+    if len(order) <= MAX_ORDER_DIGITS:
+        return order
+    return f"{order[:12]}...{order[-12:]} ({len(order)} digits; every digit: --json)"
+
+
 def _summary_text(out: dict[str, Any]) -> str:
+    shape = "x".join(str(s) for s in out["input_shape"])
     lines = [
         f"model:      {out['model']}",
+        *(f"note:       {n}" for n in out.get("notes", [])),
+        f"input:      {shape} ({out['input_source']})",
         f"graph:      {out['graph']} graph ({out['encoding']} encoding): {out['num_nodes']} nodes, "
         f"{out['num_edges']} edges",
-        f"|Aut|:      {out['order']}",
+        f"|Aut|:      {_order_text(out['order'])}",
         f"log10|Aut|: {out['log10_order']:.4f}",
         f"generators: {out['generators']}",
         "factors:    " + ("; ".join(out["factors"]) if out["factors"] else "trivial group"),
@@ -430,7 +291,23 @@ def _report_ok(report: Any, as_dict: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ main
+@contextlib.contextmanager
+def _exact_big_ints():
+    # |Aut| of a real model has thousands of digits; Python refuses str(int) beyond 4300 by default
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
 def _main(argv: list[str]) -> int:
+    with _exact_big_ints():
+        return _main_exact(argv)
+
+
+def _main_exact(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.verify < 0:
         raise CLIError(f"--verify: Expected a count >= 0 (got {args.verify})")
@@ -453,13 +330,12 @@ def _stdout_for(args: Any) -> contextlib.AbstractContextManager:
 
 def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device) -> int:
     with _stdout_for(args):
+        input_source = _input_source(loaded.model, loaded.input_shape)
         example = _example_input(loaded.model, loaded.input_shape, required=args.graph == "computation")
 
         t0 = time.perf_counter()
         with Spinner(f"computing the automorphism group of the {args.graph} graph"), held_stderr():
-            aut = _api("automorphism_group")(
-                loaded.model, example_input=example, graph=args.graph, encoding=args.encoding
-            )
+            aut = automorphism_group(loaded.model, example_input=example, graph=args.graph, encoding=args.encoding)
             base = dict(aut.as_dict())
         seconds = time.perf_counter() - t0
         out: dict[str, Any] = dict(base)
@@ -476,19 +352,22 @@ def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device) -
             factors=list(aut.factors),
             seconds=seconds,
         )
+        if example is None:  # the input the graph was built with (remembered on the model by the trace)
+            from ..trace import resolve_example_input
+
+            example = resolve_example_input(loaded.model, None, None)
+        out.update(input_shape=list(example.shape), input_source=input_source)
+        notes = list(loaded.source.get("notes", []))
+        if notes:
+            out["notes"] = notes
         failed = False
         if args.verify:
-            if example is None:
-                from ..trace import resolve_example_input
-
-                example = resolve_example_input(loaded.model, None, None)
             with Spinner(f"verifying {args.verify} random automorphisms"), held_stderr():
                 res = verify_automorphisms(loaded.model, aut, args.verify, example, seed=args.seed, device=device)
             out.update(res.as_dict())
             failed |= not res.verified
         report_text = None
         if args.report:
-            soundness_report = _api("soundness_report")
             with Spinner("building the soundness report"), held_stderr():
                 rep = soundness_report(
                     loaded.model.cpu(), example_input=example, encoding=args.encoding, n_random=args.verify or 8

@@ -111,11 +111,9 @@ def _log10(x: int) -> float:
 
 
 def _declared(graph):
-    """The analytic symmetry (None when the symmetry module or declarations are unavailable)."""
-    try:
-        from ..symmetry import analytic_symmetry
-    except ImportError:
-        return None
+    """The analytic symmetry (None when the declarations cannot be combined)."""
+    from ..symmetry import analytic_symmetry
+
     try:
         return analytic_symmetry(graph)
     except Exception:  # noqa: BLE001  (a declaration problem must not hide the computed group)

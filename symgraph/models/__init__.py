@@ -6,11 +6,11 @@
 ('cnn2d', {'hidden': 8, 'conv_layers': 1, 'norm': 'groupnorm'})
 
 Families: ``mlp``, ``cnn2d``, ``cnn1d``, ``deepsets``, ``resnet``, ``resnet50_like``, ``vit``, ``transformer``,
-``grid_inr`` (and ``siren`` where that module registers itself). Every model has ``example_input_shape``.
+``grid_inr``, ``siren``. Every model has ``example_input_shape``.
 """
 
 from .registry import build_model, format_arch, list_models, model_class, parse_arch, register_model  # noqa: I001
-from . import cnn, deepsets, grid, mlp, resnet, transformer, vit  # noqa: F401
+from . import cnn, deepsets, grid, mlp, resnet, siren, transformer, vit  # noqa: F401
 from .cnn import CNN1D, CNN2D
 from .deepsets import DeepSets, DeepSetsLayer
 from .grid import GridINR, GridLookup
@@ -18,11 +18,6 @@ from .mlp import MLP
 from .resnet import ResNet, resnet50_like
 from .transformer import PreNormBlock, SelfAttention, Transformer
 from .vit import ViT
-
-try:  # SIREN lives in its own module (another owner); it registers itself with @register_model if it does
-    from . import siren  # noqa: F401
-except ImportError:  # pragma: no cover - absent in a partial checkout
-    pass
 
 __all__ = [
     "register_model",
