@@ -43,12 +43,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from symgraph.cli_util import CLIError, run_cli, torch_threads
+from symgraph.cli_util import run_cli
 
 from ..engine import seed_everything
 from ..metanets import build, names, unsupported
 from ..weight_space import weight_space_loader
-from .common import add_options, check_options, experiment_parser, mean_std, option, options_from, run_options
+from .common import check_options, mean_std, option, parse_experiment, running
 
 __all__ = [
     "Scale",
@@ -443,47 +443,40 @@ def main(argv=None) -> int:
 def _main(argv: list[str]) -> int:
     from gmn.distributed import active_context
 
-    ap = experiment_parser(
+    ex = parse_experiment(
+        argv,
         "python -m gmn.experiments.accuracy_prediction",
         __doc__,
+        config=Scale,
+        source=ZooOptions,
+        scales=SCALES,
         metanets=names(),
         default_metanets=METANETS,
         seeds=None,
         out="",
-        scales=SCALES,
-        default_scale="cpu",
+        epilog="--out defaults to runs/accpred-DATASET-SCALE; --seeds to the scale's",
     )
-    ap.epilog = "--out defaults to runs/accpred-DATASET-SCALE; --seeds to the scale's"
-    add_options(ap, ZooOptions)
-    add_options(ap, Scale, scaled=True)
-    args = ap.parse_args(argv)
-    run = run_options(args)
-    zoo = options_from(args, ZooOptions)
-    base = SCALES[args.scale]
-    sc = options_from(args, Scale, base=base)
+    run, zoo, sc = ex.run, ex.source, ex.config
     if run.seeds is not None:
         sc = replace(sc, seeds=run.seeds)
     splits = ("50", "5", "ood") if zoo.split == "all" else (zoo.split,)
     log = (lambda *a, **k: None) if run.json else (lambda *a, **k: print(*a, **k, flush=True))
-    with torch_threads(run.threads if run.threads > 0 else None):
-        try:
-            res = run_experiment(
-                zoo.dataset,
-                splits,
-                sc if sc != base else args.scale,
-                zoo.data,
-                zoo.zoo,
-                run.out or None,
-                run.metanets,
-                run.device,
-                zoo.seed,
-                progress=run.progress and not run.json,
-                log=log,
-                unterthiner=zoo.unterthiner,
-                resume=run.resume,
-            )
-        except (ValueError, OSError) as exc:
-            raise CLIError(str(exc)) from exc
+    with running(run):
+        res = run_experiment(
+            zoo.dataset,
+            splits,
+            sc if sc != SCALES[ex.scale] else ex.scale,
+            zoo.data,
+            zoo.zoo,
+            run.out or None,
+            run.metanets,
+            run.device,
+            zoo.seed,
+            progress=run.progress and not run.json,
+            log=log,
+            unterthiner=zoo.unterthiner,
+            resume=run.resume,
+        )
     if not active_context(run.device).is_main:
         return 0
     if run.json:

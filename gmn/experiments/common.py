@@ -26,18 +26,20 @@ Cfg(epochs=7, lr=0.1)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from symgraph.cli_util import CLIError, OneLineArgumentParser, resolve_device
+from symgraph.cli_util import CLIError, OneLineArgumentParser, resolve_device, torch_threads
 
 C = TypeVar("C")
 
@@ -50,6 +52,10 @@ __all__ = [
     "RunOptions",
     "experiment_parser",
     "run_options",
+    "Experiment",
+    "parse_experiment",
+    "running",
+    "ResultsFile",
     "parse_seeds",
     "comma_list",
     "int_list",
@@ -280,6 +286,98 @@ def experiment_parser(
         choices={"metanets": tuple(metanets)},
     )
     return ap
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment command line: its run options, its scale's config with the given flags, its data
+    options and the scale's name."""
+
+    run: RunOptions
+    config: Any
+    source: Any
+    scale: str
+
+
+def parse_experiment(
+    argv: Sequence[str],
+    prog: str,
+    description: str,
+    *,
+    config: type,
+    source: type,
+    scales: dict[str, Any],
+    metanets: Sequence[str],
+    default_metanets: Sequence[str],
+    seeds: tuple[int, ...] | None,
+    out: str,
+    default_scale: str = "cpu",
+    epilog: str | None = None,
+) -> Experiment:
+    """Parse an experiment's command line: ``--scale``, the :class:`RunOptions`, the ``source`` dataclass's
+    options and the scaled ``config`` dataclass's options (every option generated from its field)."""
+    ap = experiment_parser(
+        prog,
+        description,
+        metanets=metanets,
+        default_metanets=default_metanets,
+        seeds=seeds,
+        out=out,
+        scales=scales,
+        default_scale=default_scale,
+    )
+    ap.epilog = epilog
+    add_options(ap, source)
+    add_options(ap, config, scaled=True)
+    args = ap.parse_args(list(argv))
+    return Experiment(
+        run_options(args), options_from(args, config, base=scales[args.scale]), options_from(args, source), args.scale
+    )
+
+
+@contextlib.contextmanager
+def running(run: RunOptions) -> Iterator[None]:
+    """The body of an experiment's CLI: ``--threads`` applied, and bad data or settings (``ValueError``,
+    ``KeyError``) turned into :class:`CLIError` (``OSError`` is bad input for ``run_cli`` already)."""
+    with torch_threads(run.threads if run.threads > 0 else None):
+        try:
+            yield
+        except (ValueError, KeyError) as exc:
+            raise CLIError(str(exc)) from exc
+
+
+class ResultsFile:
+    """An experiment's ``results.json``: kept across resumed runs (``resume``), refused if it was written for
+    another configuration (the ``same`` entries), rewritten atomically with its table after every run.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "results.json")
+    >>> rf = ResultsFile(path, True, lambda r: f"{len(r['runs'])} runs", config={"epochs": 2})
+    >>> rf.results["runs"]["a"] = 1; rf.save()
+    >>> ResultsFile(path, True, str, config={"epochs": 2}).results["table"]
+    '1 runs'
+    >>> ResultsFile(path, True, str, config={"epochs": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected ... from the same config (got another): use a new --out or --no-resume
+    """
+
+    def __init__(self, path: str | Path, resume: bool, table: Callable[[dict], str], **same: Any):
+        from ..inr.io import atomic_write_json
+
+        self.path, self.table, self._write = Path(path), table, atomic_write_json
+        self.results = json.loads(self.path.read_text()) if resume and self.path.exists() else {"runs": {}}
+        same = json.loads(json.dumps(same))  # as stored (tuples become lists)
+        for key, value in same.items():
+            if self.results.get(key) not in (None, value):
+                raise ValueError(
+                    f"Expected {self.path} from the same {key} (got another): use a new --out or --no-resume"
+                )
+        self.results.update(same)
+
+    def save(self) -> None:
+        self.results["table"] = self.table(self.results)
+        self._write(self.path, self.results)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

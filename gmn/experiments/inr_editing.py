@@ -27,7 +27,6 @@ CLI::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 import symgraph
-from symgraph.cli_util import CLIError, atomic_open, run_cli, torch_threads
+from symgraph.cli_util import atomic_open, run_cli
 from symgraph.models.siren import SIREN
 
 from .. import metanets
@@ -47,18 +46,8 @@ from ..inr.encoders import GMN_OPTIONS
 from ..inr.fit import batched_siren_forward
 from ..inr.graph_batch import WeightGraphBatcher
 from ..inr.image_dataset import IMAGE_ARCH, TASKS, build, pixel_grid
-from ..inr.io import atomic_write_json
 from ..models import edge_output_to_state_dict
-from .common import (
-    add_options,
-    experiment_parser,
-    format_mean_std,
-    metanet_size,
-    option,
-    options_from,
-    print_result,
-    run_options,
-)
+from .common import ResultsFile, format_mean_std, metanet_size, option, parse_experiment, print_result, running
 
 __all__ = ["EditConfig", "EditData", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_dict", "run", "main"]
 
@@ -349,13 +338,10 @@ def run(
     graph = symgraph.parameter_graph(
         SIREN(IMAGE_ARCH["in_dim"], IMAGE_ARCH["hidden"], IMAGE_ARCH["out_dim"], IMAGE_ARCH["omega0"])
     )
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if resume and res_path.exists() else {"runs": {}}
-    if results.get("config") not in (None, asdict(cfg)):
-        raise ValueError(f"Expected {res_path} from the same configuration (got another): use a new --out")
+    store = ResultsFile(out / "results.json", resume, lambda r: table(r, task), config=asdict(cfg))
+    results = store.results
     results.update(
         task=task,
-        config=asdict(cfg),
         device=str(device),
         inr_fit_mse={s: float(d["mse"].mean()) for s, d in data.items()},
     )
@@ -372,14 +358,12 @@ def run(
             editor, metrics = train_one(kind, seed, data, graph, cfg, out, device, progress, resume)
             results["runs"][key] = metrics
             editors.setdefault(kind, editor)
-            results["table"] = table(results, task)
-            atomic_write_json(res_path, results)
+            store.save()
     fig_path = Path(fig_path) if fig_path else out / f"inr_editing_{task}.png"
     if editors:
         figure(fig_path, data, editors, cfg.size, device)
         results["figure"] = str(fig_path)
-    results["table"] = table(results, task)
-    atomic_write_json(res_path, results)
+    store.save()
     return results
 
 
@@ -389,39 +373,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = experiment_parser(
+    ex = parse_experiment(
+        argv,
         "python -m gmn.experiments.inr_editing",
         __doc__.split("\n\n")[0],
+        config=EditConfig,
+        source=EditData,
+        scales=SCALES,
         metanets=METHODS,
         default_metanets=DEFAULT_METHODS,
         seeds=(0,),
         out="",
-        scales=SCALES,
-        default_scale="cpu",
+        epilog="--out defaults to runs/inr_edit_<task>",
     )
-    add_options(ap, EditData)
-    add_options(ap, EditConfig, scaled=True)
-    args = ap.parse_args(argv)
-    run_opts = run_options(args)
-    cfg = options_from(args, EditConfig, base=SCALES[args.scale])
-    src = options_from(args, EditData)
+    run_opts, src = ex.run, ex.source
     t0 = time.time()
-    with torch_threads(run_opts.threads if run_opts.threads > 0 else None):
-        try:
-            res = run(
-                src.task,
-                src.data,
-                run_opts.out or f"runs/inr_edit_{src.task}",
-                list(run_opts.metanets),
-                list(run_opts.seeds),
-                cfg,
-                run_opts.torch_device,
-                run_opts.progress,
-                src.figure,
-                resume=run_opts.resume,
-            )
-        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
-            raise CLIError(str(e)) from e
+    with running(run_opts):
+        res = run(
+            src.task,
+            src.data,
+            run_opts.out or f"runs/inr_edit_{src.task}",
+            list(run_opts.metanets),
+            list(run_opts.seeds),
+            ex.config,
+            run_opts.torch_device,
+            run_opts.progress,
+            src.figure,
+            resume=run_opts.resume,
+        )
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
     summary = f"figure: {res.get('figure')}; wall time this run: {res['wall_seconds_this_run']} s"
     print_result(res, run_opts.json, summary)

@@ -65,7 +65,7 @@ import torch
 import torch.nn as nn
 
 import symgraph
-from symgraph.cli_util import CLIError, run_cli, torch_threads
+from symgraph.cli_util import run_cli
 from symgraph.models.siren import SIREN
 
 from ..baselines.statnn import tensor_statistics
@@ -73,20 +73,18 @@ from ..data import standardise, tensor_mean_std
 from ..engine import fit, seed_everything
 from ..inr.augment import WeightAugment
 from ..inr.encoders import ENCODERS, POOLED_READOUT, READOUTS, build_encoder
-from ..inr.io import atomic_write_json
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, SINE_FIT, load_split
 from .common import (
-    add_options,
+    ResultsFile,
     check_options,
-    experiment_parser,
     format_mean_std,
     metanet_size,
     option,
-    options_from,
+    parse_experiment,
     print_result,
-    run_options,
+    running,
 )
 
 __all__ = [
@@ -470,12 +468,9 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(data_dir, n_train, n_val, n_test)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if resume and res_path.exists() else {"runs": {}}
-    config = json.loads(json.dumps(asdict(cfg)))  # as stored (tuples become lists)
-    if results.get("config") not in (None, config) or results.get("sizes") not in (None, data["sizes"]):
-        raise ValueError(f"Expected {res_path} from the same configuration and data (got another): use a new --out")
-    results.update(config=config, sizes=data["sizes"], data=str(data_dir), device=str(device))
+    store = ResultsFile(out / "results.json", resume, table, config=asdict(cfg), sizes=data["sizes"])
+    results = store.results
+    results.update(data=str(data_dir), device=str(device))
     # reference rows that involve no learning: the probe on the flat weights, and on StatNN's statistics
     for ref, features, ridge in (("raw_weights", _flat, 1e-2), ("statistics", tensor_statistics_features, 1e-6)):
         if ref not in results["runs"]:
@@ -487,10 +482,8 @@ def run(
             if key in results["runs"]:
                 continue
             results["runs"][key] = run_one(kind, seed, data, cfg, out, device, progress, resume)
-            results["table"] = table(results)
-            atomic_write_json(res_path, results)
-    results["table"] = table(results)
-    atomic_write_json(res_path, results)
+            store.save()
+    store.save()
     return results
 
 
@@ -500,40 +493,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = experiment_parser(
+    ex = parse_experiment(
+        argv,
         "python -m gmn.experiments.ssl_sine",
         __doc__.split("\n\n")[0],
+        config=SSLConfig,
+        source=SSLData,
+        scales=SCALES,
         metanets=ENCODERS,
         default_metanets=("gmn", "dws", "npnfn", "statnn", "mlp"),
         seeds=(0, 1, 2),
         out="runs/ssl_sine",
-        scales=SCALES,
-        default_scale="cpu",
     )
-    add_options(ap, SSLData)
-    add_options(ap, SSLConfig, scaled=True)
-    args = ap.parse_args(argv)
-    run_opts = run_options(args)
-    cfg = options_from(args, SSLConfig, base=SCALES[args.scale])
-    src = options_from(args, SSLData)
+    run_opts, src = ex.run, ex.source
     t0 = time.time()
-    with torch_threads(run_opts.threads if run_opts.threads > 0 else None):
-        try:
-            res = run(
-                src.data,
-                run_opts.out,
-                list(run_opts.metanets),
-                list(run_opts.seeds),
-                cfg,
-                run_opts.torch_device,
-                src.n_train,
-                progress=run_opts.progress,
-                n_val=src.n_val,
-                n_test=src.n_test,
-                resume=run_opts.resume,
-            )
-        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
-            raise CLIError(str(e)) from e
+    with running(run_opts):
+        res = run(
+            src.data,
+            run_opts.out,
+            list(run_opts.metanets),
+            list(run_opts.seeds),
+            ex.config,
+            run_opts.torch_device,
+            src.n_train,
+            progress=run_opts.progress,
+            n_val=src.n_val,
+            n_test=src.n_test,
+            resume=run_opts.resume,
+        )
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
     summary = f"train/val/test INRs: {res['sizes']}; wall time this run: {res['wall_seconds_this_run']} s"
     print_result(res, run_opts.json, summary)
