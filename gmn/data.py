@@ -28,14 +28,18 @@ Edge features (both directions; edge ``k`` and edge ``k + E`` are the forward an
     when asked), has-parameter flag, kernel offsets (up to three dims, ``(k - (K-1)/2) / max((K-1)/2, 1)``
     in [-1, 1], 0 where not a convolution), flatten position ``p / (P-1)`` and a flattened flag.
 
-Extra attributes: ``edge_is_forward`` [2E] bool, ``edge_param_mask`` [E] bool (which forward edges carry
-a parameter), ``param_slot`` [E] int64 (index of the edge's parameter among the graph's edge-stored
-parameters in edge order, -1 if none), ``num_forward_edges`` (int); node-stored parameters and buffers
-(norm gamma/beta, running stats) flattened in state_dict order: ``node_param_values`` [P],
-``node_param_slot`` [P] (tensor index, numbered after the edge-stored ones), ``node_param_node`` [P] (local
-node id), ``node_param_column`` [P] (fixed column slot), ``num_node_params`` (int); ``num_param_tensors``
-(edge- plus node-stored tensors) and ``y`` if given. The baselines read these.
-Batches of graphs of any architectures are made with ``torch_geometric.data.Batch.from_data_list``.
+Extra attributes (the weight-space template; see :mod:`gmn.weight_space`, which declares how batching
+shifts each index attribute): ``edge_is_forward`` [2E] bool, ``edge_param_mask`` [E] bool (which forward
+edges carry a parameter), ``num_forward_edges`` (int); edge-stored parameters, one entry per parameter in
+edge order: ``param_edge`` [Pe] (the edge that holds it) and ``param_slot`` [Pe] (its tensor, numbered in
+the graph's parameter order); node-stored parameters and buffers (norm gamma/beta, running stats)
+flattened in state_dict order: ``node_param_values`` [Pn], ``node_param_slot`` [Pn] (tensor index,
+numbered after the edge-stored ones), ``node_param_node`` [Pn] (node id), ``node_param_column`` [Pn] (fixed
+column slot), ``num_node_params`` (int); ``num_param_tensors`` (edge- plus node-stored tensors); the chain
+template ``chain`` (:class:`~gmn.weight_space.ChainSpec`) and ``chain_edge`` [P] (the edges of the chain's
+parameters in layer order; empty for other architectures); and ``y`` if given. The baselines read these.
+Batches of graphs of any architectures are :class:`~gmn.weight_space.WeightSpaceBatch` objects
+(``WeightSpaceBatch.from_data_list``; ``torch_geometric.data.Batch.from_data_list`` works too).
 
 Normalisation (``normalize``): ``None`` keeps the raw values; ``"graph"`` divides the parameter values of
 each graph by their standard deviation in that graph (a scalar per graph, so still automorphism
@@ -53,7 +57,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +68,15 @@ from symgraph.cli_util import atomic_torch_save, atomic_write
 from symgraph.errors import ShapeMismatchError
 from symgraph.graph import ROLES, NeuralGraph
 
+from .weight_space import ChainSpec, WeightSpaceData
+
 __all__ = [
     "graph_to_data",
     "weight_statistics",
+    "tensor_mean_std",
+    "standardise",
     "GraphDataset",
+    "GRAPH_DATASET_FORMAT",
     "ROLE_VOCAB",
     "LAYER_KIND_VOCAB",
     "ACTIVATION_VOCAB",
@@ -359,12 +368,35 @@ def weight_statistics(graphs: Iterable[NeuralGraph]) -> tuple[float, float]:
     return mean, math.sqrt(max(s2 / n - mean * mean, 0.0)) or 1.0
 
 
+def tensor_mean_std(params: Mapping[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of every parameter tensor over a stack of networks (``{key: [B, *shape]}``).
+
+    One scalar pair per tensor, so standardising with it is invariant to every neuron permutation; the std
+    is at least 1e-8 (a constant tensor is shifted, not blown up).
+
+    >>> tensor_mean_std({"w": torch.tensor([[1.0, 3.0], [1.0, 3.0]])})
+    {'w': (2.0, 1.154700517654419)}
+    """
+    return {k: (float(v.mean()), float(v.std().clamp_min(1e-8))) for k, v in params.items()}
+
+
+def standardise(
+    params: Mapping[str, torch.Tensor], stats: Mapping[str, tuple[float, float]]
+) -> dict[str, torch.Tensor]:
+    """``(params[k] - mean_k) / std_k`` with the pairs of :func:`tensor_mean_std`.
+
+    >>> standardise({"w": torch.tensor([1.0, 3.0])}, {"w": (2.0, 1.0)})
+    {'w': tensor([-1.,  1.])}
+    """
+    return {k: (v - stats[k][0]) / stats[k][1] for k, v in params.items()}
+
+
 def graph_to_data(
     g: NeuralGraph,
     normalize: str | tuple[float, float] | None = None,
     y: Any = None,
     dtype: torch.dtype = torch.float32,
-) -> Data:
+) -> WeightSpaceData:
     """Features of a parameter graph for a GMN (see the module docstring for every column).
 
     Parameters
@@ -443,7 +475,8 @@ def graph_to_data(
     rev_cat = fwd_cat.clone()
     rev_cat[:, 1] = 1
     fwd_attr = torch.cat([w.view(-1, 1), has_param.to(dtype).view(-1, 1), efl[col] if E else efl], dim=1)
-    slot, _ = g.edge_param.lookup(torch.arange(E))
+    param_edge = torch.nonzero(has_param).flatten()
+    slot, _ = g.edge_param.lookup(param_edge)
     n_edge_slots = len(g.edge_param.slots)
     node_slots = [s for s in g.slots if s.location == "node"]
     colmap = _node_column_slots(g.node_weight_columns) if g.node_weight_columns else []
@@ -459,7 +492,8 @@ def graph_to_data(
     else:
         np_node = np_col = np_slot = torch.zeros(0, dtype=torch.long)
         np_val = torch.zeros(0, dtype=dtype)
-    data = Data(
+    chain = ChainSpec.read(g)
+    data = WeightSpaceData(
         x=x,
         x_cat=x_cat,
         edge_index=torch.cat([g.edge_index, g.edge_index.flip(0)], dim=1),
@@ -467,14 +501,17 @@ def graph_to_data(
         edge_cat=torch.cat([fwd_cat, rev_cat], dim=0).to(torch.int32),
         edge_is_forward=torch.cat([torch.ones(E, dtype=torch.bool), torch.zeros(E, dtype=torch.bool)]),
         edge_param_mask=has_param,
-        param_slot=slot,
         num_forward_edges=E,
+        param_edge=param_edge,
+        param_slot=slot,
         node_param_values=np_val,
         node_param_slot=np_slot,
         node_param_node=np_node,
         node_param_column=np_col,
         num_node_params=int(np_val.numel()),
         num_param_tensors=n_edge_slots + len(node_slots),
+        chain=chain,
+        chain_edge=chain.edges(g),
         num_nodes=n,
     )
     if y is not None:
@@ -484,12 +521,21 @@ def graph_to_data(
 
 
 # ---------------------------------------------------------------------------------------------- dataset
+GRAPH_DATASET_FORMAT = "gmn.GraphDataset/2"
+
+
 def _data_to_plain(d: Data) -> dict[str, Any]:
-    return {k: v for k, v in d.to_dict().items()}
+    out = dict(d.to_dict())
+    if isinstance(out.get("chain"), ChainSpec):
+        out["chain"] = out["chain"].to_plain()
+    return out
 
 
-def _plain_to_data(d: dict[str, Any]) -> Data:
-    return Data(**d)
+def _plain_to_data(d: dict[str, Any]) -> WeightSpaceData:
+    d = dict(d)
+    if "chain" in d:
+        d["chain"] = ChainSpec.from_plain(d["chain"])
+    return WeightSpaceData(**d)
 
 
 class GraphDataset(torch.utils.data.Dataset):
@@ -517,6 +563,12 @@ class GraphDataset(torch.utils.data.Dataset):
         if not path.exists():
             raise FileNotFoundError(f"Expected a GraphDataset manifest at {path} (got no such file)")
         self.manifest = json.loads(path.read_text())
+        if self.manifest.get("format") != GRAPH_DATASET_FORMAT:
+            raise ShapeMismatchError(
+                f"a dataset of format {GRAPH_DATASET_FORMAT!r}",
+                f"{self.manifest.get('format')!r} in {path}: rebuild it with GraphDataset.build",
+                "gmn.GraphDataset",
+            )
         self.shards = self.manifest["shards"]
         self._offsets = [0]
         for s in self.shards:
@@ -577,7 +629,7 @@ class GraphDataset(torch.utils.data.Dataset):
                 flush()
         flush()
         manifest = {
-            "format": "gmn.GraphDataset/1",
+            "format": GRAPH_DATASET_FORMAT,
             "num_items": sum(s["count"] for s in shards),
             "shards": shards,
             "normalize": list(normalize) if isinstance(normalize, tuple | list) else normalize,

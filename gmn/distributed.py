@@ -14,10 +14,10 @@ own batch sampler (so the shuffle consumes the random generator exactly as one p
 batches are broadcast, and rank ``r`` of ``W`` takes the contiguous slice ``[r m // W, (r + 1) m // W)`` of
 each global batch of ``m`` indices (:func:`shard_batch`). The slices of one epoch are disjoint, cover the
 epoch, and are the same on every run. A rank whose slice is empty (a last batch smaller than ``W``) gets one
-padding sample that :func:`gmn.train.train_regressor` weights by zero, so all ranks take the same number of
-steps. Weighting each rank's mean loss by ``W * n_rank / m`` makes the averaged DDP gradient the gradient of
-the global batch's mean loss: training with ``W`` processes follows the single-process run up to float
-rounding (models without batch statistics or dropout).
+padding sample that :func:`gmn.engine.fit` weights by zero, so all ranks take the same number of steps.
+Weighting each rank's mean loss by ``W * n_rank / m`` (:func:`gmn.engine.fit` does) makes the averaged DDP
+gradient the gradient of the global batch's mean loss: training with ``W`` processes follows the
+single-process run up to float rounding (models without batch statistics or dropout).
 
 Example
 -------
@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from symgraph.cli_util import resolve_device
 
 __all__ = [
     "DistContext",
@@ -93,17 +95,10 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"Expected an integer in the environment variable {name} (got {value!r})") from None
 
 
-def _single_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve(device: str | torch.device, local_rank: int) -> torch.device:
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
+def _resolve(device: str | torch.device, local_rank: int | None = None) -> torch.device:
+    """:func:`symgraph.cli_util.resolve_device`, then (under torchrun) a bare ``cuda`` is this rank's GPU."""
+    dev = resolve_device(str(device))
+    if local_rank is not None and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev
 
@@ -114,12 +109,12 @@ def init_distributed(device: str | torch.device = "auto") -> DistContext:
     ``device`` is ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:k"``. Under torchrun
     ``"auto"``/``"cuda"`` mean ``cuda:LOCAL_RANK`` (made the current CUDA device) with backend
     ``"cpu:gloo,cuda:nccl"``; a CPU device uses gloo. The group is initialised once per process; later calls
-    return the context of the existing group. Without torchrun the device is resolved as
-    :func:`gmn.train.resolve_device` does and nothing else happens.
+    return the context of the existing group. Without torchrun the device is resolved by
+    :func:`symgraph.cli_util.resolve_device` and nothing else happens.
     """
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return DistContext(device=_single_device(device))
+        return DistContext(device=_resolve(device))
     if not dist.is_available():
         raise RuntimeError(f"Expected a PyTorch build with torch.distributed (WORLD_SIZE={world} is set)")
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -135,7 +130,7 @@ def active_context(device: str | torch.device = "auto") -> DistContext:
     """Like :func:`init_distributed`, but never initialises a group: one process unless one already exists."""
     if dist.is_available() and dist.is_initialized():
         return init_distributed(device)
-    return DistContext(device=_single_device(device))
+    return DistContext(device=_resolve(device))
 
 
 def shard_bounds(m: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -31,7 +31,9 @@ from torch import Tensor
 from symgraph.graph import NeuralGraph
 
 from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, MAX_POSITIONS, NODE_CAT_COLUMNS, NODE_CAT_SIZES, NODE_FLOAT_DIM
+from .errors import MetanetOutputError
 from .layers import ConcatMLP, GMNLayer, scatter_reduce
+from .weight_space import WeightSpaceBatch
 
 __all__ = ["GMN", "GMNEdgeHead", "FeatureEncoder", "edge_output_to_state_dict", "split_edge_output"]
 
@@ -273,7 +275,7 @@ class GMN(nn.Module):
         return torch.cat(pooled, dim=-1)
 
     def _param_pool(self, batch, e: Tensor, edge_batch: Tensor, num_graphs: int) -> Tensor:
-        fwd = batch.edge_is_forward
+        edges = batch.param_edge.to(e.device)
         slot = batch.param_slot.to(e.device)
         k = self.param_tensors
         if slot.numel() and int(slot.max()) >= k:
@@ -281,23 +283,38 @@ class GMN(nn.Module):
                 f"Expected graphs with at most {k} edge-stored parameter tensors for 'param' pooling "
                 f"(got slot {int(slot.max())}): build the GMN with param_tensors for this architecture"
             )
-        has = slot >= 0
-        idx = edge_batch[fwd][has] * k + slot[has]
-        out = scatter_reduce(e[fwd][has], idx, num_graphs * k, "mean")
+        idx = edge_batch[edges] * k + slot
+        out = scatter_reduce(e[edges], idx, num_graphs * k, "mean")
         return out.reshape(num_graphs, k * e.shape[-1])
 
-    def forward(self, batch) -> Tensor | tuple[Tensor, Tensor]:
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """The pooled representation ``[num_graphs, pooled_dim]`` (the invariant head's input without the global
+        feature; Sec. 4.3's mean-pooled vector representation)."""
+        v, e, u, node_batch, edge_batch = self.encode(batch)
+        return self.pool_features(batch, v, e, node_batch, edge_batch, u.shape[0])
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        """Equivariant output per forward edge ``[num_forward_edges_in_batch, edge_out_dim]`` (the edge head)."""
+        if self.edge_head is None:
+            raise MetanetOutputError("GMN", "edit", "edge_out_dim=None")
+        v, e, u, node_batch, edge_batch = self.encode(batch)
+        return self._edge_output(batch, e, u, edge_batch)
+
+    def _edge_output(self, batch, e: Tensor, u: Tensor, edge_batch: Tensor) -> Tensor:
+        fwd = batch.edge_is_forward
+        return self.edge_head(e[fwd], e[~fwd], u[edge_batch[fwd]])
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor | tuple[Tensor, Tensor]:
         """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple); with
-        neither head, the pooled representation ``[num_graphs, pooled_dim]``."""
+        neither head, the pooled representation ``[num_graphs, pooled_dim]``. (The metanet protocol's
+        ``edit`` and ``pooled`` give the last two on their own.)"""
         v, e, u, node_batch, edge_batch = self.encode(batch)
         num_graphs = u.shape[0]
         out_graph = out_edge = None
         if self.head is not None:
             out_graph = self.head(self.pool_features(batch, v, e, node_batch, edge_batch, num_graphs), u)
         if self.edge_head is not None:
-            fwd = batch.edge_is_forward
-            fwd_batch = edge_batch[fwd]
-            out_edge = self.edge_head(e[fwd], e[~fwd], u[fwd_batch])
+            out_edge = self._edge_output(batch, e, u, edge_batch)
         if self.head is None and self.edge_head is None:
             return self.pool_features(batch, v, e, node_batch, edge_batch, num_graphs)
         if out_graph is not None and out_edge is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,17 +13,17 @@ from sklearn.metrics import r2_score
 from gmn.experiments.accuracy_prediction import (
     PAPER_TABLE1,
     Scale,
-    _graphs_and_data,
     format_table,
     run_metanet,
     sized,
+    zoo_data,
 )
 from gmn.train import regression_metrics
 from gmn.zoo import make_split, sample_config
 from symgraph.models import build_model
 
 TINY = Scale(
-    n=0, zoo_epochs=0, train_subset=None, epochs=1, search_epochs=1, seeds=1, budget=3000, lrs=(1e-3,), batch_size=8
+    n=0, zoo_epochs=0, train_subset=None, epochs=1, search_epochs=1, seeds=(0,), budget=3000, lrs=(1e-3,), batch_size=8
 )
 
 
@@ -62,14 +64,14 @@ def test_regression_metrics_match_sklearn_and_scipy():
 @pytest.fixture(scope="module")
 def diverse_zoo():
     recs = _fake_records()
-    return (recs, *_graphs_and_data(recs))
+    return recs, zoo_data(recs)
 
 
 @pytest.mark.parametrize("name", ["gmn", "deepsets", "dmc", "statnn"])
 def test_one_epoch_of_each_metanet_runs_on_diverse_architectures(name, diverse_zoo):
-    recs, graphs, data = diverse_zoo
+    recs, data = diverse_zoo
     split = make_split(recs, "50", seed=0)
-    res = run_metanet(name, graphs, data, split, TINY, "cpu", log=lambda *a: None)
+    res = run_metanet(name, data, split, TINY, "cpu", log=lambda *a: None)
     assert res["supported"] and len(res["runs"]) == 1
     run = res["runs"][0]
     assert len(run["test_pred"]) == len(split["test"]) and all(0 <= p <= 1 for p in run["test_pred"])
@@ -77,8 +79,8 @@ def test_one_epoch_of_each_metanet_runs_on_diverse_architectures(name, diverse_z
 
 
 def test_npnfn_is_marked_not_applicable_on_diverse_architectures_as_in_the_paper(diverse_zoo):
-    recs, graphs, data = diverse_zoo
-    res = run_metanet("npnfn", graphs, data, make_split(recs, "50"), TINY, "cpu", log=lambda *a: None)
+    recs, data = diverse_zoo
+    res = run_metanet("npnfn", data, make_split(recs, "50"), TINY, "cpu", log=lambda *a: None)
     assert not res["supported"] and res["reason"]
     table = format_table({"dataset": "diverse", "splits": {"50": [res]}})
     assert "n/a" in table
@@ -86,16 +88,16 @@ def test_npnfn_is_marked_not_applicable_on_diverse_architectures_as_in_the_paper
 
 def test_npnfn_runs_where_it_applies():
     recs = _mlp_records()
-    graphs, data = _graphs_and_data(recs)
-    res = run_metanet("npnfn", graphs, data, make_split(recs, "50"), TINY, "cpu", log=lambda *a: None)
+    data = zoo_data(recs)
+    res = run_metanet("npnfn", data, make_split(recs, "50"), TINY, "cpu", log=lambda *a: None)
     assert res["supported"], res.get("reason")
 
 
 def test_parameter_budgets_are_comparable(diverse_zoo):
-    _, graphs, _ = diverse_zoo
+    _, data = diverse_zoo
     counts = {}
     for name in ["gmn", "deepsets", "dmc", "statnn"]:
-        make, _ = sized(name, 40_000, graphs[0])
+        make, _ = sized(name, 40_000, data[0])
         counts[name] = sum(p.numel() for p in make().parameters())
     assert max(counts.values()) / min(counts.values()) < 3.0, counts
 
@@ -112,7 +114,7 @@ def test_table6_protocol_runs_on_the_small_cnn_zoo_format_with_npnfn_and_statnn(
     (tmp_path / "metrics.csv").write_text("test_accuracy\n" + "".join(f"{a}\n" for a in rng.uniform(size=14)))
     res = run_experiment(
         splits=("50",),
-        scale=TINY.__class__(**{**TINY.__dict__, "n": 14}),
+        scale=replace(TINY, n=14),
         out_dir=tmp_path / "o",
         metanets=("npnfn", "statnn"),
         device="cpu",

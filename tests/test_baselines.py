@@ -1,4 +1,5 @@
-"""Baselines: DeepSets, DMC, StatNN, NP-NFN — their (in)variances, each with a negative control."""
+"""Baselines: DeepSets, DMC, StatNN, NP-NFN — their (in)variances, each with a negative control (all on
+WeightSpaceBatch inputs, the metanet protocol of gmn.metanets)."""
 
 from __future__ import annotations
 
@@ -148,10 +149,10 @@ def test_npnfn_is_equivariant_to_hidden_unit_permutations(arch, tol):
     perm = _automorphism(g, seed=1)
     eperm = g.edge_permutation(perm)
     gp = g.permute(perm)
-    out, out_p = model.forward_edges(g)[0], model.forward_edges(gp)[0]
+    out, out_p = model.edit(_batch(g)), model.edit(_batch(gp))
     assert out.shape == (g.num_edges, 2)
     assert (out_p[eperm] - out).abs().max() < tol[torch.float64]
-    assert (model([g]) - model([gp])).abs().max() < tol[torch.float64]
+    assert (model(_batch(g)) - model(_batch(gp))).abs().max() < tol[torch.float64]
     assert (out_p - out).abs().max() > 1e-8  # the check above is not vacuous
 
 
@@ -167,7 +168,7 @@ def test_npnfn_equivariance_check_flags_a_non_symmetry():
     W = w[r.start : r.stop].view(5, 3)
     w[r.start : r.stop] = W[rows].reshape(-1)
     gb = g.with_weights(w)
-    out, out_b = model.forward_edges(g)[0], model.forward_edges(gb)[0]
+    out, out_b = model.edit(_batch(g)), model.edit(_batch(gb))
     # where the rows went, if it were a symmetry
     idx = torch.arange(g.num_edges)
     idx[r.start : r.stop] = r.start + torch.arange(15).view(5, 3)[rows].reshape(-1)
@@ -177,19 +178,22 @@ def test_npnfn_equivariance_check_flags_a_non_symmetry():
 def test_npnfn_batches_networks_of_different_widths():
     gs = [symgraph.parameter_graph(_mlp((3, k, 4, 2))) for k in (2, 5, 5)]
     torch.manual_seed(10)
-    model = NPNFN(gs[0], hidden_dim=4).double().eval()
-    out = model(gs)
+    model = NPNFN(gs[0], hidden_dim=4, edge_out_dim=1).double().eval()
+    out, edits = model(_batch(*gs)), gmn.split_edge_output(_batch(*gs), model.edit(_batch(*gs)))
+    assert len(model._pooled_groups(_batch(*gs))[0]) == 2  # widths 2 and 5: two groups, outputs in batch order
     for i, g in enumerate(gs):
-        assert torch.allclose(model([g])[0], out[i], atol=1e-12)
+        assert torch.allclose(model(_batch(g))[0], out[i], atol=1e-12)
+        assert torch.allclose(model.edit(_batch(g)), edits[i], atol=1e-12)
+    assert not torch.allclose(out[0], out[1])  # negative control: the comparison above can fail
     with pytest.raises(UnsupportedArchitectureError, match="layer signature"):
-        model([symgraph.parameter_graph(_mlp((3, 4, 2)))])
+        model(_batch(symgraph.parameter_graph(_mlp((3, 4, 2)))))
 
 
 def test_npnfn_edge_output_maps_back_onto_the_parameters():
     m = _mlp()
     g = symgraph.parameter_graph(m)
     model = NPNFN(g, hidden_dim=4, out_dim=None, edge_out_dim=1).double()
-    sd = gmn.edge_output_to_state_dict(g, model.forward_edges(g)[0], residual_scale=0.1)
+    sd = gmn.edge_output_to_state_dict(g, model.edit(_batch(g)), residual_scale=0.1)
     m.load_state_dict(sd)
 
 
@@ -203,13 +207,14 @@ def test_npnfn_edge_output_maps_back_onto_the_parameters():
     ],
 )
 def test_npnfn_raises_unsupported_architecture_on_residual_attention_deepsets_and_norms(name, kw, match):
-    pytest.importorskip("symgraph.models")
     from symgraph.models import build_model
 
     m = build_model(name, **kw)
     g = symgraph.parameter_graph(m, input_shape=m.example_input_shape)
     with pytest.raises(UnsupportedArchitectureError, match=match):
         NPNFN(g)
+    with pytest.raises(UnsupportedArchitectureError, match=match):  # nor a batch of it, for a model of a chain
+        NPNFN(_graphs()["mlp"]).double()(_batch(g.with_weights(g.edge_weight.double(), g.node_weight.double())))
     # the other baselines take it
     d = _batch(g.with_weights(g.edge_weight.double(), g.node_weight.double()))
     for model in (DeepSetsBaseline(hidden_dim=4), DMC(channels=4), StatNN(hidden_dim=4, layout="pool")):

@@ -103,26 +103,26 @@ def test_without_torchrun_nothing_is_initialised(monkeypatch):
     assert main_first(lambda: 42, ctx) == 42
 
 
-def test_npnfn_loader_keeps_its_epoch_permutations_and_the_global_random_state():
-    """The NP-NFN loader became a torch DataLoader (shardable); its batches are those of the loader it
-    replaced (consecutive ``randperm`` draws of a generator seeded 0) and it draws nothing from torch's
-    global generator, so single-process runs are unchanged."""
-    from gmn.experiments.accuracy_prediction import _loaders
+def test_every_metanets_loader_is_a_shardable_torch_dataloader():
+    """Accuracy prediction feeds every metanet (NP-NFN included, which had a loader of its own) from one
+    ``weight_space_loader``: a map-style torch DataLoader, which torchrun shards per global batch."""
+    import gmn
+    import symgraph
+    from gmn.weight_space import WeightSpaceBatch, weight_space_loader
 
-    n, bs = 7, 3
-    data = [type("D", (), {"y": torch.tensor([float(i)])})() for i in range(n)]
-    graphs = [f"g{i}" for i in range(n)]
-    loader = _loaders("npnfn", data, graphs, list(range(n)), bs, shuffle=True)
-    gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(5)
-    state = torch.get_rng_state()
-    for _ in range(2):
-        order = torch.randperm(n, generator=gen).tolist()
-        batches = list(loader)
-        assert [b[0] for b in batches] == [[f"g{j}" for j in order[s : s + bs]] for s in range(0, n, bs)]
-        assert torch.equal(torch.cat([b[1] for b in batches]).flatten(), torch.tensor(order, dtype=torch.float))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert len(loader) == 3 and [b[0] for b in _loaders("npnfn", data, graphs, [2, 0], bs, False)] == [["g2", "g0"]]
+    data = [gmn.graph_to_data(symgraph.parameter_graph(nn.Linear(2, 1 + i % 2)), y=float(i)) for i in range(5)]
+    loader = weight_space_loader(data, 2, shuffle=True)
+    sharded = shard_loader(loader, DistContext(rank=1, world_size=2))
+    assert sharded is not None
+    sharded.sampler.sync = None  # no process group here: rank 1's view without the broadcast from rank 0
+    torch.manual_seed(0)
+    shares = [(b.y.flatten().tolist(), n_real, n_global) for b, n_real, n_global in sharded]
+    torch.manual_seed(0)
+    whole = [b.y.flatten().tolist() for b in loader]
+    assert [s[2] for s in shares] == [len(b) for b in whole]
+    assert all(isinstance(b, WeightSpaceBatch) for b, _, _ in sharded)
+    for (ys, n_real, _), batch in zip(shares, whole):  # rank 1's share is the second half of each global batch
+        assert ys[:n_real] == batch[len(batch) - n_real :] if n_real else ys == batch[:1]
 
 
 # ------------------------------------------------------------------------------------ 2 processes (gloo)
@@ -198,19 +198,19 @@ def _train(out: Path, batch_size: int = BATCH) -> dict:
 
 def _worker(out: Path) -> None:
     """Body of one torchrun rank: its prints go to files, its result to ``rank{RANK}.pt``."""
-    import gmn.train
+    import gmn.engine
 
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     sys.stdout = open(out / f"stdout{rank}.txt", "w")  # noqa: SIM115  (closed when the process ends)
     sys.stderr = open(out / f"stderr{rank}.txt", "w")  # noqa: SIM115
-    save = gmn.train.atomic_torch_save
+    save = gmn.engine.atomic_torch_save
 
     def recording_save(obj, path):  # who writes the checkpoint
         (out / f"checkpoint_written_by_rank{rank}").touch()
         save(obj, path)
 
-    gmn.train.atomic_torch_save = recording_save
+    gmn.engine.atomic_torch_save = recording_save
     res = _train(out)
     torch.save(res, out / f"rank{rank}.pt")
     from gmn.distributed import shutdown
@@ -302,11 +302,11 @@ def test_accuracy_prediction_under_torchrun_prints_and_writes_once_and_matches_o
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("[3/3] split 50") == 1 and proc.stdout.count("test R2 (ours)") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "runs.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "results.json", "runs.json"]
     ddp = json.loads((out / "results.json").read_text())
     assert ddp["world_size"] == 2
 
-    sc = replace(SCALES["smoke"], n=24, seeds=1, epochs=2, search_epochs=1, lrs=(1e-3,))
+    sc = replace(SCALES["smoke"], n=24, seeds=(0,), epochs=2, search_epochs=1, lrs=(1e-3,))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the zoo is there: one process trains on it

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import symgraph
+from gmn import WeightSpaceBatch
 from gmn.baselines import DWSLinear, DWSNet, DWSSpec, UnsupportedArchitectureError
 from gmn.baselines.dws import from_blocks, to_blocks
 from gmn.inr.encoders import ENCODERS, build_encoder
@@ -56,6 +57,10 @@ def _permute(params, perms: dict[int, torch.Tensor], prefix="layers") -> dict[st
 def _hidden_perms(sizes, seed) -> dict[int, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {h: torch.randperm(sizes[h], generator=g) for h in range(1, len(sizes) - 1)}
+
+
+def _batch(*graphs):
+    return WeightSpaceBatch.from_graphs(graphs, dtype=F64)
 
 
 def _diff(a, b) -> float:
@@ -112,7 +117,7 @@ def test_dws_stack_is_equivariant_and_encoder_is_invariant(bias, tol):
     for seed in range(3):
         perms = _hidden_perms(sizes, seed)
         assert equivariance_error(model.forward_equivariant, p, perms) < tol[F64]
-        assert equivariance_error(model, p, perms, invariant=True) < tol[F64]
+        assert equivariance_error(model.forward_params, p, perms, invariant=True) < tol[F64]
 
 
 def test_dws_encoder_is_invariant_under_the_automorphisms_of_the_siren_parameter_graph(tol):
@@ -121,11 +126,11 @@ def test_dws_encoder_is_invariant_under_the_automorphisms_of_the_siren_parameter
     g = symgraph.parameter_graph(net)
     torch.manual_seed(2)
     model = DWSNet(g, hidden_dim=5, num_layers=2, out_dim=3).double().eval()
-    out = model(g)
+    out = model(_batch(g))
     for seed in range(3):
         perm = random_analytic_permutation(g, torch.Generator().manual_seed(seed))
         assert g.is_automorphism(perm)
-        assert _diff(model(g.permute(perm)), out) < tol[F64]
+        assert _diff(model(_batch(g.permute(perm))), out) < tol[F64]
 
 
 def test_dws_handles_cnn_chains_with_kernel_and_flatten_positions_folded_into_channels(tol):
@@ -135,13 +140,13 @@ def test_dws_handles_cnn_chains_with_kernel_and_flatten_positions_folded_into_ch
     assert [b.fold for b in spec.blocks] == [2 * 9, 1, 1, 1, 2 * 16, 2]
     torch.manual_seed(3)
     model = DWSNet(g, hidden_dim=4, num_layers=2, out_dim=2).double().eval()
-    feats = model.forward_equivariant([g])
+    feats = model.forward_equivariant({k: v.unsqueeze(0) for k, v in cnn.state_dict().items()})
     assert {k: tuple(v.shape[1:-1]) for k, v in feats.items()} == {
         k: tuple(v.shape) for k, v in cnn.state_dict().items()
     }
     for seed in range(2):
         perm = random_analytic_permutation(g, torch.Generator().manual_seed(seed))
-        assert _diff(model(g.permute(perm)), model(g)) < tol[F64]
+        assert _diff(model(_batch(g.permute(perm))), model(_batch(g))) < tol[F64]
 
 
 # ---------------------------------------------------------------------------------------------- completeness
@@ -224,10 +229,11 @@ def test_permuting_input_or_output_neurons_or_one_side_of_a_hidden_layer_changes
     model = DWSNet(DWSSpec.from_sizes(sizes), hidden_dim=6, num_layers=2, out_dim=4).double().eval()
     p = _params(sizes)
     swap = lambda n: torch.tensor([1, 0, *range(2, n)])  # noqa: E731
-    assert equivariance_error(model, p, {0: swap(3)}, invariant=True) > 1e-6  # input neurons: no symmetry
-    assert equivariance_error(model, p, {3: swap(2)}, invariant=True) > 1e-6  # output neurons: no symmetry
+    fn = model.forward_params
+    assert equivariance_error(fn, p, {0: swap(3)}, invariant=True) > 1e-6  # input neurons: no symmetry
+    assert equivariance_error(fn, p, {3: swap(2)}, invariant=True) > 1e-6  # output neurons: no symmetry
     one_side = dict(p, **{"layers.0.weight": p["layers.0.weight"][:, swap(4)]})  # rows of W_1 without W_2 cols
-    assert _diff(model(one_side), model(p)) > 1e-6
+    assert _diff(fn(one_side), fn(p)) > 1e-6
 
 
 class _BrokenDWSLinear(DWSLinear):
@@ -281,15 +287,15 @@ def test_parameter_count_grows_with_hidden_dim_and_not_with_the_input_networks_w
 def test_one_model_processes_networks_of_other_hidden_widths_and_graph_lists_match_dicts(tol):
     torch.manual_seed(6)
     model = DWSNet(DWSSpec.from_sizes(SIREN_SIZES), hidden_dim=4, num_layers=2, out_dim=3).double().eval()
-    assert model(_params((1, 8, 16, 1))).shape == (3, 3)
+    assert model.forward_params(_params((1, 8, 16, 1))).shape == (3, 3)
     nets = [SIREN(1, (32, 32), 1).double() for _ in range(2)]
     graphs = [symgraph.parameter_graph(n) for n in nets]
     stacked = {k: torch.stack([n.state_dict()[k] for n in nets]) for k in nets[0].state_dict()}
-    assert _diff(model(graphs), model(stacked)) < tol[F64]
+    assert _diff(model(_batch(*graphs)), model.forward_params(stacked)) < tol[F64]
+    assert _diff(model(_batch(*graphs[::-1])), model.forward_params(stacked)) > 1e-6  # negative control: order
 
 
 def test_non_chain_architectures_raise_unsupported_architecture_naming_dwsnets():
-    pytest.importorskip("symgraph.models")
     from symgraph.models import build_model
 
     m = build_model("resnet", in_shape=(2, 6, 6), hidden=4, norm="none")
@@ -309,7 +315,7 @@ def test_dws_encoder_learns_a_permutation_invariant_target_in_a_few_steps():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss = ((model(p) - y) ** 2).mean()
+        loss = ((model.forward_params(p) - y) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

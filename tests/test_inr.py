@@ -336,8 +336,8 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
         "--batch-size",
         "4",
         "--seeds",
-        "0",
-        "--encoders",
+        "1",  # a count: seed 0
+        "--metanets",
         "gmn,npnfn,dws,mlp",
         "--no-progress",
     ]
@@ -358,7 +358,7 @@ def test_ssl_cli_runs_tiny_and_rejects_bad_arguments(tmp_path):
     assert flipped["config"]["sign_flip"] is True
     sel = flipped["runs"]["gmn/seed0"]["selected_epoch"]
     assert f"| 1 | {sel} | 1.13 ± .08 |" in flipped["table"]  # seeds, reported epoch, paper
-    assert ssl_sine.main(["--data", str(data), "--out", str(out), "--encoders", "nope"]) == 2
+    assert ssl_sine.main(["--data", str(data), "--out", str(out), "--metanets", "nope"]) == 2
     assert ssl_sine.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     for bad in (["--mask-prob", "1"], ["--mask-prob", "-0.1"], ["--noise-std", "-1"]):
         assert ssl_sine.main(["--data", str(data), "--out", str(tmp_path / "o3"), *bad]) == 2

@@ -11,7 +11,7 @@ def test_corrupt_dataset_cache_is_a_clear_error(tmp_path, capsys):
     bad = data / "dilate_train_4_28px_seed0.pt"
     bad.write_bytes(b"not a torch file")
     argv = ["--task", "dilate", "--data", str(data), "--out", str(tmp_path / "out"), "--n-train", "4"]
-    argv += ["--n-val", "2", "--n-test", "2", "--steps", "1", "--methods", "mlp", "--seeds", "0", "--no-progress"]
+    argv += ["--n-val", "2", "--n-test", "2", "--steps", "1", "--metanets", "mlp", "--seeds", "0,", "--no-progress"]
     code = inr_editing.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -22,7 +22,8 @@ def test_corrupt_dataset_cache_is_a_clear_error(tmp_path, capsys):
 def test_bad_options_are_one_line_exit_2(capsys):
     for argv, needle in (
         (["--task", "dilate", "--seeds", "x"], "--seeds"),
-        (["--task", "dilate", "--methods", "gmn,foo"], "--methods"),
+        (["--task", "dilate", "--metanets", "gmn,foo"], "--metanets"),
+        (["--task", "dilate", "--seeds", "0"], "--seeds"),  # a count of zero seeds
         (["--task", "blur"], "--task"),
         (["--task", "dilate", "--device", "tpu"], "--device"),
     ):
@@ -36,7 +37,7 @@ def test_ssl_sine_bad_options_and_corrupt_data_are_one_line_exit_2(tmp_path, cap
 
     for argv, needle in (
         (["--seeds", "a,b"], "--seeds"),
-        (["--encoders", "gmn,bogus"], "--encoders"),
+        (["--metanets", "gmn,bogus"], "--metanets"),
         (["--device", "tpu"], "--device"),
         (["--data", str(tmp_path / "missing")], "missing"),
     ):

@@ -6,17 +6,18 @@
 - :class:`NPNFN` (``npnfn.py``): NP-NFN equivariant layers for chains of Linear/Conv layers; anything else
   raises :class:`UnsupportedArchitectureError`.
 - :class:`DWSNet` (``dws.py``): DWSNets-like equivariant layers (complete basis, input/output neurons fixed)
-  for the same chains; takes stacked parameters (``{state_dict key: [B, *shape]}``) or graphs.
+  for the same chains.
+- :class:`MLPMetanet` (``mlp.py``): an MLP on the flat weights of networks of one architecture.
 
-DeepSets, DMC and StatNN take the same ``torch_geometric`` batches of :func:`gmn.graph_to_data` as
-:class:`gmn.GMN`; NP-NFN takes a list of :class:`~symgraph.graph.NeuralGraph` (it needs each tensor's
-shape).
+All take a :class:`gmn.WeightSpaceBatch` and follow the metanet protocol of :mod:`gmn.metanets`
+(``forward``, ``pooled``, ``edit``); :func:`gmn.metanets.build` makes them by name.
 """
 
 from .common import ParamElements, UnsupportedArchitectureError, param_elements
 from .deepsets import DeepSetsBaseline
 from .dmc import DMC
 from .dws import DWSBlock, DWSLinear, DWSNet, DWSSpec
+from .mlp import MLPMetanet
 from .npnfn import NPNFN, NFNLayerSpec, NFNSpec, NPLinear
 from .statnn import StatNN, tensor_statistics
 
@@ -36,4 +37,5 @@ __all__ = [
     "DWSLinear",
     "DWSSpec",
     "DWSBlock",
+    "MLPMetanet",
 ]

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ..data import EDGE_FLOAT_DIM, EDGE_KIND_VOCAB, MAX_DEPTH
 from ..layers import ConcatMLP, scatter_reduce
-from .common import param_elements
+from ..weight_space import WeightSpaceBatch
+from .common import no_edit_output
 
 __all__ = ["DeepSetsBaseline"]
 
@@ -57,11 +58,23 @@ class DeepSetsBaseline(nn.Module):
         self.phi.reset_parameters()
         self.rho.reset_parameters()
 
-    def forward(self, batch) -> Tensor:
-        el = param_elements(batch)
+    @property
+    def pooled_dim(self) -> int:
+        return self.hidden_dim
+
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """``pool_k phi(element_k)`` per graph ``[num_graphs, hidden_dim]`` (what ``rho`` reads)."""
+        el = batch.param_elements()
         h = self.phi_in(el.attr) + self.kind_emb(el.kind).to(el.attr.dtype) + self.depth_emb(el.depth).to(el.attr.dtype)
         h = self.phi(h.relu())
-        return self.rho(scatter_reduce(h, el.graph, el.num_graphs, self.reduce))
+        return scatter_reduce(h, el.graph, el.num_graphs, self.reduce)
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+        """Invariant output ``[num_graphs, out_dim]``."""
+        return self.rho(self.pooled(batch))
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        raise no_edit_output("DeepSets")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(hidden_dim={self.hidden_dim}, out_dim={self.out_dim}, reduce={self.reduce!r})"

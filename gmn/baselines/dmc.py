@@ -19,7 +19,8 @@ from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
 from ..layers import ConcatMLP
-from .common import param_elements
+from ..weight_space import WeightSpaceBatch
+from .common import no_edit_output
 
 __all__ = ["DMC"]
 
@@ -70,12 +71,17 @@ class DMC(nn.Module):
             c.reset_parameters()
         self.head.reset_parameters()
 
-    def sequences(self, batch) -> tuple[Tensor, Tensor]:
+    @property
+    def pooled_dim(self) -> int:
+        return 2 * self.channels
+
+    def sequences(self, batch: WeightSpaceBatch) -> tuple[Tensor, Tensor]:
         """Padded parameter vectors [B, L] and their mask [B, L]."""
-        el = param_elements(batch)
+        el = batch.param_elements()
         return to_dense_batch(el.value, el.graph, batch_size=el.num_graphs)
 
-    def forward(self, batch) -> Tensor:
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """Masked global mean and max of the last convolution ``[num_graphs, 2 * channels]`` (what the head reads)."""
         seq, mask = self.sequences(batch)
         lengths = mask.sum(1)
         h = torch.stack([seq, mask.to(seq.dtype)], dim=1)  # [B, 2, L]
@@ -89,7 +95,14 @@ class DMC(nn.Module):
         vm = valid.unsqueeze(1).to(h.dtype)
         mean = (h * vm).sum(-1) / vm.sum(-1).clamp(min=1)
         mx = h.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(-1)
-        return self.head(mean, mx)
+        return torch.cat([mean, mx], dim=-1)
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+        """Output ``[num_graphs, out_dim]`` (not invariant to anything: see the module docstring)."""
+        return self.head(self.pooled(batch))
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        raise no_edit_output("DMC")
 
     def __repr__(self) -> str:
         return (

@@ -68,8 +68,9 @@ from torch import Tensor
 from symgraph.graph import NeuralGraph
 
 from ..layers import ConcatMLP
+from ..weight_space import ChainSpec, WeightSpaceBatch, WeightSpaceData
 from .common import UnsupportedArchitectureError
-from .npnfn import NFNSpec
+from .npnfn import chain_spec
 
 __all__ = ["DWSBlock", "DWSSpec", "DWSLinear", "DWSNet", "to_blocks", "from_blocks"]
 
@@ -164,13 +165,17 @@ class DWSSpec:
         return cls(tuple(blocks), sizes)
 
     @classmethod
-    def from_graph(cls, g: NeuralGraph) -> DWSSpec:
-        """Read the chain of dense layers of a parameter graph; :class:`UnsupportedArchitectureError` otherwise."""
-        try:
-            nfn = NFNSpec.from_graph(g)
-        except UnsupportedArchitectureError as e:
-            raise UnsupportedArchitectureError(_NAME, e.needs, e.got) from None
-        return cls.from_layers([(s.weight, s.bias, s.n_out, s.n_in, s.kernel) for s in nfn.layers])
+    def from_graph(cls, g: NeuralGraph | WeightSpaceData) -> DWSSpec:
+        """Read the chain of dense layers of a parameter graph (or of one graph's data);
+        :class:`UnsupportedArchitectureError` otherwise."""
+        return cls.from_chain(chain_spec(g, _NAME))
+
+    @classmethod
+    def from_chain(cls, chain: ChainSpec) -> DWSSpec:
+        """From the :class:`~gmn.weight_space.ChainSpec` that :func:`gmn.graph_to_data` reads."""
+        if not chain.is_chain:
+            raise chain.error(_NAME)
+        return cls.from_layers([(s.weight, s.bias, s.n_out, s.n_in, s.kernel) for s in chain.layers])
 
     @classmethod
     def from_sizes(cls, sizes: Sequence[int], bias: bool = True, prefix: str = "layers") -> DWSSpec:
@@ -319,8 +324,8 @@ class DWSNet(nn.Module):
 
     Parameters
     ----------
-    spec : DWSSpec or NeuralGraph
-        The chain of dense layers (a graph is read with :meth:`DWSSpec.from_graph`).
+    spec : DWSSpec, ChainSpec, NeuralGraph or WeightSpaceData
+        The chain of dense layers (a graph or its data is read with :meth:`DWSSpec.from_graph`).
     hidden_dim : int
         Feature channels per parameter.
     num_layers : int
@@ -329,31 +334,42 @@ class DWSNet(nn.Module):
         Width of the invariant output (``None``: no head; ``forward`` returns the block means).
     norm : bool
         LayerNorm over each block's folded channels after every equivariant layer.
+    edit_dim : int or None
+        Width of the equivariant per-parameter output (``edit``; an extra :class:`DWSLinear`).
 
-    ``forward(params)`` takes stacked parameters (``{state_dict key: [B, *shape]}``) or a list of graphs and
-    returns ``[B, out_dim]``; :meth:`forward_equivariant` returns the last layer's features per parameter.
+    The metanet protocol (:mod:`gmn.metanets`): ``forward(batch)`` ``[B, out_dim]``, ``pooled(batch)`` (the
+    block means), ``edit(batch)`` (per parameter, one row per forward edge) on a
+    :class:`~gmn.weight_space.WeightSpaceBatch` of networks of one shape. The same on stacked parameters
+    (``{state_dict key: [B, *shape]}``): :meth:`forward_params`, :meth:`pooled_params`,
+    :meth:`forward_equivariant`.
 
     Example
     -------
-    >>> import symgraph
+    >>> import symgraph, gmn
     >>> from symgraph.models.siren import SIREN
     >>> net = SIREN(1, (8, 8), 1)
-    >>> enc = DWSNet(symgraph.parameter_graph(net), hidden_dim=4, num_layers=2, out_dim=3)
+    >>> g = symgraph.parameter_graph(net)
+    >>> enc = DWSNet(g, hidden_dim=4, num_layers=2, out_dim=3)
+    >>> enc(gmn.WeightSpaceBatch.from_graphs([g, g])).shape
+    torch.Size([2, 3])
     >>> params = {k: v.unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.state_dict().items()}
-    >>> enc(params).shape
+    >>> enc.forward_params(params).shape
     torch.Size([2, 3])
     """
 
     def __init__(
         self,
-        spec: DWSSpec | NeuralGraph,
+        spec: DWSSpec | ChainSpec | NeuralGraph | WeightSpaceData,
         hidden_dim: int = 32,
         num_layers: int = 3,
         out_dim: int | None = 32,
         norm: bool = True,
+        edit_dim: int | None = None,
     ):
         super().__init__()
-        if isinstance(spec, NeuralGraph):
+        if isinstance(spec, ChainSpec):
+            spec = DWSSpec.from_chain(spec)
+        elif not isinstance(spec, DWSSpec):
             spec = DWSSpec.from_graph(spec)
         if num_layers < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {num_layers})")
@@ -368,6 +384,9 @@ class DWSNet(nn.Module):
         #: width of the block means the invariant head reads
         self.pooled_dim = sum(blk.fold for blk in spec.blocks) * hidden_dim
         self.head = ConcatMLP(self.pooled_dim, hidden_dim, out_dim, 2) if out_dim is not None else None
+        self.edit_dim = edit_dim
+        #: equivariant per-parameter output layer (``edit``), only with ``edit_dim``
+        self.edit_layer = DWSLinear(spec, hidden_dim, edit_dim) if edit_dim is not None else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -379,13 +398,20 @@ class DWSNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _stack(self, params) -> dict[str, Tensor]:
-        if isinstance(params, Mapping):
-            return dict(params)
-        graphs = [params] if isinstance(params, NeuralGraph) else list(params)
-        sds = [g.to_state_dict() for g in graphs]
+    def batch_params(self, batch: WeightSpaceBatch) -> dict[str, Tensor]:
+        """The batch's stacked parameters ``{key: [B, *shape]}`` (one chain shape per batch; widths may differ
+        from the spec's)."""
+        groups = batch.chain_groups(_NAME)
+        if len(groups) != 1:
+            raise UnsupportedArchitectureError(_NAME, "networks of one shape in a batch", f"{len(groups)} shapes")
+        grp = groups[0]
+        spec = DWSSpec.from_chain(grp.spec)
+        if spec.signature != self.spec.signature:
+            raise UnsupportedArchitectureError(
+                _NAME, f"networks with the signature {self.spec.signature}", f"{spec.signature}"
+            )
         p = next(self.parameters())
-        return {blk.key: torch.stack([sd[blk.key] for sd in sds]).to(p) for blk in self.spec.blocks}
+        return grp.params(batch.edge_attr[:, 0].to(device=p.device, dtype=p.dtype))
 
     def trunk(self, blocks: Sequence[Tensor]) -> list[Tensor]:
         """The equivariant layers on blocks (see :func:`to_blocks`)."""
@@ -394,16 +420,48 @@ class DWSNet(nn.Module):
             xs = [torch.relu(n(y)) for n, y in zip(norms, layer(xs))]
         return xs
 
-    def forward(self, params: Mapping[str, Tensor] | Sequence[NeuralGraph] | NeuralGraph) -> Tensor:
-        """Invariant embedding ``[B, out_dim]`` (``[B, pooled_dim]``, the block means, when ``out_dim`` is None)."""
-        xs = self.trunk(to_blocks(self.spec, self._stack(params)))
-        pooled = torch.cat([_pool_except(x, None) for x in xs], dim=-1)
+    def pooled_params(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Block means ``[B, pooled_dim]`` of stacked parameters ``{key: [B, *shape]}``."""
+        xs = self.trunk(to_blocks(self.spec, dict(params)))
+        return torch.cat([_pool_except(x, None) for x in xs], dim=-1)
+
+    def forward_params(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Invariant embedding ``[B, out_dim]`` of stacked parameters (the block means when ``out_dim`` is None)."""
+        pooled = self.pooled_params(params)
         return pooled if self.head is None else self.head(pooled)
 
-    def forward_equivariant(self, params: Mapping[str, Tensor] | Sequence[NeuralGraph]) -> dict[str, Tensor]:
-        """Last layer's features per parameter: ``{key: [B, *shape, hidden_dim]}`` (equivariant)."""
-        params = self._stack(params)
-        return from_blocks(self.spec, self.trunk(to_blocks(self.spec, params)), params)
+    def forward_equivariant(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Last layer's features per parameter of stacked parameters: ``{key: [B, *shape, c]}`` (equivariant;
+        ``c`` is ``edit_dim`` with an edit layer, else ``hidden_dim``)."""
+        params = dict(params)
+        xs = self.trunk(to_blocks(self.spec, params))
+        if self.edit_layer is not None:
+            xs = self.edit_layer(xs)
+        return from_blocks(self.spec, xs, params)
+
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """Block means ``[num_graphs, pooled_dim]`` (what the invariant head reads)."""
+        return self.pooled_params(self.batch_params(batch))
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+        """Invariant embedding ``[num_graphs, out_dim]`` (``[num_graphs, pooled_dim]`` when ``out_dim`` is None)."""
+        return self.forward_params(self.batch_params(batch))
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        """Equivariant output per parameter ``[num_forward_edges_in_batch, c]`` (edge order; ``c`` as in
+        :meth:`forward_equivariant`)."""
+        params = self.batch_params(batch)
+        feats = self.forward_equivariant(params)
+        grp = batch.chain_groups(_NAME)[0]
+        b = grp.edges.shape[0]
+        flat = []
+        for s in grp.spec.layers:
+            flat.append(feats[s.weight].reshape(b, s.n_out * s.n_in * s.kernel, -1))
+            if s.bias is not None:
+                flat.append(feats[s.bias].reshape(b, s.n_out, -1))
+        rows = torch.cat(flat, 1)
+        out = rows.new_zeros(int(batch.edge_is_forward.sum()), rows.shape[-1])
+        return out.index_copy(0, batch.forward_rows(grp.edges.reshape(-1)), rows.reshape(-1, rows.shape[-1]))
 
     def __repr__(self) -> str:
         return (

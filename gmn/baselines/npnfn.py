@@ -17,15 +17,15 @@ scalars ``a``, ``c``)::
 
 (``*``: mean over that index; each ``A``/``C`` is a linear map of the channel axis). NP treats the input and
 output neurons as permutable too (its simplifying assumption), so it is equivariant to all hidden-neuron
-permutations of the input network. ``NPNFN.forward`` pools per layer (invariant output);
-``NPNFN.forward_edges`` returns an equivariant output per parameter-carrying edge of each graph.
+permutations of the input network. ``NPNFN.forward`` pools per layer (invariant output), ``NPNFN.pooled``
+returns the per-layer means, ``NPNFN.edit`` an equivariant output per parameter (one row per forward edge of
+the batch). The chain is read once per graph by :func:`gmn.graph_to_data` (:class:`~gmn.weight_space.ChainSpec`);
+a batch stacks the weights of the graphs of one shape (:meth:`gmn.WeightSpaceData.chain_groups`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -33,118 +33,31 @@ from torch import Tensor
 
 from symgraph.graph import NeuralGraph
 
+from ..errors import MetanetOutputError
 from ..layers import ConcatMLP
+from ..weight_space import ChainLayer, ChainSpec, WeightSpaceBatch, WeightSpaceData
 from .common import UnsupportedArchitectureError
 
-__all__ = ["NFNLayerSpec", "NFNSpec", "NPLinear", "NPNFN"]
+__all__ = ["NFNLayerSpec", "NFNSpec", "NPLinear", "NPNFN", "chain_spec"]
 
-_DENSE_KINDS = ("linear", "conv")
-
-
-@dataclass(frozen=True)
-class NFNLayerSpec:
-    """One dense layer of a chain: weight slot, optional bias slot, sizes and folded kernel size."""
-
-    weight: str
-    bias: str | None
-    n_out: int
-    n_in: int
-    kernel: int
+#: The names NP-NFN has always used for the chain of dense layers it reads (see :mod:`gmn.weight_space`).
+NFNLayerSpec = ChainLayer
+NFNSpec = ChainSpec
 
 
-@dataclass(frozen=True)
-class NFNSpec:
-    """A chain of dense layers read off a parameter graph (see :meth:`from_graph`)."""
-
-    layers: tuple[NFNLayerSpec, ...]
-
-    @property
-    def signature(self) -> tuple:
-        """What an :class:`NPNFN` depends on: depth, folded kernel sizes and which layers have biases."""
-        return tuple((s.kernel, s.bias is not None) for s in self.layers)
-
-    @property
-    def shapes(self) -> tuple:
-        return tuple((s.n_out, s.n_in, s.kernel, s.bias is not None) for s in self.layers)
-
-    @classmethod
-    def from_graph(cls, g: NeuralGraph) -> NFNSpec:
-        """Read the chain of dense layers of ``g``; raise :class:`UnsupportedArchitectureError` otherwise."""
-        name = "NP-NFN"
-        node_slots = [s.name for s in g.slots if s.location == "node"]
-        if node_slots:
-            raise UnsupportedArchitectureError(
-                name, "an MLP or CNN without normalisation layers", f"node-stored parameters {node_slots[:3]}"
-            )
-        keys = g.edge_color_keys
-        for k in keys:
-            if not k or k[0] not in (*_DENSE_KINDS, "bias"):
-                raise UnsupportedArchitectureError(
-                    name,
-                    "only linear, convolution and bias edges",
-                    f"an edge of kind {k[:2]!r} (residual, attention, ...)",
-                )
-            if k[0] == "conv" and len(k) > 6 and k[6] != 1:
-                raise UnsupportedArchitectureError(name, "convolutions with groups=1", f"groups={k[6]}")
-        has = g.edge_param.has_param()
-        if not bool(has.all()):
-            raise UnsupportedArchitectureError(name, "every edge to carry a parameter", "parameter-free edges")
-        layers: list[dict] = []
-        src_all, dst_all = g.edge_index
-        for s in g.edge_param.slots:
-            sl = slice(s.start, s.start + s.numel)
-            kinds = {keys[c][0] for c in torch.unique(g.edge_color[sl]).tolist()}
-            src, dst = src_all[sl], dst_all[sl]
-            if kinds == {"bias"}:
-                rows = dst
-                match = [L for L in layers if torch.equal(L["rows"], rows)]
-                if len(match) != 1 or match[0]["bias"] is not None:
-                    raise UnsupportedArchitectureError(name, "one bias per dense layer", f"bias '{s.name}'")
-                match[0]["bias"] = s.name
-                continue
-            if len(kinds) != 1 or len(s.shape) < 2:
-                raise UnsupportedArchitectureError(name, "dense weight tensors", f"'{s.name}' of shape {s.shape}")
-            n_out = s.shape[0]
-            per_row = s.numel // n_out
-            rows = dst.view(n_out, per_row)[:, 0]
-            if kinds == {"conv"}:
-                n_in, K = s.shape[1], math.prod(s.shape[2:])
-                cols = src.view(n_out, n_in, K)[0, :, 0]
-            else:
-                col_nodes = src.view(n_out, per_row)[0]
-                cols = torch.unique_consecutive(col_nodes)
-                n_in = cols.numel()
-                K = per_row // max(n_in, 1)
-                if n_in * K != per_row or not torch.equal(col_nodes, cols.repeat_interleave(K)):
-                    raise UnsupportedArchitectureError(name, "a dense layer on a flattened chain", f"'{s.name}'")
-            layers.append(dict(weight=s.name, bias=None, rows=rows, cols=cols, n_out=n_out, n_in=n_in, K=K))
-        if not layers:
-            raise UnsupportedArchitectureError(name, "at least one dense layer", "none")
-        if not torch.equal(layers[0]["cols"], g.input_nodes):
-            raise UnsupportedArchitectureError(name, "a first layer reading the input nodes", "other wiring")
-        for a, b in zip(layers[:-1], layers[1:]):
-            if not torch.equal(a["rows"], b["cols"]):
-                raise UnsupportedArchitectureError(
-                    name, "a sequential chain of layers", f"'{b['weight']}' not reading the outputs of '{a['weight']}'"
-                )
-        if not torch.equal(layers[-1]["rows"], g.output_nodes):
-            raise UnsupportedArchitectureError(name, "a last layer writing the output nodes", "other wiring")
-        return cls(tuple(NFNLayerSpec(L["weight"], L["bias"], L["n_out"], L["n_in"], L["K"]) for L in layers))
-
-    def weights(self, g: NeuralGraph, dtype: torch.dtype | None = None) -> tuple[list[Tensor], list[Tensor | None]]:
-        """``W_l`` [n_l, n_{l-1}, K_l] and ``b_l`` [n_l, 1] (or None) of one graph, in edge flat order."""
-        Ws, bs = [], []
-        ep = g.edge_param
-        ew = g.edge_weight if dtype is None else g.edge_weight.to(dtype)
-        for s in self.layers:
-            r = ep.edges_of(s.weight)
-            Ws.append(ew[r.start : r.stop].view(s.n_out, s.n_in, s.kernel))
-            if s.bias is None:
-                bs.append(None)
-            else:
-                rb = ep.edges_of(s.bias)
-                bs.append(ew[rb.start : rb.stop].view(s.n_out, 1))
-        return Ws, bs
+def chain_spec(spec: ChainSpec | NeuralGraph | WeightSpaceData, metanet: str = "NP-NFN") -> ChainSpec:
+    """The chain of ``spec``: a :class:`ChainSpec`, a graph's or one graph's :class:`WeightSpaceData`'s;
+    :class:`UnsupportedArchitectureError` (naming ``metanet``) if it is no chain."""
+    if isinstance(spec, NeuralGraph):
+        spec = ChainSpec.read(spec)
+    elif isinstance(spec, WeightSpaceData):
+        chains = spec.chains
+        if len(chains) != 1:
+            raise ValueError(f"Expected one graph's data as the example of {metanet} (got a batch of {len(chains)})")
+        spec = chains[0]
+    if not spec.is_chain:
+        raise spec.error(metanet)
+    return spec
 
 
 def _mean(t: Tensor, dim: int) -> Tensor:
@@ -241,7 +154,7 @@ class NPNFN(nn.Module):
 
     Parameters
     ----------
-    spec : NFNSpec or NeuralGraph
+    spec : ChainSpec, NeuralGraph or WeightSpaceData
         Any input network of the family (depth, folded kernel sizes and biases must match; widths may
         differ between networks).
     hidden_dim : int
@@ -250,27 +163,26 @@ class NPNFN(nn.Module):
     out_dim : int or None
         Invariant output width (``forward``).
     edge_out_dim : int or None
-        Equivariant output width per parameter (``forward_edges``).
+        Equivariant output width per parameter (``edit``).
 
     Example
     -------
-    >>> import torch.nn as nn, symgraph
+    >>> import torch.nn as nn, symgraph, gmn
     >>> g = symgraph.parameter_graph(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
-    >>> NPNFN(g, hidden_dim=4)([g, g]).shape
+    >>> NPNFN(g, hidden_dim=4)(gmn.WeightSpaceBatch.from_graphs([g, g])).shape
     torch.Size([2, 1])
     """
 
     def __init__(
         self,
-        spec: NFNSpec | NeuralGraph,
+        spec: ChainSpec | NeuralGraph | WeightSpaceData,
         hidden_dim: int = 16,
         num_layers: int = 2,
         out_dim: int | None = 1,
         edge_out_dim: int | None = None,
     ):
         super().__init__()
-        if isinstance(spec, NeuralGraph):
-            spec = NFNSpec.from_graph(spec)
+        spec = chain_spec(spec)
         self.signature = spec.signature
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         self.out_dim, self.edge_out_dim = out_dim, edge_out_dim
@@ -304,26 +216,18 @@ class NPNFN(nn.Module):
         if self.edge_layer is not None:
             self.edge_layer.reset_parameters()
 
-    def _groups(self, graphs: Sequence[NeuralGraph]):
-        specs = [NFNSpec.from_graph(g) for g in graphs]
-        for s in specs:
-            if s.signature != self.signature:
+    def _groups(self, batch: WeightSpaceBatch):
+        """``(group, Ws, bs)`` after the equivariant trunk, per group of graphs of one shape."""
+        groups = batch.chain_groups("NP-NFN")
+        for grp in groups:
+            if grp.spec.signature != self.signature:
                 raise UnsupportedArchitectureError(
-                    "NPNFN", f"networks with layer signature (kernel, bias) {self.signature}", f"{s.signature}"
+                    "NPNFN", f"networks with layer signature (kernel, bias) {self.signature}", f"{grp.spec.signature}"
                 )
-        groups: dict[tuple, list[int]] = {}
-        for i, s in enumerate(specs):
-            groups.setdefault(s.shapes, []).append(i)
-        dtype = next(self.parameters()).dtype
-        for idx in groups.values():
-            spec = specs[idx[0]]
-            per = [spec.weights(graphs[i], dtype) for i in idx]
-            Ws = [torch.stack([p[0][l] for p in per]) for l in range(len(spec.layers))]
-            bs = [
-                None if per[0][1][l] is None else torch.stack([p[1][l] for p in per]) for l in range(len(spec.layers))
-            ]
-            dev = next(self.parameters()).device
-            yield idx, spec, [W.to(dev) for W in Ws], [None if b is None else b.to(dev) for b in bs]
+        p = next(self.parameters())
+        values = batch.edge_attr[:, 0].to(device=p.device, dtype=p.dtype)
+        for grp in groups:
+            yield (grp, *self._trunk(*grp.weights(values)))
 
     def _trunk(self, Ws, bs):
         for layer in self.layers:
@@ -332,41 +236,46 @@ class NPNFN(nn.Module):
             bs = [None if b is None else torch.relu(b) for b in bs]
         return Ws, bs
 
-    def forward(self, graphs: Sequence[NeuralGraph] | NeuralGraph) -> Tensor:
-        """Invariant output ``[len(graphs), out_dim]``."""
-        if self.head is None:
-            raise ValueError("Expected an NPNFN with out_dim (got out_dim=None)")
-        graphs = [graphs] if isinstance(graphs, NeuralGraph) else list(graphs)
-        out: list[Tensor | None] = [None] * len(graphs)
-        for idx, _, Ws, bs in self._groups(graphs):
-            Ws, bs = self._trunk(Ws, bs)
-            pooled = [W.mean(dim=(1, 2)) for W in Ws] + [b.mean(dim=1) for b in bs if b is not None]
-            y = self.head(torch.cat(pooled, dim=-1))
-            for k, i in enumerate(idx):
-                out[i] = y[k]
-        return torch.stack(out)  # type: ignore[arg-type]
+    @staticmethod
+    def _in_batch_order(groups: list[Tensor], rows: list[Tensor]) -> Tensor:
+        out = torch.cat(rows)
+        if len(rows) == 1:
+            return out
+        return out[torch.argsort(torch.cat(groups))]
 
-    def forward_edges(self, graphs: Sequence[NeuralGraph] | NeuralGraph) -> list[Tensor]:
-        """Equivariant output per graph: ``[num_edges, edge_out_dim]`` in the graph's edge order."""
+    def _pooled_groups(self, batch: WeightSpaceBatch) -> tuple[list[Tensor], list[Tensor]]:
+        idx, pooled = [], []
+        for grp, Ws, bs in self._groups(batch):
+            idx.append(grp.graphs)
+            pooled.append(
+                torch.cat([W.mean(dim=(1, 2)) for W in Ws] + [b.mean(dim=1) for b in bs if b is not None], -1)
+            )
+        return idx, pooled
+
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """Per-layer means after the trunk ``[num_graphs, pooled_dim]`` (what the invariant head reads)."""
+        return self._in_batch_order(*self._pooled_groups(batch))
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+        """Invariant output ``[num_graphs, out_dim]`` (the per-layer means when the net has no head)."""
+        idx, pooled = self._pooled_groups(batch)
+        if self.head is None:
+            return self._in_batch_order(idx, pooled)
+        return self._in_batch_order(idx, [self.head(p) for p in pooled])
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        """Equivariant output per parameter ``[num_forward_edges_in_batch, edge_out_dim]`` (edge order)."""
         if self.edge_layer is None:
-            raise ValueError("Expected an NPNFN with edge_out_dim (got edge_out_dim=None)")
-        graphs = [graphs] if isinstance(graphs, NeuralGraph) else list(graphs)
-        out: list[Tensor | None] = [None] * len(graphs)
+            raise MetanetOutputError("NPNFN", "edit", "edge_out_dim=None")
         d = self.edge_out_dim
-        for idx, spec, Ws, bs in self._groups(graphs):
-            Ws, bs = self.edge_layer(*self._trunk(Ws, bs))
-            for k, i in enumerate(idx):
-                g = graphs[i]
-                res = Ws[0].new_zeros(g.num_edges, d)
-                for l, s in enumerate(spec.layers):
-                    r = g.edge_param.edges_of(s.weight)
-                    # [n_out, n_in, K * d] -> flat (o, i, k) order of the parameter, d channels
-                    res[r.start : r.stop] = Ws[l][k].reshape(s.n_out, s.n_in, s.kernel, d).reshape(-1, d)
-                    if s.bias is not None:
-                        rb = g.edge_param.edges_of(s.bias)
-                        res[rb.start : rb.stop] = bs[l][k]
-                out[i] = res
-        return out  # type: ignore[return-value]
+        out = None
+        for grp, Ws, bs in self._groups(batch):
+            Ws, bs = self.edge_layer(Ws, bs)
+            flat = grp.flatten(Ws, bs, d).reshape(-1, d)
+            if out is None:
+                out = flat.new_zeros(int(batch.edge_is_forward.sum()), d)
+            out = out.index_copy(0, batch.forward_rows(grp.edges.reshape(-1)), flat)
+        return out
 
     def __repr__(self) -> str:
         return (

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..data import EDGE_KIND_VOCAB
 from ..layers import ConcatMLP, scatter_reduce
-from .common import UnsupportedArchitectureError, param_elements
+from ..weight_space import WeightSpaceBatch
+from .common import UnsupportedArchitectureError, no_edit_output
 
 __all__ = ["StatNN", "tensor_statistics", "NUM_STATS"]
 
@@ -105,16 +106,22 @@ class StatNN(nn.Module):
             nn.init.normal_(self.kind_emb.weight, std=0.1)
             self.phi.reset_parameters()
 
-    def statistics(self, batch) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    @property
+    def pooled_dim(self) -> int:
+        return self.max_tensors * (NUM_STATS + 1) if self.layout == "pad" else self.hidden_dim
+
+    def statistics(self, batch: WeightSpaceBatch) -> tuple[Tensor, Tensor, Tensor, int, int]:
         """``(stats [G*T, 7], count [G*T], kind [G*T], G, T)`` for a batch (T: most tensors of a graph)."""
-        el = param_elements(batch)
+        el = batch.param_elements()
         G, T = el.num_graphs, el.max_tensors
         stats, count = tensor_statistics(el.value, el.tensor, G * T)
         kind = torch.zeros(G * T, dtype=torch.long, device=el.value.device)
         kind.scatter_reduce_(0, el.tensor, el.kind, reduce="amax", include_self=True)
         return stats, count, kind, G, T
 
-    def forward(self, batch) -> Tensor:
+    def pooled(self, batch: WeightSpaceBatch) -> Tensor:
+        """What the MLP reads: the padded statistics ``[G, max_tensors * 8]`` (``"pad"``) or their pooled
+        embedding ``[G, hidden_dim]`` (``"pool"``)."""
         stats, count, kind, G, T = self.statistics(batch)
         present = (count > 0).to(stats.dtype).view(-1, 1)
         feats = torch.cat([stats, present], 1).view(G, T, NUM_STATS + 1)
@@ -127,13 +134,19 @@ class StatNN(nn.Module):
                 )
             if T < self.max_tensors:
                 feats = torch.cat([feats, feats.new_zeros(G, self.max_tensors - T, NUM_STATS + 1)], 1)
-            return self.mlp(feats.reshape(G, -1))
+            return feats.reshape(G, -1)
         n_t = (count.view(G, T) > 0).sum(1, keepdim=True).clamp(min=2) - 1
         rel = (torch.arange(T, device=stats.device).view(1, T) / n_t).to(stats.dtype).unsqueeze(-1)
         h = self.phi(feats, rel, self.kind_emb(kind).view(G, T, -1).to(stats.dtype))
         w = (count.view(G, T, 1) > 0).to(h.dtype)
-        pooled = (h * w).sum(1) / w.sum(1).clamp(min=1)
-        return self.mlp(pooled)
+        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+        """Invariant output ``[num_graphs, out_dim]``."""
+        return self.mlp(self.pooled(batch))
+
+    def edit(self, batch: WeightSpaceBatch) -> Tensor:
+        raise no_edit_output("StatNN")
 
     def __repr__(self) -> str:
         return (

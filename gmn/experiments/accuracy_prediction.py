@@ -11,6 +11,11 @@ beside the paper's numbers, and write ``results.json`` (with every prediction, f
 Metanets that cannot take the zoo's architectures (NP-NFN: norms, residuals, attention, mixed
 architectures) are marked "n/a" with the reason, as the paper's table does.
 
+Every metanet is built by name (:func:`gmn.metanets.build`), reads the same batches
+(:class:`gmn.WeightSpaceBatch`) and is trained by :mod:`gmn.engine` (one checkpoint per run under
+``--out``/checkpoints: a killed run continues where it stopped; ``--no-resume`` starts afresh); which
+metanet takes which zoo is the registry's ``supports`` (:func:`gmn.metanets.unsupported`).
+
 Scales: ``smoke`` (seconds; tests), ``cpu`` (default; sized for about an hour on 2 cores: measured 43 min
 end to end on the quiet machine, 2 h 03 min with another experiment sharing it — README), ``paper`` (30 000
 networks, ~750k-parameter metanets, 5 seeds: a GPU job).
@@ -25,21 +30,39 @@ validation and test metrics are over the full sets and the same on every rank; o
 ``results.json`` / ``runs.json``.
 On CPU the same command runs gloo processes (``--device cpu``). After the module name torchrun's parser
 still matches abbreviations of its own options: write ``--networks`` rather than ``--n``.
+
+Options: the run options of every experiment (``--metanets``, ``--seeds``, ``--device``, ``--out``,
+``--resume``, ...), the zoo (:class:`ZooOptions`) and the scale's sizes (:class:`Scale`, each a flag).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
+from symgraph.cli_util import run_cli
 
-__all__ = ["Scale", "SCALES", "PAPER_TABLE1", "run_experiment", "main"]
+from ..engine import seed_everything
+from ..metanets import build, names, unsupported
+from ..weight_space import weight_space_loader
+from .common import check_options, mean_std, option, parse_experiment, running
+
+__all__ = [
+    "Scale",
+    "ZooOptions",
+    "SCALES",
+    "METANETS",
+    "OPTIONS",
+    "PAPER_TABLE1",
+    "zoo_data",
+    "sized",
+    "run_metanet",
+    "run_experiment",
+    "main",
+]
 
 LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)
 
@@ -84,166 +107,163 @@ PAPER_TABLE6 = {"npnfn": (0.922, 0.001), "statnn": (0.915, 0.002), "gmn": (0.938
 
 @dataclass(frozen=True)
 class Scale:
-    n: int  # networks in the zoo
-    zoo_epochs: int
-    train_subset: int | None
-    epochs: int  # metanet epochs (final runs)
-    search_epochs: int  # metanet epochs during the learning-rate search
-    seeds: int
-    budget: int  # target trainable parameters per metanet
-    lrs: tuple[float, ...] = LRS
-    batch_size: int = 32
+    """Sizes of one scale (``SCALES``); every field but ``seeds`` (``--seeds``) is a command-line option."""
+
+    n: int = option(
+        300,
+        "number of networks in the zoo (under torchrun write --networks: torchrun claims --n)",
+        flags=("--n", "--networks"),
+    )
+    zoo_epochs: int = option(5, "epochs of training of each zoo network")
+    train_subset: int | None = option(None, "train the zoo networks on the first N images only")
+    epochs: int = option(10, "metanet epochs (final runs)")
+    search_epochs: int = option(2, "metanet epochs per learning-rate trial")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget: int = option(25_000, "target trainable parameters per metanet")
+    lrs: tuple[float, ...] = option(LRS, "learning-rate grid, e.g. 1e-3,5e-3")
+    batch_size: int = option(32, "metanet batch size")
+
+    def __post_init__(self):
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class ZooOptions:
+    """Which zoo the experiment reads (not part of a scale)."""
+
+    dataset: str = option(
+        "diverse",
+        "zoo family to generate (small-cnn: the Table 6 architecture on digits)",
+        choices=("diverse", "varying-cnn", "small-cnn"),
+    )
+    unterthiner: str | None = option(
+        None, "use the published small-CNN zoo of Unterthiner et al. in DIR (weights.npy, metrics.csv)", metavar="DIR"
+    )
+    split: str = option("all", "which split (all: 50, 5 and ood)", choices=("50", "5", "ood", "all"))
+    data: str = option("digits", "'digits' (bundled) or 'cifar10:/path/to/cifar-10-batches-py'")
+    zoo: str | None = option(None, "zoo directory (default runs/zoo-DATASET-SCALE)")
+    seed: int = option(0, "seed of the zoo's configurations and of the splits")
 
 
 SCALES = {
     "smoke": Scale(
-        n=40, zoo_epochs=1, train_subset=256, epochs=2, search_epochs=1, seeds=2, budget=5_000, lrs=(1e-3, 5e-3)
+        n=40, zoo_epochs=1, train_subset=256, epochs=2, search_epochs=1, seeds=(0, 1), budget=5_000, lrs=(1e-3, 5e-3)
     ),
     # fits about an hour on 2 CPU cores (README: measured wall time); the GMN's cost grows with its width
-    "cpu": Scale(n=300, zoo_epochs=5, train_subset=None, epochs=10, search_epochs=2, seeds=3, budget=25_000),
-    "paper": Scale(n=30_000, zoo_epochs=30, train_subset=None, epochs=100, search_epochs=30, seeds=5, budget=750_000),
+    "cpu": Scale(n=300, zoo_epochs=5, train_subset=None, epochs=10, search_epochs=2, seeds=(0, 1, 2), budget=25_000),
+    "paper": Scale(
+        n=30_000, zoo_epochs=30, train_subset=None, epochs=100, search_epochs=30, seeds=(0, 1, 2, 3, 4), budget=750_000
+    ),
 }
 
+#: The table's metanets (the default ``--metanets``; any registered metanet can be asked for).
 METANETS = ("gmn", "deepsets", "dmc", "statnn", "npnfn")
+#: Each metanet's settings in this experiment (its width is searched for the budget): the paper's GMN passes
+#: messages without a global feature and pools edges; StatNN pools per-tensor statistics (mixed architectures).
+OPTIONS: dict[str, dict] = {
+    "gmn": dict(num_layers=4, use_global=False, pool=("edge",)),
+    "statnn": dict(layout="pool"),
+    "npnfn": dict(num_layers=2),
+}
+#: The fields of a scale that change what one training run computes (its checkpoint's fingerprint).
+_RUN_FIELDS = ("n", "zoo_epochs", "train_subset", "budget", "batch_size")
 
 
 def _n_params(m) -> int:
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
-def _factory(name: str, example_graph):
-    """``hidden -> model`` for a metanet; the budget search varies ``hidden``."""
-    import gmn
-    from gmn.baselines import DMC, NPNFN, DeepSetsBaseline, StatNN
+def sized(name: str, budget: int, example):
+    """``(make, hidden)``: the metanet whose trainable parameter count is closest to ``budget`` (width searched)."""
 
-    if name == "gmn":  # the paper's experiments: message passing without a global feature, pooled edges
-        return lambda h: gmn.GMN(hidden_dim=h, num_layers=4, out_dim=1, use_global=False, pool=("edge",))
-    if name == "deepsets":
-        return lambda h: DeepSetsBaseline(hidden_dim=h, out_dim=1)
-    if name == "dmc":
-        return lambda h: DMC(channels=h, out_dim=1)
-    if name == "statnn":
-        return lambda h: StatNN(hidden_dim=h, out_dim=1, layout="pool")
-    if name == "npnfn":
-        return lambda h: NPNFN(example_graph, hidden_dim=h, num_layers=2, out_dim=1)
-    raise ValueError(f"Expected a metanet in {METANETS} (got {name!r})")
+    def make_h(h: int):
+        return build(name, hidden_dim=h, out_dim=1, example=example, **OPTIONS.get(name, {}))
 
-
-def sized(name: str, budget: int, example_graph):
-    """The metanet whose trainable parameter count is closest to ``budget`` (hidden width searched)."""
-    make = _factory(name, example_graph)
     best = None
     for h in (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
-        m = make(h)
-        gap = abs(math.log(_n_params(m) / budget))
+        gap = abs(math.log(_n_params(make_h(h)) / budget))
         if best is None or gap < best[0]:
             best = (gap, h)
-    return lambda: make(best[1]), best[1]
+    return lambda: make_h(best[1]), best[1]
 
 
-def _graphs_and_data(records):
+def zoo_data(records) -> list:
+    """Each zoo network as :func:`gmn.graph_to_data` of its parameter graph, with its test accuracy as target."""
     import gmn
     import gmn.zoo.unterthiner  # noqa: F401  (registers 'smallcnn')
     import symgraph
     from symgraph.models import build_model
 
-    graphs, data = [], []
+    data = []
     for r in records:
         m = build_model(r["arch"], **r["kwargs"])
         m.load_state_dict(r["state_dict"])
-        g = symgraph.parameter_graph(m)
-        graphs.append(g)
-        data.append(gmn.graph_to_data(g, y=float(r["test_acc"])))
-    return graphs, data
+        data.append(gmn.graph_to_data(symgraph.parameter_graph(m), y=float(r["test_acc"])))
+    return data
 
 
-def _check_supported(name: str, graphs) -> str | None:
-    """None if the metanet takes every network of the zoo, else the reason (paper's table marks)."""
-    if name != "npnfn":
-        return None
-    from gmn.baselines import NFNSpec, UnsupportedArchitectureError
+def run_metanet(
+    name,
+    data,
+    split,
+    scale: Scale,
+    device,
+    progress=False,
+    log=print,
+    checkpoints: Path | None = None,
+    resume: bool = True,
+    tag: str = "",
+    run_info: dict | None = None,
+) -> dict:
+    """Learning-rate search, then one run per seed, of metanet ``name`` on one split (or its "n/a" reason).
 
-    try:
-        sigs = {NFNSpec.from_graph(g).signature for g in graphs}
-    except UnsupportedArchitectureError as exc:
-        return str(exc)
-    if len(sigs) > 1:
-        return f"NP-NFN needs one layer layout for all networks (got {len(sigs)})"
-    return None
-
-
-class _EpochPermutation(torch.utils.data.Sampler):
-    """A new permutation of ``range(n)`` from ``generator`` each epoch (``shuffle``), else the identity."""
-
-    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
-        self.n, self.shuffle, self.generator = n, shuffle, generator
-
-    def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n))
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def _collate_graphs(chunk):
-    return [c[0] for c in chunk], torch.stack([c[1] for c in chunk])
-
-
-def _loaders(name, data, graphs, idx, batch_size, shuffle):
-    from torch_geometric.loader import DataLoader
-
-    if name == "npnfn":  # NP-NFN reads shapes off the NeuralGraphs: batches are (graphs, targets)
-        items = [(graphs[i], data[i].y.view(-1)) for i in idx]
-        # a torch DataLoader so that train_regressor can shard it under torchrun; its own generators, so that
-        # it leaves the global random state alone
-        return torch.utils.data.DataLoader(
-            items,
-            batch_size=batch_size,
-            sampler=_EpochPermutation(len(items), shuffle, torch.Generator().manual_seed(0)),
-            collate_fn=_collate_graphs,
-            generator=torch.Generator().manual_seed(1),
-        )
-    return DataLoader([data[i] for i in idx], batch_size=batch_size, shuffle=shuffle)
-
-
-def _npnfn_forward(model, batch):
-    graphs, y = batch
-    out = model(graphs)
-    return out, y.view(out.shape).to(out.dtype)
-
-
-def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False, log=print) -> dict:
+    ``checkpoints``: a folder for one engine checkpoint per run (``{tag}{name}-lr{lr}.pt``,
+    ``{tag}{name}-seed{seed}.pt``), so that a killed experiment resumes (``resume``); ``run_info`` (the zoo's
+    description) goes into their fingerprints with the scale's sizes.
+    """
     from gmn.train import evaluate, train_regressor
 
-    reason = _check_supported(name, [graphs[i] for i in split["train"] + split["val"] + split["test"]])
+    reason = unsupported(name, [data[i] for i in split["train"] + split["val"] + split["test"]])
     if reason is not None:
         return {"metanet": name, "supported": False, "reason": reason}
     t_start = time.perf_counter()
-    make, hidden = sized(name, scale.budget, graphs[split["train"][0]])
-    fwd = _npnfn_forward if name == "npnfn" else None
-    tr = _loaders(name, data, graphs, split["train"], scale.batch_size, True)
-    va = _loaders(name, data, graphs, split["val"], scale.batch_size, False)
-    te = _loaders(name, data, graphs, split["test"], scale.batch_size, False)
+    make, hidden = sized(name, scale.budget, data[split["train"][0]])
+    tr = weight_space_loader([data[i] for i in split["train"]], scale.batch_size, shuffle=True)
+    va = weight_space_loader([data[i] for i in split["val"]], scale.batch_size)
+    te = weight_space_loader([data[i] for i in split["test"]], scale.batch_size)
+    fingerprint = {"metanet": name, "hidden": hidden, **(run_info or {}), **{k: getattr(scale, k) for k in _RUN_FIELDS}}
+
+    def train(seed: int, lr: float, epochs: int, file: str):
+        seed_everything(seed)
+        model = make()
+        ckpt = checkpoints / file if checkpoints is not None else None
+        h = train_regressor(
+            model,
+            tr,
+            va,
+            epochs=epochs,
+            lr=lr,
+            device=device,
+            progress=progress,
+            seed=seed,
+            checkpoint=ckpt,
+            resume=resume,
+            fingerprint={**fingerprint, "seed": seed, "lr": lr},
+        )
+        return model, h
+
     search = {}
     for lr in scale.lrs:
-        torch.manual_seed(0)
-        model = make()
-        h = train_regressor(
-            model, tr, va, epochs=scale.search_epochs, lr=lr, device=device, progress=progress, forward=fwd, seed=0
-        )
+        _, h = train(0, lr, scale.search_epochs, f"{tag}{name}-lr{lr:g}.pt")
         search[lr] = h["best_metric"] if h["best_metric"] is not None else float("nan")
         log(f"  {name}: lr {lr:g} -> val R2 {search[lr]:.3f}")
     finite = {k: v for k, v in search.items() if not math.isnan(v)}
     best_lr = max(finite, key=finite.get) if finite else scale.lrs[0]
     runs = []
-    for seed in range(scale.seeds):
-        torch.manual_seed(seed)
-        model = make()
-        train_regressor(
-            model, tr, va, epochs=scale.epochs, lr=best_lr, device=device, progress=progress, forward=fwd, seed=seed
-        )
-        ev_te = evaluate(model, te, device=device, forward=fwd)
-        ev_va = evaluate(model, va, device=device, forward=fwd)
+    for seed in scale.seeds:
+        model, _ = train(seed, best_lr, scale.epochs, f"{tag}{name}-seed{seed}.pt")
+        ev_te = evaluate(model, te, device=device)
+        ev_va = evaluate(model, va, device=device)
         runs.append(
             {
                 "seed": seed,
@@ -258,11 +278,6 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
             }
         )
         log(f"  {name}: seed {seed} test R2 {ev_te['r2']:.3f} tau {ev_te['tau']:.3f}")
-
-    def ms(key):
-        vals = torch.tensor([r[key] for r in runs], dtype=torch.float64)
-        return float(vals.mean()), float(vals.std()) if len(vals) > 1 else 0.0
-
     return {
         "metanet": name,
         "supported": True,
@@ -270,8 +285,8 @@ def run_metanet(name, graphs, data, split, scale: Scale, device, progress=False,
         "params": _n_params(make()),
         "lr_search": search,
         "best_lr": best_lr,
-        "r2": ms("test_r2"),
-        "tau": ms("test_tau"),
+        "r2": mean_std([r["test_r2"] for r in runs]),
+        "tau": mean_std([r["test_tau"] for r in runs]),
         "runs": runs,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -318,7 +333,9 @@ def run_experiment(
     progress=True,
     log=print,
     unterthiner=None,
+    resume: bool = True,
 ) -> dict:
+    """The whole pipeline (module docstring); ``results.json`` and ``runs.json`` under ``out_dir``."""
     from gmn.distributed import each_then_wait, init_distributed, main_first
     from gmn.zoo import generate_zoo, load_zoo, make_split
 
@@ -350,7 +367,7 @@ def run_experiment(
         records = load_zoo(zoo_dir)
     t_zoo = time.perf_counter() - t0
     log(f"[2/3] parameter graphs of {len(records)} networks")
-    graphs, pyg = _graphs_and_data(records)
+    pyg = zoo_data(records)
     results = {
         "dataset": dataset,
         "data": data,
@@ -362,12 +379,27 @@ def run_experiment(
     }
     if ctx.enabled:
         results["world_size"] = ctx.world_size
+    checkpoints = out_dir / "checkpoints"
     for split in splits:
         idx = make_split(records, split, seed=seed)
         log(f"[3/3] split {split}: train {len(idx['train'])}, val {len(idx['val'])}, test {len(idx['test'])}")
         rows = []
         for name in metanets:
-            rows.append(run_metanet(name, graphs, pyg, idx, sc, dev, progress=False, log=log))
+            rows.append(
+                run_metanet(
+                    name,
+                    pyg,
+                    idx,
+                    sc,
+                    dev,
+                    progress=False,
+                    log=log,
+                    checkpoints=checkpoints,
+                    resume=resume,
+                    tag=f"{dataset}-{split}-",
+                    run_info={"dataset": dataset, "data": data, "zoo_seed": seed, "split": split},
+                )
+            )
         results["splits"][split] = rows
     results["seconds"] = round(time.perf_counter() - t0, 1)
     from symgraph.cli_util import atomic_write
@@ -399,101 +431,55 @@ def _plot_runs(results: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m gmn.experiments.accuracy_prediction",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument(
-        "--dataset",
-        choices=["diverse", "varying-cnn", "small-cnn"],
-        default="diverse",
-        help="zoo family to generate (small-cnn: the Table 6 architecture on digits)",
-    )
-    ap.add_argument(
-        "--unterthiner",
-        metavar="DIR",
-        help="use the published small-CNN zoo of Unterthiner et al. in DIR (weights.npy, metrics.csv)",
-    )
-    ap.add_argument("--split", choices=["50", "5", "ood", "all"], default="all")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--data", default="digits", help="'digits' (bundled) or 'cifar10:/path/to/cifar-10-batches-py'")
-    ap.add_argument("--metanets", default=",".join(METANETS), help=f"comma list from {','.join(METANETS)}")
-    ap.add_argument(
-        "--n",
-        "--networks",
-        dest="n",
-        type=int,
-        help="override the scale's number of networks (under torchrun write --networks: torchrun claims --n)",
-    )
-    ap.add_argument("--seeds", type=int, help="override the scale's number of seeds")
-    ap.add_argument("--epochs", type=int, help="override the scale's metanet epochs (final runs)")
-    ap.add_argument("--search-epochs", type=int, help="override the scale's epochs per learning-rate trial")
-    ap.add_argument("--lrs", help="override the learning-rate grid, e.g. 1e-3,5e-3 (default 1e-4,5e-4,1e-3,5e-3,1e-2)")
-    ap.add_argument("--budget", type=int, help="override the target parameter count per metanet")
-    ap.add_argument("--zoo", help="zoo directory (default runs/zoo-DATASET-SCALE)")
-    ap.add_argument("--out", help="results directory (default runs/accpred-DATASET-SCALE)")
-    ap.add_argument("--device", default="auto", help="auto|cpu|cuda (under torchrun: cuda:LOCAL_RANK per rank)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="print the results as one JSON object (no predictions)")
-    args = ap.parse_args(argv)
-    sc = SCALES[args.scale]
-    overrides = {
-        k: getattr(args, k) for k in ("n", "seeds", "epochs", "search_epochs", "budget") if getattr(args, k) is not None
-    }
-    if args.lrs:
-        try:
-            overrides["lrs"] = tuple(float(x) for x in args.lrs.split(","))
-        except ValueError:
-            print(f"error: Expected --lrs as comma-separated numbers (got {args.lrs!r})", file=sys.stderr)
-            return 2
-    sc = replace(sc, **overrides)
-    metanets = tuple(m.strip() for m in args.metanets.split(",") if m.strip())
-    bad = [m for m in metanets if m not in METANETS]
-    if bad:
-        print(f"error: unknown metanet(s) {bad} (expected some of {list(METANETS)})", file=sys.stderr)
-        return 2
-    splits = ("50", "5", "ood") if args.split == "all" else (args.split,)
-    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
+    """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
     from gmn.distributed import shutdown
 
     try:
-        return _main(args, sc, overrides, metanets, splits, log)
+        return run_cli(_main, argv)
     finally:
         shutdown()  # under torchrun: leave the process group cleanly
 
 
-def _main(args, sc, overrides, metanets, splits, log) -> int:
+def _main(argv: list[str]) -> int:
     from gmn.distributed import active_context
 
-    try:
+    ex = parse_experiment(
+        argv,
+        "python -m gmn.experiments.accuracy_prediction",
+        __doc__,
+        config=Scale,
+        source=ZooOptions,
+        scales=SCALES,
+        metanets=names(),
+        default_metanets=METANETS,
+        seeds=None,
+        out="",
+        epilog="--out defaults to runs/accpred-DATASET-SCALE; --seeds to the scale's",
+    )
+    run, zoo, sc = ex.run, ex.source, ex.config
+    if run.seeds is not None:
+        sc = replace(sc, seeds=run.seeds)
+    splits = ("50", "5", "ood") if zoo.split == "all" else (zoo.split,)
+    log = (lambda *a, **k: None) if run.json else (lambda *a, **k: print(*a, **k, flush=True))
+    with running(run):
         res = run_experiment(
-            args.dataset,
+            zoo.dataset,
             splits,
-            sc if overrides else args.scale,
-            args.data,
-            args.zoo,
-            args.out,
-            metanets,
-            args.device,
-            args.seed,
-            progress=not args.json,
+            sc if sc != SCALES[ex.scale] else ex.scale,
+            zoo.data,
+            zoo.zoo,
+            run.out or None,
+            run.metanets,
+            run.device,
+            zoo.seed,
+            progress=run.progress and not run.json,
             log=log,
-            unterthiner=args.unterthiner,
+            unterthiner=zoo.unterthiner,
+            resume=run.resume,
         )
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from symgraph.errors import SymgraphError
-
-        if isinstance(exc, SymgraphError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    if not active_context(args.device).is_main:
+    if not active_context(run.device).is_main:
         return 0
-    if args.json:
+    if run.json:
         slim = json.loads(json.dumps(res))
         for rows in slim["splits"].values():
             for r in rows:
@@ -506,4 +492,4 @@ def _main(args, sc, overrides, metanets, splits, log) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -6,58 +6,50 @@ initialised to 0.01 (E.2). The loss is the MSE between the edited INR's renderin
 transformed image (``dilate``: morphological dilation of digits; ``contrast``: CLAHE of natural-image crops;
 see :mod:`gmn.inr.image_dataset`).
 
-Metanets: ``gmn`` (:class:`gmn.GMN` with the equivariant per-edge head; its output is mapped back to the
-parameters through the graph's edge layout, as :func:`gmn.edge_output_to_state_dict` does), ``mlp`` (flat
-weights -> flat edit, no symmetry), and ``npnfn`` when :mod:`gmn.baselines` provides an equivariant NP-NFN.
-``identity`` (no edit) is reported as a reference row.
+Metanets (:mod:`gmn.metanets`, each through its ``edit`` output on the weight-swapped batch of the INRs):
+``gmn`` (:class:`gmn.GMN` with the equivariant per-edge head; its output is mapped back to the parameters
+through the graph's edge layout, as :func:`gmn.edge_output_to_state_dict` does), ``npnfn`` (equivariant
+NP-NFN), ``dws`` (DWSNet's equivariant layers; not in the default table), ``mlp`` (flat weights -> flat
+edit, no symmetry). ``identity`` (no edit) is reported as a reference row.
 
 Scales
     ``cpu`` (default): 28x28 images, 500/50/150 INRs, GMN hidden 32 x 2 layers, 300 steps of batch 16.
     ``paper``: GMN hidden 512 x 4 layers (E.2), 50 000 steps of batch 32, Adam lr 1e-3 (meant for a GPU).
 
-Resumable: checkpoints per (method, seed) under ``--out``; ``results.json`` written atomically; a PNG figure
-of originals, targets and edited reconstructions.
+Trained by :func:`gmn.engine.fit`. Resumable: checkpoints per (method, seed) under ``--out`` (``--no-resume``
+starts afresh); ``results.json`` written atomically; a PNG figure of originals, targets and edited
+reconstructions. Every field of :class:`EditConfig` is a flag (``--steps``, ``--n-train``, ...).
 
 CLI::
 
-    python -m gmn.experiments.inr_editing --task dilate [--scale cpu] [--methods gmn,mlp] [--json]
+    python -m gmn.experiments.inr_editing --task dilate [--scale cpu] [--metanets gmn,mlp] [--seeds 0,1,2] [--json]
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 import symgraph
-from symgraph.cli_util import (
-    CLIError,
-    OneLineArgumentParser,
-    add_device_argument,
-    atomic_open,
-    resolve_device,
-    run_cli,
-    torch_threads,
-)
+from symgraph.cli_util import atomic_open, run_cli
 from symgraph.models.siren import SIREN
 
-from ..baselines.npnfn import NFNSpec
-from ..inr.encoders import GRAPH_BASELINES, _baseline_class, npnfn_stacked
+from .. import metanets
+from ..data import tensor_mean_std
+from ..engine import fit, seed_everything
+from ..inr.encoders import GMN_OPTIONS
 from ..inr.fit import batched_siren_forward
 from ..inr.graph_batch import WeightGraphBatcher
 from ..inr.image_dataset import IMAGE_ARCH, TASKS, build, pixel_grid
-from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
-from ..models import GMN, edge_output_to_state_dict
-from .common import comma_list, int_list, print_result, with_overrides
+from ..models import edge_output_to_state_dict
+from .common import ResultsFile, format_mean_std, metanet_size, option, parse_experiment, print_result, running
 
-__all__ = ["EditConfig", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_dict", "run", "main"]
+__all__ = ["EditConfig", "EditData", "SCALES", "PAPER_TABLE2", "INREditor", "edited_state_dict", "run", "main"]
 
 #: Paper Table 2 (test MSE; baselines from Zhou et al., 2023a;b): method -> (contrast, dilate).
 PAPER_TABLE2: dict[str, tuple[str, str]] = {
@@ -70,24 +62,41 @@ PAPER_TABLE2: dict[str, tuple[str, str]] = {
     "GMN (ours)": (".0197 ± .0000", ".0603 ± .0010"),
 }
 _PAPER_ROW = {"gmn": "GMN (ours)", "mlp": "MLP", "npnfn": "NFN-NP"}
-_LABEL = {"gmn": "GMN", "mlp": "MLP", "npnfn": "NP-NFN", "identity": "no edit (input INR)"}
-METHODS = ("gmn", "npnfn", "mlp")
+_LABEL = {"gmn": "GMN", "mlp": "MLP", "npnfn": "NP-NFN", "dws": "DWSNet", "identity": "no edit (input INR)"}
+#: The metanets with a per-parameter output, in the table's order; the default run leaves out DWSNet.
+METHODS = ("gmn", "npnfn", "dws", "mlp")
+DEFAULT_METHODS = ("gmn", "npnfn", "mlp")
+#: Each metanet's settings in this experiment (besides its size).
+OPTIONS = {"gmn": GMN_OPTIONS}
 
 
 @dataclass(frozen=True)
 class EditConfig:
-    size: int = 28
-    n_train: int = 500
-    n_val: int = 50
-    n_test: int = 150
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
-    gamma_init: float = 0.01
-    gmn_hidden: int = 32
-    gmn_layers: int = 2
-    mlp_hidden: int = 256
-    baseline_hidden: int = 64
+    """Sizes of one scale; every field is a command-line option (``--steps``, ``--n-train``, ...)."""
+
+    size: int = option(28, "image side in pixels")
+    n_train: int = option(500, "training images")
+    n_val: int = option(50, "validation images")
+    n_test: int = option(150, "test images")
+    steps: int = option(300, "training steps")
+    batch_size: int = option(16, "batch size")
+    lr: float = option(1e-3, "Adam learning rate")
+    gamma_init: float = option(0.01, "initial per-parameter edit scale gamma")
+    gmn_hidden: int = option(32, "GMN width")
+    gmn_layers: int = option(2, "GMN layers")
+    mlp_hidden: int = option(256, "MLP width")
+    mlp_layers: int = option(3, "MLP linear layers")
+    baseline_hidden: int = option(64, "width of NP-NFN and DWSNet")
+    baseline_layers: int = option(2, "layers of NP-NFN and DWSNet")
+
+
+@dataclass(frozen=True)
+class EditData:
+    """The task and where its data and figure live (not part of a scale)."""
+
+    task: str = option(help="the editing task", choices=TASKS)
+    data: str = option("runs/inr_edit_data", "cache of fitted image INRs")
+    figure: str | None = option(None, "PNG path (default <out>/inr_editing_<task>.png)")
 
 
 SCALES = {
@@ -102,6 +111,7 @@ SCALES = {
         gmn_layers=4,
         mlp_hidden=1024,
         baseline_hidden=128,
+        baseline_layers=4,
     ),
 }
 
@@ -111,7 +121,8 @@ class INREditor(nn.Module):
 
     Parameters
     ----------
-    kind : {"gmn", "mlp", "npnfn"}
+    kind : str
+        A metanet of :mod:`gmn.metanets` with an ``edit`` output (one of :data:`METHODS`).
     graph : NeuralGraph
         Parameter graph of the SIREN architecture.
     hidden, layers : int
@@ -133,25 +144,20 @@ class INREditor(nn.Module):
         device: torch.device | str = "cpu",
     ):
         super().__init__()
+        if kind not in METHODS:
+            raise ValueError(f"Expected a method in {METHODS} (got {kind!r})")
         self.kind = kind
         self.batcher = WeightGraphBatcher(graph, device=device)
         e = self.batcher.num_edges
-        if kind == "gmn":
-            self.net: nn.Module = GMN(
-                hidden_dim=hidden, num_layers=layers, out_dim=None, edge_out_dim=1, use_global=False
-            )
-        elif kind == "mlp":
-            self.net = nn.Sequential(
-                nn.Linear(e, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, e)
-            )
-        elif kind == "npnfn":
-            cls = _baseline_class("npnfn")
-            if cls is None:
-                raise ValueError(f"Expected gmn.baselines to provide NP-NFN {GRAPH_BASELINES['npnfn']} (got none)")
-            self.net = cls(graph, hidden_dim=hidden, num_layers=layers, out_dim=None, edge_out_dim=1)
-            self.spec = NFNSpec.from_graph(graph)
-        else:
-            raise ValueError(f"Expected a method in {METHODS} (got {kind!r})")
+        self.net: nn.Module = metanets.build(
+            kind,
+            hidden_dim=hidden,
+            num_layers=layers,
+            out_dim=None,
+            edit_dim=1,
+            example=self.batcher.data,
+            **OPTIONS.get(kind, {}),
+        )
         mean = self.batcher.edge_weights({k: torch.full((1, *self._shape(k)), m) for k, (m, _) in stats.items()})
         std = self.batcher.edge_weights({k: torch.full((1, *self._shape(k)), s) for k, (_, s) in stats.items()})
         self.register_buffer("mean", mean[0])
@@ -163,15 +169,9 @@ class INREditor(nn.Module):
         return next(s.shape for s in self.batcher.edge_slots if s.name == name)
 
     def delta(self, edge_w: torch.Tensor) -> torch.Tensor:
-        """Raw metanet output ``[B, E]`` for raw edge weights ``[B, E]``."""
+        """Raw metanet output ``[B, E]`` for raw edge weights ``[B, E]`` (its ``edit`` of the standardised INR)."""
         z = (edge_w - self.mean) / self.std
-        if self.kind == "mlp":
-            return self.net(z)
-        if self.kind == "npnfn":
-            return self.batcher.edge_weights(
-                npnfn_stacked(self.net, self.spec, self.batcher.params_from_edges(z), edges=True)
-            )
-        return self.net(self.batcher.batch(z)).reshape(edge_w.shape)
+        return self.net.edit(self.batcher.batch(z)).reshape(edge_w.shape)
 
     def forward(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Edited stacked parameters."""
@@ -193,10 +193,6 @@ def _render(params: dict[str, torch.Tensor], grid: torch.Tensor) -> torch.Tensor
     return batched_siren_forward(params, grid, IMAGE_ARCH["omega0"])[..., 0]
 
 
-def _stats(params: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    return {k: (float(v.mean()), float(v.std().clamp_min(1e-8))) for k, v in params.items()}
-
-
 @torch.no_grad()
 def evaluate(editor: INREditor | None, split: dict, grid: torch.Tensor, device: torch.device, bs: int = 64):
     """Mean test MSE of the edited renderings against the targets (``editor=None``: no edit)."""
@@ -213,67 +209,62 @@ def evaluate(editor: INREditor | None, split: dict, grid: torch.Tensor, device: 
 
 
 def train_one(
-    kind: str, seed: int, data: dict, graph, cfg: EditConfig, out: Path, device: torch.device, progress: bool = True
+    kind: str,
+    seed: int,
+    data: dict,
+    graph,
+    cfg: EditConfig,
+    out: Path,
+    device: torch.device,
+    progress: bool = True,
+    resume: bool = True,
 ) -> tuple[INREditor, dict]:
-    torch.manual_seed(seed)
-    hidden = {"gmn": cfg.gmn_hidden, "mlp": cfg.mlp_hidden}.get(kind, cfg.baseline_hidden)
-    editor = INREditor(kind, graph, hidden, cfg.gmn_layers, _stats(data["train"]["params"]), cfg.gamma_init, device)
+    """Train one editor with one seed (:func:`gmn.engine.fit`: a checkpoint every tenth of the steps) and test it."""
+    seed_everything(seed)
+    hidden, layers = metanet_size(cfg, kind)
+    editor = INREditor(kind, graph, hidden, layers, tensor_mean_std(data["train"]["params"]), cfg.gamma_init, device)
     opt = torch.optim.Adam(editor.parameters(), lr=cfg.lr)
-    ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
-    step, seconds, losses = 0, 0.0, []
-    if ckpt.exists():
-        st = load_checked(ckpt, "delete it to restart", map_location=device)
-        editor.load_state_dict(st["editor"])
-        opt.load_state_dict(st["opt"])
-        step, seconds, losses = st["step"], st["seconds"], list(st["losses"])
     grid = pixel_grid(cfg.size).to(device)
     train = data["train"]
     n = train["targets"].shape[0]
-    save_every = max(cfg.steps // 10, 1)
-    bar = tqdm(range(step, cfg.steps), desc=f"{kind} s{seed}", disable=not progress, leave=False)
-    t0 = time.time()
-    for step in bar:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
-        p = {k: v[idx].to(device) for k, v in train["params"].items()}
-        y = train["targets"][idx].reshape(cfg.batch_size, -1).to(device)
-        editor.train()
-        loss = (_render(editor(p), grid) - y).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
-            seconds_now = seconds + time.time() - t0
-            atomic_torch_save(
-                {
-                    "editor": editor.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step + 1,
-                    "seconds": seconds_now,
-                    "losses": losses,
-                },
-                ckpt,
-            )
-    seconds += time.time() - t0
+    save_every = max(cfg.steps // 10, 1)  # the engine's "epochs" are these chunks of steps
+
+    def batches(chunk: int):
+        for step in range(chunk * save_every, min((chunk + 1) * save_every, cfg.steps)):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
+            p = {k: v[idx].to(device) for k, v in train["params"].items()}
+            yield p, train["targets"][idx].reshape(cfg.batch_size, -1).to(device)
+
+    def step(net: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        p, y = batch
+        return (_render(net(p), grid) - y).pow(2).mean(), 1
+
+    history = fit(
+        editor,
+        opt,
+        batches,
+        step,
+        math.ceil(cfg.steps / save_every),
+        checkpoint=out / f"ckpt_{kind}_seed{seed}.pt",
+        resume=resume,
+        fingerprint={"metanet": kind, "seed": seed, "config": asdict(cfg)},
+        device=device,
+        progress=progress,
+        desc=f"{kind} s{seed}",
+    )
+    losses = history.step_losses
     metrics = {
         "method": kind,
         "seed": seed,
         "steps": cfg.steps,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(history.seconds, 1),
         "params": sum(p.numel() for p in editor.net.parameters()),
         "final_train_loss": float(sum(losses[-20:]) / max(len(losses[-20:]), 1)) if losses else None,
         "val_mse": evaluate(editor, data["val"], grid, device),
         "test_mse": evaluate(editor, data["test"], grid, device),
     }
     return editor, metrics
-
-
-def _mean_std(xs: list[float]) -> str:
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return f"{m:.4f} ± {sd:.5f}" if len(xs) > 1 else f"{m:.4f}"
 
 
 def table(results: dict, task: str) -> str:
@@ -283,7 +274,8 @@ def table(results: dict, task: str) -> str:
         runs = [r for r in results["runs"].values() if r["method"] == kind]
         if runs:
             paper = PAPER_TABLE2[_PAPER_ROW[kind]][col] if kind in _PAPER_ROW else "—"
-            lines.append(f"| {_LABEL[kind]} | {_mean_std([r['test_mse'] for r in runs])} | {len(runs)} | {paper} |")
+            mse = format_mean_std([r["test_mse"] for r in runs], 4, 5)
+            lines.append(f"| {_LABEL[kind]} | {mse} | {len(runs)} | {paper} |")
     shown = {_PAPER_ROW[r["method"]] for r in results["runs"].values() if r["method"] in _PAPER_ROW}
     for name, vals in PAPER_TABLE2.items():
         if name not in shown:
@@ -336,7 +328,9 @@ def run(
     device: torch.device,
     progress: bool = True,
     fig_path: str | Path | None = None,
+    resume: bool = True,
 ) -> dict:
+    """Train and test every (method, seed) editor; ``results.json`` and the figure under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
@@ -344,13 +338,10 @@ def run(
     graph = symgraph.parameter_graph(
         SIREN(IMAGE_ARCH["in_dim"], IMAGE_ARCH["hidden"], IMAGE_ARCH["out_dim"], IMAGE_ARCH["omega0"])
     )
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
-    if results.get("config") not in (None, asdict(cfg)):
-        raise ValueError(f"Expected {res_path} from the same configuration (got another): use a new --out")
+    store = ResultsFile(out / "results.json", resume, lambda r: table(r, task), config=asdict(cfg))
+    results = store.results
     results.update(
         task=task,
-        config=asdict(cfg),
         device=str(device),
         inr_fit_mse={s: float(d["mse"].mean()) for s, d in data.items()},
     )
@@ -364,17 +355,15 @@ def run(
     for kind in methods:
         for seed in seeds:
             key = f"{kind}/seed{seed}"
-            editor, metrics = train_one(kind, seed, data, graph, cfg, out, device, progress)
+            editor, metrics = train_one(kind, seed, data, graph, cfg, out, device, progress, resume)
             results["runs"][key] = metrics
             editors.setdefault(kind, editor)
-            results["table"] = table(results, task)
-            atomic_write_json(res_path, results)
+            store.save()
     fig_path = Path(fig_path) if fig_path else out / f"inr_editing_{task}.png"
     if editors:
         figure(fig_path, data, editors, cfg.size, device)
         results["figure"] = str(fig_path)
-    results["table"] = table(results, task)
-    atomic_write_json(res_path, results)
+    store.save()
     return results
 
 
@@ -384,50 +373,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = OneLineArgumentParser(prog="python -m gmn.experiments.inr_editing", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=TASKS, required=True)
-    ap.add_argument("--data", default="runs/inr_edit_data", help="cache of fitted image INRs")
-    ap.add_argument("--out", help="checkpoints, results.json, figure (default runs/inr_edit_<task>)")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--methods", default="gmn,npnfn,mlp", help=f"comma-separated subset of {','.join(METHODS)}")
-    ap.add_argument("--seeds", default="0", help="comma-separated training seeds (default: %(default)s)")
-    ap.add_argument("--steps", type=int, help="override the scale's training steps")
-    ap.add_argument("--n-train", type=int, help="override the scale's number of training images")
-    ap.add_argument("--n-val", type=int, help="override the scale's number of validation images")
-    ap.add_argument("--n-test", type=int, help="override the scale's number of test images")
-    ap.add_argument("--figure", help="PNG path (default <out>/inr_editing_<task>.png)")
-    add_device_argument(ap)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
-    methods = comma_list(args.methods, METHODS, "--methods")
-    if "npnfn" in methods and _baseline_class("npnfn") is None:
-        print("note: skipping npnfn (gmn.baselines has no NP-NFN yet)", file=sys.stderr)
-        methods.remove("npnfn")
-    cfg = with_overrides(
-        SCALES[args.scale], steps=args.steps, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test
+    ex = parse_experiment(
+        argv,
+        "python -m gmn.experiments.inr_editing",
+        __doc__.split("\n\n")[0],
+        config=EditConfig,
+        source=EditData,
+        scales=SCALES,
+        metanets=METHODS,
+        default_metanets=DEFAULT_METHODS,
+        seeds=(0,),
+        out="",
+        epilog="--out defaults to runs/inr_edit_<task>",
     )
-    seeds = int_list(args.seeds, "--seeds")
+    run_opts, src = ex.run, ex.source
     t0 = time.time()
-    with torch_threads(args.threads if args.threads > 0 else None):
-        try:
-            res = run(
-                args.task,
-                args.data,
-                args.out or f"runs/inr_edit_{args.task}",
-                methods,
-                seeds,
-                cfg,
-                device,
-                not args.no_progress,
-                args.figure,
-            )
-        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
-            raise CLIError(str(e)) from e
+    with running(run_opts):
+        res = run(
+            src.task,
+            src.data,
+            run_opts.out or f"runs/inr_edit_{src.task}",
+            list(run_opts.metanets),
+            list(run_opts.seeds),
+            ex.config,
+            run_opts.torch_device,
+            run_opts.progress,
+            src.figure,
+            resume=run_opts.resume,
+        )
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
-    print_result(res, args.json, f"figure: {res.get('figure')}; wall time this run: {res['wall_seconds_this_run']} s")
+    summary = f"figure: {res.get('figure')}; wall time this run: {res['wall_seconds_this_run']} s"
+    print_result(res, run_opts.json, summary)
     return 0
 
 

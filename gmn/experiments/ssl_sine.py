@@ -41,20 +41,21 @@ Scales
     ``paper``: GMN hidden 46, 3 layers (98k parameters: E.3 sizes its GMN to about 100k; width 76 would be
     236k with our layers), 100 epochs, batch 256 (meant for a GPU).
 
-Resumable: each (encoder, seed) run checkpoints every epoch under ``--out``; finished runs are kept in
-``results.json`` (written atomically) and skipped when the command is repeated.
+Every encoder is a metanet of :mod:`gmn.metanets` (:func:`gmn.inr.encoders.build_encoder`) trained by
+:func:`gmn.engine.fit`. Resumable: each (encoder, seed) run checkpoints every epoch under ``--out``; finished
+runs are kept in ``results.json`` (written atomically) and skipped when the command is repeated
+(``--no-resume`` starts afresh). Every field of :class:`SSLConfig` is a flag (``--epochs``, ``--mask-prob``, ...).
 
 CLI::
 
     python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon              # 2000/1000/1000 INRs
-    python -m gmn.experiments.ssl_sine [--data runs/sine_inrs_navon] [--out runs/ssl_sine] [--scale cpu] [--json]
+    python -m gmn.experiments.ssl_sine [--data runs/sine_inrs_navon] [--out runs/ssl_sine] [--scale cpu]
+        [--metanets gmn,dws,npnfn,statnn,mlp] [--seeds 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -62,29 +63,41 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 import symgraph
-from symgraph.cli_util import (
-    CLIError,
-    OneLineArgumentParser,
-    add_device_argument,
-    resolve_device,
-    run_cli,
-    torch_threads,
-)
+from symgraph.cli_util import run_cli
 from symgraph.models.siren import SIREN
 
 from ..baselines.statnn import tensor_statistics
+from ..data import standardise, tensor_mean_std
+from ..engine import fit, seed_everything
 from ..inr.augment import WeightAugment
-from ..inr.encoders import ENCODERS, POOLED_READOUT, READOUTS, available_encoders, build_encoder
-from ..inr.io import atomic_torch_save, atomic_write_json, load_checked
+from ..inr.encoders import ENCODERS, POOLED_READOUT, READOUTS, build_encoder
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, SINE_FIT, load_split
-from .common import comma_list, int_list, print_result, with_overrides
+from .common import (
+    ResultsFile,
+    check_options,
+    format_mean_std,
+    metanet_size,
+    option,
+    parse_experiment,
+    print_result,
+    running,
+)
 
-__all__ = ["SSLConfig", "SCALES", "PAPER_TABLE3", "run_one", "run", "main", "tensor_statistics_features"]
+__all__ = [
+    "SSLConfig",
+    "SSLData",
+    "SCALES",
+    "PAPER_TABLE3",
+    "ContrastiveModel",
+    "run_one",
+    "run",
+    "main",
+    "tensor_statistics_features",
+]
 
 #: Paper Table 3 (test MSE of a linear probe to (a, b); numbers besides GMN are from Navon et al., 2023).
 PAPER_TABLE3: dict[str, str] = {
@@ -114,46 +127,87 @@ _REFERENCE = {
 DEFAULT_DATA = "runs/sine_inrs_navon"
 
 
+def _nonneg(v) -> bool:
+    return v >= 0
+
+
 @dataclass(frozen=True)
 class SSLConfig:
-    """Hyper-parameters of one scale (``hidden``/``layers`` per encoder kind)."""
+    """Hyper-parameters of one scale (``<metanet>_hidden``/``_layers`` per metanet, ``baseline_*`` for the rest);
+    every field is a command-line option (``--batch-size``, ``--mask-prob``, ...)."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    temperature: float = 0.1
+    epochs: int = option(10, "training epochs")
+    batch_size: int = option(64, "batch size")
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    temperature: float = option(0.1, "NT-Xent temperature")
     #: augmentation (Navon et al.'s code: the first view clean, the second with dropout 0.5 of the weights;
     #: Gaussian noise as the paper's E.3 says): noise std and mask probability in units of each tensor's
     #: train-set std; ``mask_rescale`` scales the kept weights by 1 / (1 - mask_prob) as dropout does
-    noise_std: float = 0.1
-    mask_prob: float = 0.5
-    mask_rescale: bool = True
-    clean_view: bool = True
-    embed_dim: int = 32
-    proj_dim: int = 32
-    gmn_hidden: int = 32
-    gmn_layers: int = 2
+    noise_std: float = option(
+        0.1, "Gaussian noise std (units of each tensor's train std)", check=(_nonneg, "a value >= 0")
+    )
+    mask_prob: float = option(
+        0.5,
+        "probability of zeroing each weight in an augmented view",
+        check=(lambda v: 0 <= v < 1, "a value in [0, 1)"),
+    )
+    mask_rescale: bool = option(True, "scale the kept weights by 1/(1 - mask prob), as dropout")
+    clean_view: bool = option(True, "leave the first of the two views unaugmented (as Navon et al.'s code)")
+    embed_dim: int = option(32, "width of each encoder's head output")
+    proj_dim: int = option(32, "width of the NT-Xent projection")
+    gmn_hidden: int = option(32, "GMN width")
+    gmn_layers: int = option(2, "GMN layers")
     #: what the GMN mean-pools: "param" = the edges of each parameter tensor separately (see
     #: :class:`gmn.GMN`); ("edge",) is one mean over all edges
-    gmn_pool: tuple[str, ...] = ("param",)
+    gmn_pool: tuple[str, ...] = option(
+        ("param",),
+        "what the GMN mean-pools, comma-separated (param: the edges of each parameter tensor separately)",
+        choices=("edge", "node", "param"),
+    )
     #: what the probe (and the projection head) reads: "pooled", the pooled representation for the encoders
     #: that have one (GMN, NP-NFN, DWSNet; see :func:`gmn.inr.encoders.build_encoder`) and the head output for
     #: the others; "head", every encoder's head output of width ``embed_dim``
-    readout: str = "pooled"
-    baseline_hidden: int = 32
-    baseline_layers: int = 3
-    mlp_hidden: int = 256
-    mlp_layers: int = 3
-    dws_hidden: int = 16
-    dws_layers: int = 4
+    readout: str = option(
+        "pooled",
+        "what the probe reads: each encoder's head output (head) or, for GMN/NP-NFN/DWSNet, the pooled "
+        "representation the head reads (pooled)",
+        choices=READOUTS,
+    )
+    baseline_hidden: int = option(32, "width of NP-NFN, StatNN and DeepSets")
+    baseline_layers: int = option(3, "layers of NP-NFN, StatNN and DeepSets")
+    mlp_hidden: int = option(256, "MLP width")
+    mlp_layers: int = option(3, "MLP linear layers")
+    dws_hidden: int = option(16, "DWSNet width")
+    dws_layers: int = option(4, "DWSNet layers")
     #: "val": after every epoch fit the probe on train embeddings, score it on the validation split, and
     #: report the epoch with the lowest validation MSE (model selection on val; the test split is never
     #: looked at); "last": report the final epoch.
-    select: str = "val"
+    select: str = option(
+        "val",
+        "report the epoch with the best validation probe MSE (val) or the last epoch (last)",
+        choices=("val", "last"),
+    )
     #: also flip the signs of random hidden neurons in every view (:func:`gmn.inr.augment.sign_flip`; exact
     #: for SIREN's sine). Not in the paper's protocol (noise and masking only): an option, off by default.
-    sign_flip: bool = False
+    sign_flip: bool = option(
+        False,
+        "add random sign flips of hidden neurons to both views (exact symmetry of sine networks; not in the "
+        "paper's protocol)",
+    )
+
+    def __post_init__(self):
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class SSLData:
+    """Where the INRs come from (not part of a scale)."""
+
+    data: str = option(DEFAULT_DATA, "folder written by gmn.inr.sine_dataset")
+    n_train: int | None = option(None, "use only the first N train INRs")
+    n_val: int | None = option(None, "use only the first N val INRs")
+    n_test: int | None = option(None, "use only the first N test INRs")
 
 
 SCALES: dict[str, SSLConfig] = {
@@ -174,27 +228,8 @@ SCALES: dict[str, SSLConfig] = {
 }
 
 
-def _normaliser(params: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    """Per-parameter-tensor mean and std over a split (scalars: invariant to every neuron permutation)."""
-    return {k: (float(v.mean()), float(v.std().clamp_min(1e-8))) for k, v in params.items()}
-
-
-def _normalise(params: dict[str, torch.Tensor], stats: dict[str, tuple[float, float]]) -> dict[str, torch.Tensor]:
-    return {k: (v - stats[k][0]) / stats[k][1] for k, v in params.items()}
-
-
 def _take(params: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v[idx].to(device) for k, v in params.items()}
-
-
-def _sizes(kind: str, cfg: SSLConfig) -> tuple[int, int]:
-    if kind == "gmn":
-        return cfg.gmn_hidden, cfg.gmn_layers
-    if kind == "mlp":
-        return cfg.mlp_hidden, cfg.mlp_layers
-    if kind == "dws":
-        return cfg.dws_hidden, cfg.dws_layers
-    return cfg.baseline_hidden, cfg.baseline_layers
 
 
 @torch.no_grad()
@@ -208,13 +243,31 @@ def embed(encoder: nn.Module, params: dict[str, torch.Tensor], device: torch.dev
     return torch.cat(out)
 
 
+class ContrastiveModel(nn.Module):
+    """Encoder and projection head; ``forward(view1, view2)`` is the NT-Xent loss of the two views."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, temperature: float):
+        super().__init__()
+        self.encoder, self.head, self.temperature = encoder, head, temperature
+
+    def forward(self, view1: dict[str, torch.Tensor], view2: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nt_xent(self.head(self.encoder(view1)), self.head(self.encoder(view2)), self.temperature)
+
+
 def run_one(
-    kind: str, seed: int, data: dict, cfg: SSLConfig, out: Path, device: torch.device, progress: bool = True
+    kind: str,
+    seed: int,
+    data: dict,
+    cfg: SSLConfig,
+    out: Path,
+    device: torch.device,
+    progress: bool = True,
+    resume: bool = True,
 ) -> dict:
-    """Train one encoder with one seed (resuming from its checkpoint) and probe it; returns its metrics."""
+    """Train one encoder with one seed (:func:`gmn.engine.fit`, resuming from its checkpoint) and probe it."""
     graph = data["graph"]
-    hidden, layers = _sizes(kind, cfg)
-    torch.manual_seed(seed)
+    hidden, layers = metanet_size(cfg, kind)
+    seed_everything(seed)
     readout = cfg.readout if kind in POOLED_READOUT else "head"
     encoder = build_encoder(
         kind, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool, readout=readout
@@ -224,24 +277,8 @@ def run_one(
     # across the batch removes the shared part. Used for every encoder; the probe sees the encoder output.
     d = encoder.out_dim
     head = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.proj_dim))
-    head = head.to(device)
-    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = out / f"ckpt_{kind}_seed{seed}.pt"
-    start, history, seconds = 0, [], 0.0
-    val_history: list[float] = []
-    best: dict | None = None  # {"epoch", "val_mse", "encoder"}: the selected epoch so far (select="val")
-    init: dict = {}  # the untrained encoder's probe: the control for what the contrastive training adds
-    if ckpt.exists():
-        state = load_checked(ckpt, "delete it to restart", map_location=device)
-        encoder.load_state_dict(state["encoder"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["opt"])
-        start, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
-        val_history, best = list(state.get("val_history", [])), state.get("best")
-        init = dict(state.get("init", {}))
-    if not init:
-        z0 = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
-        init = {f"init_{k}": v for k, v in _probe(z0, data).items()}
+    model = ContrastiveModel(encoder, head, cfg.temperature).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     flips: dict = {}
     if cfg.sign_flip:
         n_layers = sum(1 for k in data["train"] if k.endswith(".weight"))
@@ -253,66 +290,58 @@ def run_one(
     train = data["train"]
     n = next(iter(train.values())).shape[0]
     steps = max(n // cfg.batch_size, 1)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.time()
-        encoder.train()
-        head.train()
+
+    def batches(epoch: int):
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g)
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"{kind} s{seed} e{epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i in bar:
+        for i in range(steps):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             p = {k: v[idx] for k, v in train.items()}
             v1 = {k: t.to(device) for k, t in (p if cfg.clean_view else aug(p, g)).items()}
             v2 = {k: t.to(device) for k, t in aug(p, g).items()}
-            loss = nt_xent(head(encoder(v1)), head(encoder(v2)), cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        history.append(total / steps)
-        if cfg.select == "val":
-            z_train, z_val = embed(encoder, data["train"], device), embed(encoder, data["val"], device)
-            val = linear_probe_mse(z_train, data["y_train"], z_val, data["y_val"])
-            val_history.append(val)
-            if best is None or val < best["val_mse"]:
-                state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-                best = {"epoch": epoch + 1, "val_mse": val, "encoder": state}
-        seconds += time.time() - t0
-        atomic_torch_save(
-            {
-                "encoder": encoder.state_dict(),
-                "head": head.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "val_history": val_history,
-                "best": best,
-                "seconds": seconds,
-                "init": init,
-            },
-            ckpt,
-        )
-    if best is not None:
-        encoder.load_state_dict(best["encoder"])
+            yield v1, v2
+
+    def validate(_model: nn.Module) -> dict[str, float]:
+        z_train, z_val = embed(encoder, data["train"], device), embed(encoder, data["val"], device)
+        return {"val_mse": linear_probe_mse(z_train, data["y_train"], z_val, data["y_val"])}
+
+    def untrained() -> dict:  # the control for what the contrastive training adds
+        z0 = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
+        return {f"init_{k}": v for k, v in _probe(z0, data).items()}
+
+    by_val = cfg.select == "val"
+    history = fit(
+        model,
+        opt,
+        batches,
+        lambda net, views: (net(*views), 1),
+        cfg.epochs,
+        validate=validate if by_val else None,
+        select=("val_mse", "min") if by_val else None,
+        checkpoint=out / f"ckpt_{kind}_seed{seed}.pt",
+        resume=resume,
+        fingerprint={"metanet": kind, "seed": seed, "config": asdict(cfg)},
+        device=device,
+        progress=progress,
+        desc=f"{kind} s{seed}",
+        extra=untrained,
+    )
     z = {split: embed(encoder, data[split], device) for split in ("train", "val", "test")}
-    out = {
+    res = {
         "encoder": kind,
         "seed": seed,
         "epochs": cfg.epochs,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(history.seconds, 1),
         "params": sum(p.numel() for p in encoder.parameters()),
         "readout": readout,
         "embed_width": d,
-        "loss_history": [round(x, 4) for x in history],
-        **init,
+        "loss_history": [round(x, 4) for x in history.metric("train_loss")],
+        **history.extra,
     }
-    if best is not None:
-        out["selected_epoch"] = best["epoch"]
-        out["val_history"] = [round(x, 4) for x in val_history]
-    return {**out, **_probe(z, data)}
+    if history.best_epoch is not None:
+        res["selected_epoch"] = history.best_epoch + 1
+        res["val_history"] = [round(x, 4) for x in history.metric("val_mse")]
+    return {**res, **_probe(z, data)}
 
 
 def _probe(z: dict[str, torch.Tensor], data: dict, ridge: float = 1e-6) -> dict:
@@ -377,10 +406,10 @@ def load_data(
         )
     limits = {"train": n_train, "val": n_val, "test": n_test}
     raw = {s: load_split(root, s, limit=limits[s]) for s in ("train", "val", "test")}
-    stats = _normaliser(raw["train"][0])
+    stats = tensor_mean_std(raw["train"][0])
     out["stats"] = stats
     for s, (params, a, b, _) in raw.items():
-        out[s] = _normalise(params, stats)
+        out[s] = standardise(params, stats)
         out[f"y_{s}"] = torch.stack([a, b], 1)
     out["graph"] = symgraph.parameter_graph(
         SIREN(SINE_ARCH["in_dim"], SINE_ARCH["hidden"], SINE_ARCH["out_dim"], SINE_ARCH["omega0"])
@@ -388,16 +417,6 @@ def load_data(
     out["sizes"] = {s: int(out[f"y_{s}"].shape[0]) for s in ("train", "val", "test")}
     out["init"] = init
     return out
-
-
-def _mean_std(xs: list[float]) -> str:
-    if not xs:
-        return "—"
-    m = sum(xs) / len(xs)
-    if len(xs) == 1:
-        return f"{m:.2f}"
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return f"{m:.2f} ± {sd:.2f}"
 
 
 def table(results: dict) -> str:
@@ -416,7 +435,7 @@ def table(results: dict) -> str:
         label = _LABEL.get(kind) or _REFERENCE[kind]
         paper = PAPER_TABLE3.get(_PAPER_ROW.get(kind, ""), "—")
         keys = ("test_mse", "test_mse_a", "test_mse_b", "init_test_mse")
-        cols = [_mean_std([r[k] for r in runs if k in r]) for k in keys]
+        cols = [format_mean_std([r[k] for r in runs if k in r]) for k in keys]
         epochs = (
             ", ".join(str(r.get("selected_epoch", r.get("epochs", "—"))) for r in runs) if kind in ENCODERS else "—"
         )
@@ -439,16 +458,19 @@ def run(
     progress: bool = True,
     n_val: int | None = None,
     n_test: int | None = None,
+    resume: bool = True,
 ) -> dict:
+    """Every (encoder, seed) run and the reference rows; ``results.json`` under ``out`` after each run.
+
+    With ``resume`` the finished runs of ``results.json`` are kept and unfinished ones continue from their
+    checkpoints; without it everything starts afresh.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(data_dir, n_train, n_val, n_test)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
-    config = json.loads(json.dumps(asdict(cfg)))  # as stored (tuples become lists)
-    if results.get("config") not in (None, config) or results.get("sizes") not in (None, data["sizes"]):
-        raise ValueError(f"Expected {res_path} from the same configuration and data (got another): use a new --out")
-    results.update(config=config, sizes=data["sizes"], data=str(data_dir), device=str(device))
+    store = ResultsFile(out / "results.json", resume, table, config=asdict(cfg), sizes=data["sizes"])
+    results = store.results
+    results.update(data=str(data_dir), device=str(device))
     # reference rows that involve no learning: the probe on the flat weights, and on StatNN's statistics
     for ref, features, ridge in (("raw_weights", _flat, 1e-2), ("statistics", tensor_statistics_features, 1e-6)):
         if ref not in results["runs"]:
@@ -459,11 +481,9 @@ def run(
             key = f"{kind}/seed{seed}"
             if key in results["runs"]:
                 continue
-            results["runs"][key] = run_one(kind, seed, data, cfg, out, device, progress)
-            results["table"] = table(results)
-            atomic_write_json(res_path, results)
-    results["table"] = table(results)
-    atomic_write_json(res_path, results)
+            results["runs"][key] = run_one(kind, seed, data, cfg, out, device, progress, resume)
+            store.save()
+    store.save()
     return results
 
 
@@ -473,106 +493,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = OneLineArgumentParser(prog="python -m gmn.experiments.ssl_sine", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=DEFAULT_DATA, help="folder written by gmn.inr.sine_dataset")
-    ap.add_argument("--out", default="runs/ssl_sine", help="checkpoints and results.json")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument(
-        "--encoders",
-        default="gmn,dws,npnfn,statnn,mlp",
-        help=f"comma-separated subset of {','.join(ENCODERS)} (missing baselines are skipped)",
+    ex = parse_experiment(
+        argv,
+        "python -m gmn.experiments.ssl_sine",
+        __doc__.split("\n\n")[0],
+        config=SSLConfig,
+        source=SSLData,
+        scales=SCALES,
+        metanets=ENCODERS,
+        default_metanets=("gmn", "dws", "npnfn", "statnn", "mlp"),
+        seeds=(0, 1, 2),
+        out="runs/ssl_sine",
     )
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
-    ap.add_argument("--epochs", type=int, help="override the scale's epochs")
-    ap.add_argument("--batch-size", type=int, help="override the scale's batch size")
-    ap.add_argument(
-        "--sign-flip",
-        action="store_true",
-        default=None,
-        help="add random sign flips of hidden neurons to both views (exact symmetry of sine networks; not in "
-        "the paper's protocol)",
-    )
-    ap.add_argument(
-        "--select",
-        choices=("val", "last"),
-        help="report the epoch with the best validation probe MSE (val, the default) or the last epoch",
-    )
-    ap.add_argument(
-        "--readout",
-        choices=READOUTS,
-        help="what the probe reads: each encoder's head output (head) or, for GMN/NP-NFN/DWSNet, the pooled "
-        "representation the head reads (pooled)",
-    )
-    ap.add_argument(
-        "--gmn-pool",
-        help="what the GMN mean-pools, comma-separated from edge,node,param (param: the edges of each "
-        "parameter tensor separately)",
-    )
-    ap.add_argument("--mask-prob", type=float, help="probability of zeroing each weight in an augmented view")
-    ap.add_argument("--noise-std", type=float, help="Gaussian noise std (units of each tensor's train std)")
-    ap.add_argument(
-        "--mask-rescale",
-        action=argparse.BooleanOptionalAction,
-        help="scale the kept weights by 1/(1 - mask prob), as dropout",
-    )
-    ap.add_argument(
-        "--clean-view",
-        action=argparse.BooleanOptionalAction,
-        help="leave the first of the two views unaugmented (as Navon et al.'s code)",
-    )
-    ap.add_argument("--n-train", type=int, help="use only the first N train INRs")
-    ap.add_argument("--n-val", type=int, help="use only the first N val INRs")
-    ap.add_argument("--n-test", type=int, help="use only the first N test INRs")
-    add_device_argument(ap)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--json", action="store_true", help="print results as one JSON object")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
-    seeds = int_list(args.seeds, "--seeds")
-    wanted = comma_list(args.encoders, ENCODERS, "--encoders")
-    avail = available_encoders()
-    skipped = [e for e in wanted if e not in avail]
-    if skipped:
-        print(f"note: skipping encoders not available yet: {skipped}", file=sys.stderr)
-    pool = tuple(comma_list(args.gmn_pool, ("edge", "node", "param"), "--gmn-pool")) if args.gmn_pool else None
-    if args.mask_prob is not None and not 0 <= args.mask_prob < 1:
-        raise CLIError(f"--mask-prob: Expected a value in [0, 1) (got {args.mask_prob})")
-    if args.noise_std is not None and not args.noise_std >= 0:
-        raise CLIError(f"--noise-std: Expected a value >= 0 (got {args.noise_std})")
-    cfg = with_overrides(
-        SCALES[args.scale],
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        select=args.select,
-        sign_flip=args.sign_flip,
-        readout=args.readout,
-        gmn_pool=pool,
-        mask_prob=args.mask_prob,
-        noise_std=args.noise_std,
-        mask_rescale=args.mask_rescale,
-        clean_view=args.clean_view,
-    )
+    run_opts, src = ex.run, ex.source
     t0 = time.time()
-    with torch_threads(args.threads if args.threads > 0 else None):
-        try:
-            res = run(
-                args.data,
-                args.out,
-                [e for e in wanted if e in avail],
-                seeds,
-                cfg,
-                device,
-                args.n_train,
-                progress=not args.no_progress,
-                n_val=args.n_val,
-                n_test=args.n_test,
-            )
-        except (ValueError, KeyError) as e:  # bad data or settings; OSError is bad input for run_cli too
-            raise CLIError(str(e)) from e
+    with running(run_opts):
+        res = run(
+            src.data,
+            run_opts.out,
+            list(run_opts.metanets),
+            list(run_opts.seeds),
+            ex.config,
+            run_opts.torch_device,
+            src.n_train,
+            progress=run_opts.progress,
+            n_val=src.n_val,
+            n_test=src.n_test,
+            resume=run_opts.resume,
+        )
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
     summary = f"train/val/test INRs: {res['sizes']}; wall time this run: {res['wall_seconds_this_run']} s"
-    print_result(res, args.json, summary)
+    print_result(res, run_opts.json, summary)
     return 0
 
 

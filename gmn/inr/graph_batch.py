@@ -1,8 +1,9 @@
-"""Many networks of one architecture as a GMN batch: build the parameter graph once, swap edge weights.
+"""Many networks of one architecture as a metanet batch: build the parameter graph once, swap edge weights.
 
-``graph_to_data`` is called once; for a batch of ``B`` networks the template batch (``B`` copies) is cached
-per ``B`` and only column 0 of ``edge_attr`` (the weight value, on the forward edge and its reverse copy)
-is replaced. This is exact: every other feature depends on the architecture only.
+``graph_to_data`` is called once; for a batch of ``B`` networks the template
+:class:`~gmn.weight_space.WeightSpaceBatch` (``B`` copies, with its chain groups computed once) is cached per
+``B`` and only column 0 of ``edge_attr`` (the weight value, on the forward edge and its reverse copy) is
+replaced. This is exact: every other feature depends on the architecture only.
 
 Example
 -------
@@ -20,11 +21,11 @@ Example
 from __future__ import annotations
 
 import torch
-from torch_geometric.data import Batch
 
 from symgraph.graph import NeuralGraph
 
 from ..data import graph_to_data
+from ..weight_space import WeightSpaceBatch
 
 __all__ = ["WeightGraphBatcher"]
 
@@ -48,7 +49,7 @@ class WeightGraphBatcher:
         self.edge_slots = [s for s in graph.slots if s.location == "edge" and not s.is_buffer]
         if any(s.location == "node" and not s.is_buffer for s in graph.slots):
             raise ValueError("Expected an architecture whose parameters all live on edges (got node-stored ones)")
-        self._cache: dict[int, Batch] = {}
+        self._cache: dict[int, WeightSpaceBatch] = {}
 
     def edge_weights(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, E]`` edge values from stacked parameters (parameter-free edges get 1.0)."""
@@ -63,12 +64,16 @@ class WeightGraphBatcher:
         b = edge_w.shape[0]
         return {s.name: edge_w[:, s.start : s.start + s.numel].reshape(b, *s.shape) for s in self.edge_slots}
 
-    def template(self, b: int) -> Batch:
+    def template(self, b: int) -> WeightSpaceBatch:
+        """The batch of ``b`` copies of the architecture (cached; its chain groups, if any, computed once)."""
         if b not in self._cache:
-            self._cache[b] = Batch.from_data_list([self.data] * b).to(self.device)
+            tpl = WeightSpaceBatch.from_data_list([self.data] * b).to(self.device)
+            if self.data.chain.is_chain:
+                tpl.chain_groups()  # cached on the template, shared by every batch cloned from it
+            self._cache[b] = tpl
         return self._cache[b]
 
-    def batch(self, edge_w: torch.Tensor) -> Batch:
+    def batch(self, edge_w: torch.Tensor) -> WeightSpaceBatch:
         """A batch of ``B`` graphs whose edge values are the rows of ``edge_w`` ``[B, E]`` (differentiable)."""
         b, e = edge_w.shape
         if e != self.num_edges:

@@ -12,7 +12,9 @@ from typing import Any
 
 from symgraph.cli_util import atomic_torch_save, atomic_write
 
-__all__ = ["atomic_torch_save", "atomic_write_json", "atomic_write_bytes"]
+from ..io import load_checked
+
+__all__ = ["atomic_torch_save", "atomic_write_json", "atomic_write_bytes", "load_checked"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -25,16 +27,3 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """``json.dump`` with indentation, atomically (parent directories created)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def load_checked(path: str | os.PathLike, hint: str, **kwargs: Any) -> Any:
-    """``torch.load(path, weights_only=True, **kwargs)``; an unreadable file (truncated, not a torch file) is a
-    ``ValueError`` naming it and ``hint`` (what to do), which the CLIs print as one line with exit code 2."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, weights_only=True, **kwargs)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"cannot read {path} ({str(exc).splitlines()[0]}); {hint}") from exc

@@ -45,16 +45,23 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from symgraph.cli_util import (
+    CLIError,
+    OneLineArgumentParser,
+    add_device_argument,
+    resolve_device,
+    run_cli,
+    torch_threads,
+)
 
 from .fit import FitConfig, fit_sirens, init_siren_params
 from .io import atomic_torch_save, atomic_write_json, load_checked
@@ -257,22 +264,21 @@ def load_split(root: str | Path, split: str, n_shards: int | None = None, limit:
     return params, cat("a"), cat("b"), cat("mse")
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _part(text: str) -> tuple[int, int]:
     try:
         r, w = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"Expected --part R/W, e.g. 1/2 (got {text!r})") from None
+        raise CLIError(f"--part: Expected R/W, e.g. 1/2 (got {text!r})") from None
     return r, w
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmn.inr.sine_dataset", description=__doc__.split("\n\n")[0])
+    """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = OneLineArgumentParser(prog="python -m gmn.inr.sine_dataset", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=1000)
@@ -292,35 +298,33 @@ def main(argv: list[str] | None = None) -> int:
         help="R/W: fit only every W-th shard starting at R, so that W processes (e.g. one per core, each with "
         "--threads 1) share the work on one --out; the last to finish writes the statistics",
     )
-    ap.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    add_device_argument(ap)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = ap.parse_args(argv)
     if min(args.n_train, args.n_val, args.n_test) < 0 or args.shard_size < 1:
-        print("error: expected non-negative split sizes and a positive --shard-size", file=sys.stderr)
-        return 2
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
-        device = _resolve_device(args.device)
-        fit = SCHEDULES[args.schedule]
-        fit = replace(fit, steps=args.steps or fit.steps, lr=args.lr or fit.lr)
-        man = generate(
-            args.out,
-            args.n_train,
-            args.n_val,
-            args.n_test,
-            args.shard_size,
-            args.seed,
-            device,
-            fit,
-            progress=not args.no_progress,
-            init=args.init,
-            part=_part(args.part),
-        )
-    except (OSError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CLIError("Expected non-negative split sizes and a positive --shard-size")
+    device = resolve_device(args.device)
+    part = _part(args.part)
+    fit = SCHEDULES[args.schedule]
+    fit = replace(fit, steps=args.steps or fit.steps, lr=args.lr or fit.lr)
+    with torch_threads(args.threads if args.threads > 0 else None):
+        try:
+            man = generate(
+                args.out,
+                args.n_train,
+                args.n_val,
+                args.n_test,
+                args.shard_size,
+                args.seed,
+                device,
+                fit,
+                progress=not args.no_progress,
+                init=args.init,
+                part=part,
+            )
+        except (RuntimeError, ValueError) as e:  # bad settings or files (OSError: run_cli's bad input too)
+            raise CLIError(str(e)) from e
     if args.json:
         print(json.dumps(man))
     elif not man["complete"]:

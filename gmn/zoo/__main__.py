@@ -6,17 +6,21 @@ where it stopped, losing at most the group in progress and duplicating nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from symgraph.cli_util import CLIError, OneLineArgumentParser, add_device_argument, resolve_device, run_cli
 
 from .families import FAMILIES
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m gmn.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = OneLineArgumentParser(prog="python -m gmn.zoo", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="train a zoo of image classifiers (resumable)")
     g.add_argument(
@@ -36,7 +40,7 @@ def main(argv=None) -> int:
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--group-size", type=int, default=32, help="networks trained at once with vmap")
-    g.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    add_device_argument(g)
     g.add_argument("--train-subset", type=int, default=None, help="train on the first N images only (quick runs)")
     g.add_argument("--sequential", action="store_true", help="train one network at a time (no vmap)")
     g.add_argument(
@@ -52,21 +56,18 @@ def main(argv=None) -> int:
     s.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
-        import torch
-
         from .generate import generate_zoo, load_zoo
 
         if args.cmd == "generate":
-            device = args.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = str(resolve_device(args.device))
             if args.n < 1:
-                raise ValueError(f"Expected --n >= 1 (got {args.n})")
+                raise CLIError(f"--n: Expected at least 1 network (got {args.n})")
             try:
                 part = tuple(int(x) for x in args.part.split("/"))
-                assert len(part) == 2
-            except (ValueError, AssertionError):
-                raise ValueError(f"Expected --part R/W, e.g. 1/4 (got {args.part!r})") from None
+                if len(part) != 2:
+                    raise ValueError
+            except ValueError:
+                raise CLIError(f"--part: Expected R/W, e.g. 1/4 (got {args.part!r})") from None
             out = generate_zoo(
                 args.out,
                 args.family,
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
             return 0
         recs = load_zoo(args.out)
         if not recs:
-            raise ValueError(f"Expected shards in {args.out} (got none)")
+            raise CLIError(f"Expected shards in {args.out} (got none)")
         accs = [r["test_acc"] for r in recs]
         by_arch: dict[str, int] = {}
         for r in recs:
@@ -98,16 +99,8 @@ def main(argv=None) -> int:
         info = {"networks": len(recs), "test_acc_min": min(accs), "test_acc_max": max(accs), "by_arch": by_arch}
         print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
         return 0
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # library errors (symgraph) and bad data: one line, exit 2
-        from symgraph.errors import SymgraphError
-
-        if isinstance(exc, SymgraphError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except ValueError as exc:  # bad data specs and zoo settings (OSError and library errors: run_cli)
+        raise CLIError(str(exc)) from exc
 
 
 if __name__ == "__main__":
