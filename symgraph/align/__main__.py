@@ -297,8 +297,9 @@ def _demo_text(res, paths: dict[str, str]) -> str:
         "  barrier (test loss)     naive    aligned",
     ]
     variants = sorted({k.split("/")[1] for k in res.barriers})
+    names = {"plain": "(no BatchNorm)", "bn_recomputed": "BN recomputed", "bn_interpolated": "BN interpolated"}
     for v in variants:
-        label = {"plain": "", "bn_recomputed": "BN stats recomputed", "bn_interpolated": "BN stats interpolated"}[v]
+        label = names[v]
         naive, aligned = res.barriers["naive/" + v]["test_loss"], res.barriers["aligned/" + v]["test_loss"]
         lines.append(f"  {label:<22s} {naive:8.4f} {aligned:10.4f}")
     lines.append(f"  wrote {paths['png']} and {paths['json']}")

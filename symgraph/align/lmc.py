@@ -251,26 +251,23 @@ def plot_lmc(res: LMCResult, path: str | Path) -> None:
 
     from ..cli_util import atomic_open
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
     colors = {"naive": "tab:red", "aligned": "tab:blue"}
     for key, curve in res.curves.items():
         name, variant = key.split("/")
         style = "--" if variant == "bn_interpolated" else "-"
-        label = f"{name} (barrier {res.barriers[key]['test_loss']:.3f})"
-        if variant != "plain":
-            label = f"{name}, BN stats {'recomputed' if variant == 'bn_recomputed' else 'interpolated'} " + (
-                f"(barrier {res.barriers[key]['test_loss']:.3f})"
-            )
+        what = {"plain": "", "bn_recomputed": ", BN stats recomputed", "bn_interpolated": ", BN stats interpolated"}
+        label = f"{name}{what[variant]} (barrier {res.barriers[key]['test_loss']:.3f})"
         axes[0].plot(curve["t"], curve["test_loss"], style, color=colors[name], label=label)
-        axes[1].plot(curve["t"], curve["test_acc"], style, color=colors[name], label=label)
+        axes[1].plot(curve["t"], curve["test_acc"], style, color=colors[name])
     axes[0].set_ylabel("test loss")
     axes[1].set_ylabel("test accuracy")
     for ax in axes:
         ax.set_xlabel("t  (θ = (1 - t) θ_A + t θ_B)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"Linear mode connectivity on digits: {res.arch} ({res.spec})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
