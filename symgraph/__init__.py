@@ -7,6 +7,7 @@ NeuralGraph(kind='parameter', num_nodes=11, num_edges=26, node_colors=4, edge_co
 """
 
 from . import encoders as _encoders  # noqa: F401  (registers built-in encoders)
+from .align import align  # the function; the package symgraph.align holds it and the CLI
 from .automorphisms.group import AutomorphismGroup, automorphism_group
 from .build import parameter_graph
 from .builder import Features, GraphBuilder, SymmetryDecl
@@ -33,6 +34,7 @@ __all__ = [
     "AutomorphismGroup",
     "permute_model",
     "check_function_preservation",
+    "align",
     "NeuralGraph",
     "NodeGroup",
     "ParamSlot",
