@@ -1,6 +1,6 @@
 """Figures of the paper, drawn from the objects symgraph builds: ``python -m figures`` writes them all.
 
-One module per figure; each has ``NAME``, ``STEM``, ``TITLE``, ``missing()`` and ``make(notes)`` (see
+One module per figure; each has ``NAME``, ``STEM``, ``TITLE``, and ``make(notes)`` (see
 :mod:`figures.common`). Result plots (Fig. 5 and 8 style) are in :mod:`figures.plots`, which needs no
 figure module: figure modules are imported only when asked for.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .common import DEFAULT_OUT, FORMATS, FigureUnavailable, save_figure
+from .common import DEFAULT_OUT, FORMATS, save_figure
 
 #: Module names of the figures, in order.
 FIGURE_MODULES = (
@@ -29,7 +29,7 @@ FIGURE_MODULES = (
     "fig9_summaries",
 )
 
-__all__ = ["FIGURE_MODULES", "figure_modules", "by_name", "DEFAULT_OUT", "FORMATS", "FigureUnavailable", "save_figure"]
+__all__ = ["FIGURE_MODULES", "figure_modules", "by_name", "DEFAULT_OUT", "FORMATS", "save_figure"]
 
 
 def figure_modules() -> list[ModuleType]:

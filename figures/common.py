@@ -2,8 +2,7 @@
 
 Every figure is drawn from objects symgraph builds (models, their graphs, groups); nothing is hand-placed.
 A figure module exposes ``NAME`` (``"fig2"``), ``STEM`` (the file name without extension), ``TITLE``,
-``missing() -> str | None`` (why it cannot be drawn with this checkout's symgraph, or None) and
-``make(notes: list[str]) -> Figure`` (``notes`` collects one line per skipped panel).
+and ``make(notes: list[str]) -> Figure`` (``notes`` collects one line per remark the CLI prints).
 
 Example
 -------
@@ -26,15 +25,11 @@ from pathlib import Path
 import matplotlib
 import torch
 
-__all__ = ["save_figure", "seeded", "FigureUnavailable", "DEFAULT_OUT", "FORMATS"]
+__all__ = ["save_figure", "seeded", "DEFAULT_OUT", "FORMATS"]
 
 #: Where ``python -m figures`` writes by default (PNGs there are committed; SVGs are gitignored).
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 FORMATS = ("png", "svg")
-
-
-class FigureUnavailable(RuntimeError):
-    """The symgraph feature a figure (or panel) needs is not in this checkout."""
 
 
 @contextlib.contextmanager

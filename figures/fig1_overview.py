@@ -3,7 +3,7 @@
 Panel (a) shows the network's weight matrices and bias vectors as they are (heat maps of the real values);
 panel (b) is :func:`symgraph.draw` of its parameter graph (one edge per weight, width by |weight|, a bias node
 per layer); panel (c) is the GMN pipeline applied to that graph, with the sizes taken from
-:func:`gmn.graph_to_data` and, when :class:`gmn.GMN` is importable, the prediction of an untrained GMN.
+:func:`gmn.graph_to_data` and the prediction of an untrained :class:`gmn.GMN`.
 
 Example
 -------
@@ -22,19 +22,16 @@ import torch
 import torch.nn as nn
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+import gmn
 import symgraph
 from symgraph.draw import draw
 
 from .common import seeded
 
-__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "model"]
+__all__ = ["NAME", "STEM", "TITLE", "make", "model"]
 
 NAME, STEM = "fig1", "fig1_overview"
 TITLE = "network -> parameter graph -> graph metanetwork"
-
-
-def missing() -> str | None:
-    return None
 
 
 def model() -> nn.Module:
@@ -81,33 +78,24 @@ def _weights_panel(ax, net: nn.Module) -> None:
 
 def _gmn_panel(ax, graph) -> None:
     """The metanetwork's pipeline on this graph, with the real sizes (and output, when gmn has GMN)."""
-    dv = de = None
-    pred = None
-    try:
-        import gmn
+    from torch_geometric.data import Batch  # heavy: loaded when the figure is drawn
 
-        data = gmn.graph_to_data(graph)
-        dv = int(data.x.shape[1]) if getattr(data, "x", None) is not None else None
-        ea = getattr(data, "edge_attr", None)
-        de = int(ea.shape[1]) if ea is not None else None
-        if hasattr(gmn, "GMN"):
-            from torch_geometric.data import Batch
-
-            with seeded(0), torch.no_grad():
-                pred = float(gmn.GMN(hidden_dim=16, num_layers=2, out_dim=1)(Batch.from_data_list([data]))[0, 0])
-    except ImportError:
-        pass
+    data = gmn.graph_to_data(graph)
+    dv = int(data.x.shape[1])
+    de = int(data.edge_attr.shape[1])
+    with seeded(0), torch.no_grad():
+        pred = float(gmn.GMN(hidden_dim=16, num_layers=2, out_dim=1)(Batch.from_data_list([data]))[0, 0])
     n_dir = 2 * graph.num_edges  # messages flow both ways along every edge
     steps = [
         ("parameter graph", f"{graph.num_nodes} nodes, {graph.num_edges} edges"),
         (
             "features",
-            f"nodes [{graph.num_nodes}×{dv or 'd_v'}] (role, layer, I/O position)\n"
-            f"edges [{n_dir}×{de or 'd_e'}] (weight, colour, direction)",
+            f"nodes [{graph.num_nodes}×{dv}] (role, layer, I/O position)\n"
+            f"edges [{n_dir}×{de}] (weight, colour, direction)",
         ),
         ("GMN layers × L", "edges: eᵢⱼ ← φₑ(vᵢ, vⱼ, eᵢⱼ)\nnodes: vᵢ ← φᵥ(vᵢ, Σⱼ eᵢⱼ)"),
         ("pool + MLP", "Σᵢ vᵢ → MLP"),
-        ("prediction", "e.g. test accuracy" + (f"\nuntrained GMN: ŷ = {pred:+.3f}" if pred is not None else "")),
+        ("prediction", f"e.g. test accuracy\nuntrained GMN: ŷ = {pred:+.3f}"),
     ]
     colours = ["#EDF2F8", "#FDF0E1", "#F4E8F1", "#E7F3E5", "#FBE6E6"]
     ys = np.linspace(0.9, 0.1, len(steps))

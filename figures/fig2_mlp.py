@@ -23,14 +23,10 @@ from symgraph.draw import draw
 
 from .common import seeded
 
-__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "model"]
+__all__ = ["NAME", "STEM", "TITLE", "make", "model"]
 
 NAME, STEM = "fig2", "fig2_mlp_parameter_graph"
 TITLE = "MLP parameter graph with bias nodes"
-
-
-def missing() -> str | None:
-    return None
 
 
 def model() -> nn.Module:

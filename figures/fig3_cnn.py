@@ -25,15 +25,11 @@ from symgraph.draw import draw, edge_styles
 
 from .common import seeded
 
-__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "model", "INPUT_SHAPE"]
+__all__ = ["NAME", "STEM", "TITLE", "make", "model", "INPUT_SHAPE"]
 
 NAME, STEM = "fig3", "fig3_cnn_parameter_graph"
 TITLE = "CNN parameter graph: channels, parallel edges per kernel position"
 INPUT_SHAPE = (1, 2, 6, 6)
-
-
-def missing() -> str | None:
-    return None
 
 
 def model() -> nn.Module:

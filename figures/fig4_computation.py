@@ -8,7 +8,7 @@ Example
 -------
 >>> import matplotlib; matplotlib.use("Agg")
 >>> from figures import fig4_computation
->>> fig4_computation.missing() is None or "computation_graph" in fig4_computation.missing()
+>>> fig4_computation.make([]).axes[0].get_title() != ""
 True
 """
 
@@ -21,26 +21,12 @@ import torch.nn as nn
 import symgraph
 from symgraph.draw import draw
 
-from .common import FigureUnavailable, seeded
+from .common import seeded
 
-__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "model", "example_input"]
+__all__ = ["NAME", "STEM", "TITLE", "make", "model", "example_input"]
 
 NAME, STEM = "fig4", "fig4_computation_vs_parameter"
 TITLE = "computation graph vs parameter graph of a tiny CNN"
-
-
-def _computation_graph():
-    fn = getattr(symgraph, "computation_graph", None)
-    if fn is None:
-        try:
-            from symgraph.computation import computation_graph as fn
-        except ImportError:
-            return None
-    return fn
-
-
-def missing() -> str | None:
-    return None if _computation_graph() is not None else "symgraph.computation_graph is not available yet"
 
 
 def model() -> nn.Module:
@@ -54,11 +40,8 @@ def example_input() -> torch.Tensor:
 
 
 def make(notes: list[str]) -> plt.Figure:
-    reason = missing()
-    if reason:
-        raise FigureUnavailable(reason)
     net, x = model(), example_input()
-    comp = _computation_graph()(net, x)
+    comp = symgraph.computation_graph(net, x)
     par = symgraph.parameter_graph(net, example_input=x)
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.0), gridspec_kw={"width_ratios": [1.5, 1.0]})
     draw(

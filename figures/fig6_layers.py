@@ -1,8 +1,8 @@
 """Figure 6: parameter graphs of other layer types: normalisation, residual, attention, DeepSets, spatial grid.
 
 One panel per layer family, each the parameter graph symgraph builds for a tiny model using that layer (paper
-Fig. 6, Fig. 7 and appendix A). A panel whose encoder is not in this checkout is skipped with a note; a panel
-whose encoder *is* registered but fails raises (nothing is dropped silently).
+Fig. 6, Fig. 7 and appendix A). A panel whose model has a parameter left out of its graph raises (nothing is
+dropped silently).
 
 Example
 -------
@@ -10,7 +10,7 @@ Example
 >>> from figures import fig6_layers
 >>> notes = []
 >>> fig = fig6_layers.make(notes)
->>> len(fig.axes) + len(notes) == len(fig6_layers.PANELS)
+>>> len(fig.axes) >= len(fig6_layers.PANELS)
 True
 """
 
@@ -27,11 +27,12 @@ import torch.nn as nn
 import symgraph
 from symgraph.draw import draw
 from symgraph.errors import SymgraphError
-from symgraph.registry import encoder_for_module
+from symgraph.models.deepsets import DeepSetsLayer
+from symgraph.models.grid import GridINR
 
-from .common import FigureUnavailable, seeded
+from .common import seeded
 
-__all__ = ["NAME", "STEM", "TITLE", "missing", "make", "Panel", "PANELS", "panel_graphs"]
+__all__ = ["NAME", "STEM", "TITLE", "make", "Panel", "PANELS", "panel_graphs"]
 
 NAME, STEM = "fig6", "fig6_layer_encodings"
 TITLE = "normalisation, residual, attention, DeepSets and spatial-grid parameter graphs"
@@ -89,19 +90,11 @@ def _attention():
 
 
 def _deepsets():
-    try:
-        from symgraph.models.deepsets import DeepSetsLayer
-    except ImportError as err:
-        raise FigureUnavailable("symgraph.models.deepsets.DeepSetsLayer is not available yet") from err
     layer = DeepSetsLayer(2, 3)  # R^{n x 2} -> R^{n x 3}, as in the paper's Fig. 6
     return layer, (1, 4, 2), layer
 
 
 def _grid():
-    try:
-        from symgraph.models.grid import GridINR
-    except ImportError as err:
-        raise FigureUnavailable("symgraph.models.grid.GridINR is not available yet") from err
     net = GridINR(features=2, resolution=(2, 2), hidden=(3,))  # the paper's Fig. 7 (right): 2x2 grid, 2 channels
     return net, (1, 2), net.grid
 
@@ -116,45 +109,20 @@ PANELS: tuple[Panel, ...] = (
 )
 
 
-def missing() -> str | None:
-    return None
-
-
 def _encoded(panel: Panel):
-    """The panel's parameter graph, or a FigureUnavailable naming what is missing.
-
-    A failure is only 'missing' when the panel's key module has no registered encoder; otherwise the
-    encoder exists and its error is a bug to surface, not a panel to drop.
-    """
+    """The panel's parameter graph; every parameter of the panel's model must be in it."""
     with seeded(6):
-        net, shape, key_module = panel.build()
-    has_encoder = key_module is None or encoder_for_module(key_module) is not None
-    try:
-        g = symgraph.parameter_graph(net, input_shape=shape)
-    except SymgraphError as err:
-        if has_encoder:
-            raise
-        raise FigureUnavailable(f"{type(key_module).__name__} has no encoder yet ({type(err).__name__})") from err
+        net, shape, _ = panel.build()
+    g = symgraph.parameter_graph(net, input_shape=shape)
     unencoded = g.meta.get("unencoded") or []
     if unencoded:
-        if has_encoder and key_module is not None and encoder_for_module(key_module) is not None:
-            raise SymgraphError(f"panel {panel.key}: parameters {unencoded} left out of the graph")
-        raise FigureUnavailable(
-            f"{type(key_module).__name__ if key_module is not None else panel.key} "
-            f"parameters are not encoded yet ({', '.join(unencoded)})"
-        )
+        raise SymgraphError(f"panel {panel.key}: parameters {unencoded} left out of the graph")
     return g
 
 
 def panel_graphs(notes: list[str]) -> list[tuple[Panel, object]]:
-    """(panel, graph) for every panel whose encoder exists; a note per skipped panel."""
-    out = []
-    for panel in PANELS:
-        try:
-            out.append((panel, _encoded(panel)))
-        except FigureUnavailable as why:
-            notes.append(f"fig6 panel '{panel.key}' skipped: {why}")
-    return out
+    """(panel, graph) for every panel."""
+    return [(panel, _encoded(panel)) for panel in PANELS]
 
 
 def make(notes: list[str]) -> plt.Figure:

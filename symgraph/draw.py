@@ -128,12 +128,8 @@ def _orbit_ids(g, orbits) -> np.ndarray | None:
     if orbits is None or orbits is False:
         return None
     if orbits is True:
-        try:
-            from . import automorphism_group  # type: ignore[attr-defined]
-        except ImportError as err:
-            raise ImportError(
-                "orbits=True needs symgraph.automorphism_group; pass orbits=[...] (a list of node-id tensors) instead"
-            ) from err
+        from .automorphisms import automorphism_group
+
         orbits = automorphism_group(g).orbits
     if hasattr(orbits, "orbits"):
         orbits = orbits.orbits
