@@ -58,8 +58,14 @@ class RefEdgeMPNN(nn.Module):
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 4, mlp_layers: int = 2, out_dim: int = 1):
         super().__init__()
-        from gmn.data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, MAX_POSITIONS, NODE_CAT_COLUMNS, NODE_CAT_SIZES
-        from gmn.data import NODE_FLOAT_DIM
+        from gmn.data import (
+            EDGE_CAT_SIZES,
+            EDGE_FLOAT_DIM,
+            MAX_POSITIONS,
+            NODE_CAT_COLUMNS,
+            NODE_CAT_SIZES,
+            NODE_FLOAT_DIM,
+        )
         from gmn.layers import ConcatMLP
         from gmn.models import FeatureEncoder
 
@@ -105,6 +111,8 @@ def workload_graphs(name: str, resnet_width: int = 8) -> list:
         return [symgraph.parameter_graph(m)]
     if name == "siren":
         return [symgraph.parameter_graph(SIREN(1, (32, 32), 1, 30.0)) for _ in range(64)]
+    if name == "tiny":  # for the test suite
+        return [symgraph.parameter_graph(nn.Sequential(nn.Linear(4, k), nn.ReLU(), nn.Linear(k, 2))) for k in (5, 7)]
     if name == "zoo":
         from gmn.zoo.families import sample_config
         from gmn.zoo.generate import _build
@@ -147,6 +155,10 @@ def child(spec: dict) -> dict:
     """One measurement (runs in its own process): rate and peak memory of one model on one batch."""
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
+    if spec.get("retain_memory"):
+        from gmn.fused import retain_freed_memory
+
+        retain_freed_memory()
     device = torch.device(spec["device"])
     batch = torch.load(spec["batch"], weights_only=False, mmap=True).to(device)
     model = build_model(spec["model"], spec["hidden"], spec["layers"], spec["mlp_layers"]).to(device)
@@ -286,6 +298,11 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--resnet50", action="store_true", help="also run chunked inference on a ResNet-50 graph")
     ap.add_argument("--chunk-size", type=int, default=2_000_000, help="edges per chunk for --resnet50")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    ap.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="every model's process keeps freed memory for reuse (gmn.fused.retain_freed_memory; both sides)",
+    )
     ap.add_argument("--child", help=argparse_hidden())
     ap.add_argument("--json", action="store_true")
     add_device_argument(ap)
@@ -306,8 +323,9 @@ def _main(argv: list[str]) -> int:
     for m in modes:
         if m not in ("train", "infer"):
             raise CLIError(f"--modes: Expected train and/or infer (got {m!r})")
-    import gmn
     from torch_geometric.data import Batch
+
+    import gmn
 
     load = os.getloadavg()
     report = {
@@ -317,6 +335,7 @@ def _main(argv: list[str]) -> int:
         "hidden": args.hidden,
         "layers": args.layers,
         "mlp_layers": args.mlp_layers,
+        "retain_memory": args.retain_memory,
         "matmul_gflops": {
             "fp32": matmul_peak(device, torch.float32),
             "bf16": matmul_peak(device, torch.bfloat16, n=512 if device.type == "cpu" else 4096),
@@ -351,6 +370,7 @@ def _main(argv: list[str]) -> int:
                         mlp_layers=args.mlp_layers,
                         steps=args.steps,
                         count_flops=mode == "train",
+                        retain_memory=args.retain_memory,
                     )
                     res = run_child(spec, args.timeout)
                     row = {"workload": w, "model": m, "mode": mode, **res}

@@ -32,6 +32,7 @@ from symgraph.graph import NeuralGraph
 
 from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, MAX_POSITIONS, NODE_CAT_COLUMNS, NODE_CAT_SIZES, NODE_FLOAT_DIM
 from .errors import MetanetOutputError
+from .fused import Incidence
 from .layers import ConcatMLP, GMNLayer, scatter_reduce
 from .weight_space import WeightSpaceBatch
 
@@ -273,7 +274,7 @@ class GMN(nn.Module):
             self._compiled = [torch.compile(layer, dynamic=True) for layer in self.layers]
         return self._compiled
 
-    def _run_layer(self, k: int, fn, v, edge_index, e, u, node_batch, edge_batch, chunk_size):
+    def _run_layer(self, k: int, fn, v, edge_index, e, u, node_batch, edge_batch, chunk_size, inc):
         if chunk_size:
             return self.layers[k](v, edge_index, e, u, node_batch, edge_batch, chunk_size=chunk_size, inplace=True)
         if self.compile:
@@ -288,8 +289,8 @@ class GMN(nn.Module):
         if self.checkpoint and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(fn, v, edge_index, e, u, node_batch, edge_batch, use_reentrant=False)
-        return fn(v, edge_index, e, u, node_batch, edge_batch)
+            return checkpoint(fn, v, edge_index, e, u, node_batch, edge_batch, incidence=inc, use_reentrant=False)
+        return fn(v, edge_index, e, u, node_batch, edge_batch, incidence=inc)
 
     def _encode_edges(self, batch, chunk_size: int | None) -> Tensor:
         if not chunk_size or batch.edge_cat.shape[0] <= chunk_size:
@@ -318,9 +319,12 @@ class GMN(nn.Module):
         u = self.u0.to(v.dtype).expand(num_graphs, self.global_dim)
         dtype = v.dtype
         amp = self.autocast_dtype is not None
+        inc = None
+        if not chunk_size and not amp and self.layers and self.layers[0].fused and e.shape[0]:
+            inc = Incidence(batch.edge_index[0], batch.edge_index[1], v.shape[0], v.dtype)
         with torch.autocast(v.device.type, dtype=self.autocast_dtype, enabled=amp):
             for k, fn in enumerate(self._layer_fns()):
-                v, e, u = self._run_layer(k, fn, v, batch.edge_index, e, u, node_batch, edge_batch, chunk_size)
+                v, e, u = self._run_layer(k, fn, v, batch.edge_index, e, u, node_batch, edge_batch, chunk_size, inc)
         if amp:
             v, e, u = v.to(dtype), e.to(dtype), u.to(dtype)
         return v, e, u, node_batch, edge_batch
