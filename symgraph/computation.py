@@ -46,7 +46,6 @@ import math
 import operator
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -55,7 +54,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders.activation import ACTIVATION_FUNCTIONS, ACTIVATION_MODULES
+from .activations import (
+    ACTIVATION_MODULES,
+    activation_for_target,
+    activation_function,
+    constant_op_key,
+    module_activation_key,
+)
 from .errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
 from .graph import NeuralGraph, NodeGroup, ParamSlot
 from .trace import ModelSpec, OpSpec, Ref, trace_model
@@ -68,118 +73,6 @@ __all__ = [
 ]
 
 _ROLES = ("input", "hidden", "output", "bias")
-
-
-# ====================================================================== activations
-_PLAIN_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "relu6": F.relu6,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "selu": F.selu,
-    "mish": F.mish,
-    "hardswish": F.hardswish,
-    "hardsigmoid": F.hardsigmoid,
-    "tanhshrink": F.tanhshrink,
-    "softsign": F.softsign,
-    "logsigmoid": F.logsigmoid,
-    "sin": torch.sin,
-    "cos": torch.cos,
-    "exp": torch.exp,
-    "neg": torch.neg,
-}
-# Parametrised activations: canonical argument names and defaults (a name always lists every argument, so
-# that F.leaky_relu(x) and nn.LeakyReLU() get the same node colour).
-_ACT_PARAMS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "leaky_relu": (("negative_slope", 0.01),),
-    "elu": (("alpha", 1.0),),
-    "celu": (("alpha", 1.0),),
-    "softplus": (("beta", 1.0), ("threshold", 20.0)),
-    "gelu": (("approximate", "none"),),
-    "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
-}
-_PARAM_ACTS: dict[str, Callable[..., torch.Tensor]] = {
-    "leaky_relu": lambda x, s: F.leaky_relu(x, s),
-    "elu": lambda x, a: F.elu(x, a),
-    "celu": lambda x, a: F.celu(x, a),
-    "softplus": lambda x, b, t: F.softplus(x, b, t),
-    "gelu": lambda x, a: F.gelu(x, approximate=a),
-    "hardtanh": lambda x, lo, hi: F.hardtanh(x, lo, hi),
-    "mul": lambda x, c: x * c,
-    "div": lambda x, c: x / c,
-    "add": lambda x, c: x + c,
-    "sub": lambda x, c: x - c,
-    "rsub": lambda x, c: c - x,
-    "rdiv": lambda x, c: c / x,
-}
-_NAME_RE = re.compile(r"^([a-z_0-9]+)(?:\((.*)\))?$")
-
-
-def _fmt(v: Any) -> str:
-    # repr keeps floats exact (``:g`` would round 0.1234567 and break Eq. 7 to 1e-10)
-    return repr(float(v)) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
-
-
-def _canonical_name(act: str, pos: tuple = (), kw: dict | None = None) -> str:
-    kw = {k: v for k, v in (kw or {}).items() if k != "inplace"}
-    if act not in _ACT_PARAMS:
-        return act
-    names = [n for n, _ in _ACT_PARAMS[act]]
-    vals = dict(_ACT_PARAMS[act])
-    for n, v in zip(names, pos, strict=False):
-        vals[n] = v
-    vals.update({k: v for k, v in kw.items() if k in vals})
-    return f"{act}({','.join(_fmt(vals[n]) for n in names)})"
-
-
-def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The elementwise function of an activation name as stored in node colours.
-
-    Example
-    -------
-    >>> import torch
-    >>> activation_function("leaky_relu(0.5)")(torch.tensor([-2.0, 3.0]))
-    tensor([-1.,  3.])
-    """
-    m = _NAME_RE.match(name)
-    if m is None:
-        raise ShapeMismatchError("an activation name like 'relu' or 'mul(30.0)'", repr(name))
-    base, args = m.group(1), m.group(2)
-    if args is None and base in _PLAIN_ACTS:
-        return _PLAIN_ACTS[base]
-    if base in _PARAM_ACTS:
-        parsed: list[Any] = []
-        for a in (args or "").split(","):
-            try:
-                parsed.append(float(a))
-            except ValueError:
-                parsed.append(a)
-        if args is None:
-            parsed = [v for _, v in _ACT_PARAMS.get(base, ())]
-        return lambda x, f=_PARAM_ACTS[base], p=tuple(parsed): f(x, *p)
-    raise UnsupportedModuleError("", f"no elementwise function for the activation '{name}'")
-
-
-def _module_act(module: nn.Module) -> str:
-    if isinstance(module, nn.LeakyReLU):
-        return _canonical_name("leaky_relu", (module.negative_slope,))
-    if isinstance(module, nn.ELU | nn.CELU):
-        return _canonical_name(type(module).__name__.lower(), (module.alpha,))
-    if isinstance(module, nn.Softplus):
-        return _canonical_name("softplus", (module.beta, module.threshold))
-    if isinstance(module, nn.GELU):
-        return _canonical_name("gelu", (module.approximate,))
-    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
-        return _canonical_name("hardtanh", (module.min_val, module.max_val))
-    return type(module).__name__.lower()
-
-
-_ACT_MODULES = ACTIVATION_MODULES
-_ACT_FUNCTIONS: dict[Any, str] = {}
-for _name, _targets in ACTIVATION_FUNCTIONS.items():
-    for _t in _targets:
-        _ACT_FUNCTIONS[_t] = _name
 
 
 # ====================================================================== the graph object
@@ -995,9 +888,9 @@ def _elementwise(b: _Builder, op: OpSpec, x: _Val, act: str) -> _Val:
 
 def _add(b: _Builder, op: OpSpec, a, c, sub: bool) -> _Val:
     if isinstance(a, int | float) and isinstance(c, _Val):
-        return _elementwise(b, op, c, f"{'rsub' if sub else 'add'}({_fmt(a)})")
+        return _elementwise(b, op, c, constant_op_key("rsub" if sub else "add", a))
     if isinstance(c, int | float) and isinstance(a, _Val):
-        return _elementwise(b, op, a, f"{'sub' if sub else 'add'}({_fmt(c)})")
+        return _elementwise(b, op, a, constant_op_key("sub" if sub else "add", c))
     if not (isinstance(a, _Val) and isinstance(c, _Val)):
         raise UnsupportedModuleError(op.name, "adding a parameter or buffer tensor (e.g. a positional embedding)")
     try:
@@ -1026,9 +919,9 @@ def _add(b: _Builder, op: OpSpec, a, c, sub: bool) -> _Val:
 
 def _scale(b: _Builder, op: OpSpec, a, c, div: bool) -> _Val:
     if isinstance(a, _Val) and isinstance(c, int | float):
-        return _elementwise(b, op, a, f"{'div' if div else 'mul'}({_fmt(c)})")
+        return _elementwise(b, op, a, constant_op_key("div" if div else "mul", c))
     if isinstance(c, _Val) and isinstance(a, int | float):
-        return _elementwise(b, op, c, f"{'rdiv' if div else 'mul'}({_fmt(a)})")
+        return _elementwise(b, op, c, constant_op_key("rdiv" if div else "mul", a))
     raise UnsupportedModuleError(op.name, "a product of two tensors (gating, attention) in a computation graph")
 
 
@@ -1083,8 +976,8 @@ def _call_module(b: _Builder, op: OpSpec, m: nn.Module, args: tuple, kw: dict, b
             bias_name=f"{op.target}.bias",
         )
         return _conv(b, op, spec, _val(x, op), op.target)
-    if isinstance(m, _ACT_MODULES):
-        return _elementwise(b, op, _val(x, op), _module_act(m))
+    if isinstance(m, ACTIVATION_MODULES):
+        return _elementwise(b, op, _val(x, op), module_activation_key(m))
     if isinstance(m, _IDENTITY_MODULES):
         return _Val(_val(x, op).nodes, owned=_val(x, op).owned and op.num_users == 1)
     if isinstance(m, nn.Flatten):
@@ -1116,9 +1009,9 @@ def _call_module(b: _Builder, op: OpSpec, m: nn.Module, args: tuple, kw: dict, b
 
 def _call_function(b: _Builder, op: OpSpec, args: tuple, kw: dict, batch: int):
     t = op.target
-    if t in _ACT_FUNCTIONS:
-        name = _ACT_FUNCTIONS[t]
-        return _elementwise(b, op, _val(args[0], op), _canonical_name(name, tuple(args[1:]), kw))
+    act = activation_for_target(t)
+    if act is not None:
+        return _elementwise(b, op, _val(args[0], op), act.key(tuple(args[1:]), kw))
     if t in (operator.add, operator.iadd, torch.add, "add", operator.sub, operator.isub, torch.sub, "sub"):
         if kw.get("alpha", 1) != 1:
             raise UnsupportedModuleError(op.name, "torch.add with alpha != 1")
