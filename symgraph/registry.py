@@ -28,6 +28,7 @@ __all__ = [
     "encoder_for_module",
     "encoder_for_function",
     "registered_module_types",
+    "module_lookup",
 ]
 
 _MODULE_ENCODERS: dict[type, Callable] = {}
@@ -102,3 +103,16 @@ def encoder_for_function(target: Any) -> Callable | None:
 
 def registered_module_types() -> list[type]:
     return list(_MODULE_ENCODERS)
+
+
+def module_lookup(table: dict[type, Any], module: nn.Module, named: dict[str, Any] | None = None) -> Any | None:
+    """``table``'s entry for ``module``: its class or the nearest registered base class along the MRO, else (in
+    ``named``) by ``"package.module.Class"``. The lookup :func:`encoder_for_module` makes, for other registries
+    keyed the same way (the computation-graph lowerings, :mod:`symgraph.computation.lowering`)."""
+    for t in type(module).__mro__:
+        entry = table.get(t)
+        if entry is None and named:
+            entry = named.get(f"{t.__module__}.{t.__qualname__}")
+        if entry is not None:
+            return entry
+    return None
