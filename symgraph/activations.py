@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ShapeMismatchError, UnsupportedModuleError
+from .registry import function_lookup, module_lookup
 
 __all__ = [
     "Activation",
@@ -197,19 +198,13 @@ def activation_key(name: str, args: tuple = (), kwargs: dict | None = None) -> s
 
 def module_activation_key(module: nn.Module) -> str | None:
     """The canonical name of an activation module (``None`` if ``module`` is not one)."""
-    for t in type(module).__mro__:
-        act = _BY_MODULE.get(t)
-        if act is not None:
-            return act.module_key(module)
-    return None
+    act = module_lookup(_BY_MODULE, module)
+    return None if act is None else act.module_key(module)
 
 
 def activation_for_target(target: Any) -> Activation | None:
     """The activation a ``call_function``/``call_method`` target computes, or ``None``."""
-    try:
-        return _BY_TARGET.get(target)
-    except TypeError:  # unhashable target
-        return None
+    return function_lookup(_BY_TARGET, target)
 
 
 def function_activation_key(target: Any, args: tuple = (), kwargs: dict | None = None) -> str | None:

@@ -18,18 +18,19 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ShapeMismatchError, SymgraphError
-from ..graph import NeuralGraph, ParamSlot
+from ..graph import EdgeParamIndex, NeuralGraph, ParamSlot
 from . import evaluate as _evaluate
 from . import homomorphism as _homomorphism
 
 __all__ = ["ComputationGraph", "SharedEdgeParamIndex"]
 
 
-class SharedEdgeParamIndex:
+class SharedEdgeParamIndex(EdgeParamIndex):
     """Edge -> (parameter, flat index) for computation graphs, where one parameter sits on many edges.
 
-    Duck-types :class:`symgraph.graph.EdgeParamIndex`: ``lookup(edges)`` gives (slot index or -1, flat index
-    or -1) vectorised, ``index[e]`` gives ``(name, flat)`` or ``None`` for a constant edge.
+    An :class:`symgraph.graph.EdgeParamIndex` whose edges are found through ``edge_class`` instead of contiguous
+    ranges: ``lookup(edges)`` gives (slot index or -1, flat index or -1) vectorised, ``index[e]`` gives
+    ``(name, flat)`` or ``None`` for a constant edge, ``edges_of(name)`` a tensor of edge ids.
     """
 
     def __init__(self, slots: tuple[ParamSlot, ...], edge_class: torch.Tensor):
@@ -38,13 +39,6 @@ class SharedEdgeParamIndex:
         self.num_edges = int(edge_class.numel())
         self._starts = torch.tensor([s.start for s in self.slots], dtype=torch.long)
         self._by_name = {s.name: i for i, s in enumerate(self.slots)}
-
-    def __len__(self) -> int:
-        return self.num_edges
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.slots]
 
     def lookup(self, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls = self.edge_class[torch.as_tensor(edges, dtype=torch.long)]
@@ -56,11 +50,7 @@ class SharedEdgeParamIndex:
         const = cls < 0
         return slot.masked_fill(const, -1), flat.masked_fill(const, -1)
 
-    def __getitem__(self, edge: int) -> tuple[str, int] | None:
-        slot, flat = self.lookup(torch.tensor([int(edge)]))
-        return None if int(slot) < 0 else (self.slots[int(slot)].name, int(flat))
-
-    def edges_of(self, name: str) -> torch.Tensor:
+    def edges_of(self, name: str) -> torch.Tensor:  # type: ignore[override]
         """All edge ids carrying some scalar of parameter ``name`` (a tensor: they are not contiguous)."""
         s = self.slots[self._by_name[name]]
         return ((self.edge_class >= s.start) & (self.edge_class < s.start + s.numel)).nonzero().flatten()

@@ -32,7 +32,7 @@ import torch.nn as nn
 from ..builder import GraphBuilder
 from ..errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
 from ..graph import NodeGroup, ParamSlot
-from ..registry import module_lookup
+from ..registry import function_lookup, module_lookup
 from ..trace import ModelSpec, OpSpec, ParamRef, _get_attr, _resolve, trace_model
 from . import homomorphism
 from .graph import ComputationGraph
@@ -102,10 +102,7 @@ def lowering_for_module(module: nn.Module) -> Callable | None:
 
 
 def lowering_for_function(target: Any) -> Callable | None:
-    try:
-        return _FUNCTION_LOWERINGS.get(target)
-    except TypeError:  # unhashable target
-        return None
+    return function_lookup(_FUNCTION_LOWERINGS, target)
 
 
 # ====================================================================== values and context
