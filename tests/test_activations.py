@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import symgraph
 from symgraph.activations import (
@@ -204,3 +205,28 @@ def test_unknown_names_and_arguments_raise_typed_errors():
         activation_function("hardtanh(1)")
     with pytest.raises(SymgraphError):
         activation_key("no_such_activation")
+
+
+class IssueModel(nn.Module):
+    """The forms issue 17 found named differently: ``nn.LeakyReLU(a)`` vs ``F.leaky_relu(x, a)`` with an ``a``
+    that %g rounds, ``F.hardtanh(x, -2, 2)`` (named ``hardtanh(2,-2)`` from sorted kwargs), ``30 * x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.act = nn.LeakyReLU(0.1234567)
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        h = F.leaky_relu(self.b(h), 0.1234567)
+        h = F.hardtanh(self.c(h), -2, 2) * 30.0
+        return self.d(h)
+
+
+def test_issue_17_forms_get_one_key_in_both_graphs():
+    model = IssueModel().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    pg, cg = symgraph.parameter_graph(model, x), symgraph.computation_graph(model, x)
+    expected = {("leaky_relu(0.1234567)",), ("hardtanh(-2,2)", "mul(30)")}
+    assert _hidden_acts(pg) == _hidden_acts(cg) == expected
+    assert float((cg(x) - model(x)).detach().abs().max()) <= 1e-12
