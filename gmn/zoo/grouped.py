@@ -38,9 +38,10 @@ def grouped_leaves(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     for part in ("features", "head"):
         for name, mod in getattr(model, part).named_children():
             out.append((f"{part}.{name}", mod))
-    for name, mod in out:
+    for _, mod in out:
         ok = isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Linear | nn.ReLU | nn.Flatten | nn.Identity | nn.Dropout)
-        ok = ok or isinstance(mod, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) or type(mod).__name__ == "_BufferDropout"
+        ok = ok or isinstance(mod, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d)
+        ok = ok or type(mod).__name__ == "_BufferDropout"
         if isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d):
             ok = mod.momentum is not None and mod.track_running_stats and mod.affine
         elif isinstance(mod, nn.GroupNorm):
@@ -92,7 +93,8 @@ def grouped_forward(
                 x = F.linear(x, w.reshape(-1, w.shape[-1]), None if b is None else b.reshape(-1))
             else:
                 xm = x.reshape(x.shape[0], m, -1).transpose(0, 1)  # [M, B, I]
-                y = torch.bmm(xm, w.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], xm, w.transpose(1, 2))
+                wt = w.transpose(1, 2)
+                y = torch.bmm(xm, wt) if b is None else torch.baddbmm(b[:, None, :], xm, wt)
                 x = y.transpose(0, 1).reshape(x.shape[0], -1)
             shared = False
         elif isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d):
