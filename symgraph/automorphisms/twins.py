@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..progress import Progress
 from .nauty import _mix, dag_depth, multiset_hash, refine_colors, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
@@ -369,7 +370,9 @@ def _dense(x: np.ndarray) -> np.ndarray:
     return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_000, fixed=None) -> TwinReduction:
+def reduce_twins(
+    n: int, src, dst, color, vertex_color, max_levels: int = 100_000, fixed=None, progress: Progress | None = None
+) -> TwinReduction:
     """Iterated exact reduction of a coloured directed multigraph (module docstring).
 
     The parallel edges of each ordered pair are merged once, up front, into one edge labelled by the
@@ -383,7 +386,11 @@ def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_00
     >>> r = reduce_twins(4, [0, 0, 1, 2], [1, 2, 3, 3], [0, 0, 0, 0], [0, 1, 1, 2])
     >>> r.quotient[0], r.twin_order   # {1, 2} are twins; the path 0 -> {1,2} -> 3 is then one chain
     (1, 2)
+
+    ``progress`` (a :class:`~symgraph.progress.Progress`) is told the graph's size after every step and
+    enforces its time limit between steps.
     """
+    progress = progress if progress is not None else Progress()
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     color = np.asarray(color, dtype=np.int64)
@@ -392,10 +399,12 @@ def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_00
     m = int(n)
     if fixed is not None:
         (m, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
+        progress.note(f"fixed nodes folded: {m} vertices, {src.size} edges")
     if color.size and int(color.min()) < 0:
         raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
     u, v, lab, table = _collapse(m, src, dst, color)
-    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels)
+    progress.note(f"parallel edges merged: {m} vertices, {u.size} edges")
+    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels, progress)
     if not levels:  # nothing contracted: the graph as it came, with its refined colours
         return TwinReduction(levels, (m, src, dst, color, vc), int(n), keep)
     return TwinReduction(levels, _expand(m, u, v, lab, table, vc), int(n), keep)
@@ -553,7 +562,7 @@ def _expand(k: int, u, v, lab, table, vc):
     return k, np.repeat(u, reps), np.repeat(v, reps), col, vc
 
 
-def _reduce(m: int, u, v, lab, table, vc, max_levels: int):
+def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
     """Apply the steps in turn until a full round changes nothing; returns ``(levels, final state)``."""
     steps = (_twin_step, _chain_step, _matching_step, _closed_twin_step, _refine_step)
     state = (m, u, v, lab, table, vc)
@@ -564,11 +573,13 @@ def _reduce(m: int, u, v, lab, table, vc, max_levels: int):
         i += 1
         if out is None:
             idle += 1
+            progress.check()
             continue
         level, state = out
         if level is not None:
             levels.append(level)
         idle = 0
+        progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
     return levels, state
 
 
