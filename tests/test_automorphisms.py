@@ -728,3 +728,32 @@ def test_orders_beyond_pythons_4300_digit_limit_are_reported_exactly():
         sys.set_int_max_str_digits(old)
     assert len(d["order"]) == 5736 and d["order"] == expected
     assert d["log10_order"] == pytest.approx(math.lgamma(2001) / math.log(10), rel=1e-12)
+
+
+def test_chunked_first_pass_equals_the_whole_graph_passes():
+    from symgraph.automorphisms.twins import _collapse, _fold_and_collapse
+
+    model = symgraph.models.build_model("resnet")
+    g = symgraph.parameter_graph(model, example_input=resolve_example_input(model, None, None))
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    fixed = g.fixed_mask.numpy()
+    (m, s2, d2, c2, vc2), keep = fold_fixed(n, src, dst, ecol, vcol, fixed)
+    u, v, lab, table = _collapse(m, s2, d2, c2)
+    for chunk in (7, 1000, 1 << 22):  # chunk borders inside runs of parallel edges must not split them
+        (m1, u1, v1, lab1, table1, vc1), keep1 = _fold_and_collapse(n, src, dst, ecol, vcol, fixed, chunk=chunk)
+        assert m1 == m and np.array_equal(keep1, keep) and table1 == table
+        assert np.array_equal(u1, u) and np.array_equal(v1, v) and np.array_equal(lab1, lab)
+        assert np.array_equal(np.unique(vc1, return_inverse=True)[1], np.unique(vc2, return_inverse=True)[1])
+    # a pair whose parallel edges are not consecutive: the chunked pass refuses, the group stays exact
+    perm = np.random.default_rng(0).permutation(src.size)
+    assert _fold_and_collapse(n, src[perm], dst[perm], ecol[perm], vcol, fixed) is None
+    shuffled = SimpleNamespace(
+        num_nodes=n,
+        num_edges=src.size,
+        edge_index=torch.from_numpy(np.stack([src[perm], dst[perm]])),
+        edge_color=torch.from_numpy(ecol[perm]),
+        node_color=g.node_color,
+        fixed_mask=g.fixed_mask,
+        node_groups=(),
+    )
+    assert compute_group(shuffled).order == compute_group(g).order == analytic_order(g)

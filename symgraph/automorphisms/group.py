@@ -298,6 +298,15 @@ def _is_automorphism(graph, perm) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def _vcol(graph) -> np.ndarray:
+    """Node colours with every fixed node a colour of its own (as :func:`graph_arrays`, without the edges)."""
+    vcol = np.asarray(graph.node_color.numpy(), dtype=np.int64).copy()
+    fixed = np.asarray(graph.fixed_mask.numpy(), dtype=bool)
+    base = int(vcol.max()) + 1 if vcol.size else 0
+    vcol[fixed] = base + np.nonzero(fixed)[0]
+    return vcol
+
+
 def compute_group(graph, reduce: bool = True, progress: Progress | None = None) -> AutomorphismGroup:
     """The automorphism group of an already built graph (see :func:`automorphism_group`).
 
@@ -307,13 +316,15 @@ def compute_group(graph, reduce: bool = True, progress: Progress | None = None) 
     progress = progress if progress is not None else Progress()
     t0 = time.perf_counter()
     with progress.stage("reductions", f"{graph.num_nodes} nodes, {graph.num_edges} edges"):
-        n, src, dst, ecol, vcol = graph_arrays(graph)
-        t1 = time.perf_counter()
-        if reduce:
-            red = reduce_twins(n, src, dst, ecol, vcol, fixed=graph.fixed_mask.numpy(), progress=progress)
+        if reduce:  # views of the graph's tensors: the reduction reads the edge list in chunks, never copying it
+            n, ei, ecol, vcol = graph.num_nodes, graph.edge_index.numpy(), graph.edge_color.numpy(), _vcol(graph)
+            t1 = time.perf_counter()
+            red = reduce_twins(n, ei[0], ei[1], ecol, vcol, fixed=graph.fixed_mask.numpy(), progress=progress)
         else:
+            n, src, dst, ecol, vcol = graph_arrays(graph)
+            t1 = time.perf_counter()
             red = TwinReduction([], (n, src, dst, ecol, vcol), n)
-        del src, dst, ecol, vcol
+        del ecol, vcol
     t2 = time.perf_counter()
     qn, qs, qd, qc, qv = red.quotient
     res = nauty_autgrp(qn, qs, qd, qc, qv, progress=progress)
