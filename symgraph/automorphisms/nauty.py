@@ -55,6 +55,7 @@ __all__ = [
     "MalformedNautyInputError",
     "multiset_hash",
     "unique_int",
+    "argsort_int",
 ]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -83,14 +84,29 @@ def multiset_hash(keys: np.ndarray, groups: np.ndarray, num_groups: int, salt: i
     return out.numpy()
 
 
-def unique_int(x: np.ndarray, return_counts: bool = False):
-    """Sorted unique int64 values (and counts) by sorting in torch: numpy's hash-based unique is far slower
-    on the tens of millions of edge keys of a ResNet."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
-    if return_counts:
-        u, c = torch.unique(t, sorted=True, return_counts=True)
-        return u.numpy(), c.numpy()
-    return torch.unique(t, sorted=True).numpy()
+def unique_int(x: np.ndarray, return_counts: bool = False, return_inverse: bool = False):
+    """Sorted unique int64 values (and inverse, counts) by sorting in torch: numpy's hash-based unique is far
+    slower on the tens of millions of edge keys of a ResNet; keys that fit are sorted as int32 (about twice as
+    fast again)."""
+    t = _as_sort_tensor(x)
+    out = torch.unique(t, sorted=True, return_inverse=return_inverse, return_counts=return_counts)
+    if not (return_counts or return_inverse):
+        return out.numpy().astype(np.int64, copy=False)
+    vals = [out[0].numpy().astype(np.int64, copy=False)]
+    vals += [o.numpy().astype(np.int64, copy=False) for o in out[1:]]
+    return tuple(vals)
+
+
+def argsort_int(x: np.ndarray) -> np.ndarray:
+    """Stable argsort of integer keys (torch's sort; int32 keys where they fit)."""
+    return torch.sort(_as_sort_tensor(x), stable=True).indices.numpy()
+
+
+def _as_sort_tensor(x: np.ndarray) -> torch.Tensor:
+    x = np.ascontiguousarray(x)
+    if x.size and x.dtype != np.int32 and int(x.min()) >= -(2**31) and int(x.max()) < 2**31:
+        return torch.from_numpy(x.astype(np.int32))
+    return torch.from_numpy(x.astype(np.int64, copy=False))
 
 
 @dataclass(frozen=True)
@@ -180,7 +196,7 @@ def dag_depth(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     if src.size > 1 and not bool(np.all(src[1:] >= src[:-1])):  # quotient edge lists come sorted already
-        order = np.argsort(src, kind="stable")
+        order = argsort_int(src)
         s_sorted, d_sorted = src[order], dst[order]
     else:
         s_sorted, d_sorted = src, dst

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..progress import Progress
-from .nauty import _mix, dag_depth, multiset_hash, refine_colors, unique_int
+from .nauty import _mix, argsort_int, dag_depth, multiset_hash, refine_colors, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
 
@@ -658,11 +658,24 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
     return True
 
 
-def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple]):
+def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple], alone: np.ndarray | None = None):
     """Quotient edges: one per distinct ``pair`` (``A * k + B``). Equal labels of one pair are counted once
     (the complete blocks between two twin classes); different ones add up as multisets (the side-tagged
-    edges between two contracted pairs: their tags make them distinct). Returns ``(u, v, label, table)``
-    sorted by pair."""
+    edges between two contracted pairs: their tags make them distinct). ``alone`` marks edges known to be
+    the only one of their pair (they skip the sort). Returns ``(u, v, label, table)``."""
+    if alone is not None and alone.any():
+        rest = ~alone
+        u, v, lab, table = _merge(k, pair[rest], item[rest], tuples)
+        a_item = item[alone]
+        a_used = np.nonzero(np.bincount(a_item, minlength=len(tuples)))[0]
+        full = sorted(set(table) | {tuples[i] for i in a_used.tolist()})
+        rank = {t: i for i, t in enumerate(full)}
+        remap_rest = np.array([rank[t] for t in table], dtype=np.int64)
+        remap_item = np.zeros(len(tuples), dtype=np.int64)
+        remap_item[a_used] = [rank[tuples[i]] for i in a_used.tolist()]
+        a_pair = pair[alone]
+        lab_all = np.concatenate([remap_rest[lab] if lab.size else lab, remap_item[a_item]])
+        return np.concatenate([u, a_pair // k]), np.concatenate([v, a_pair % k]), lab_all, full
     T = max(len(tuples), 1)
     uk = unique_int(pair * T + item)
     p, it = uk // T, uk % T
@@ -747,7 +760,10 @@ def _matching_step(m, u, v, lab, table, vc):
         return None
     cls, pos, qv, ext, item, tuples = found
     k = int(cls.max()) + 1
-    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples), qv)
+    # an edge between two uncontracted vertices is alone in its quotient pair (cls is injective there)
+    single = np.bincount(cls, minlength=k)[cls] == 1
+    alone = single[u[ext]] & single[v[ext]]
+    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples, alone), qv)
 
 
 def _closed_twin_step(m, u, v, lab, table, vc):
@@ -806,7 +822,7 @@ def closed_twin_classes(n: int, src, dst, label, vertex_color) -> tuple[np.ndarr
         return None
     L = int(lab.max()) + 1
     fwd = u * n + v
-    order = np.argsort(fwd, kind="stable")
+    order = argsort_int(fwd)
     sk = fwd[order]
     back = v * n + u
     pos = np.minimum(np.searchsorted(sk, back), sk.size - 1)
@@ -906,11 +922,15 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     tstart = np.cumsum(lens) - lens
     C = int(flat.max()) + 1
     size = np.bincount(vc, minlength=V)
-    ab = vc[u] * V + vc[v]
-    comb, inv, ccnt = (
-        x.numpy()
-        for x in torch.unique(torch.from_numpy(ab * NL + lab), sorted=True, return_inverse=True, return_counts=True)
-    )
+    cu, cv = vc[u], vc[v]
+    # only edges between two different classes of one size can be in a perfect matching between them (the
+    # dense layers between two streams of different widths, most of the edges, drop out here)
+    pre = np.nonzero((cu != cv) & (size[cu] == size[cv]) & (size[cu] > 1))[0]
+    if pre.size == 0:
+        return None
+    ab = cu[pre] * V + cv[pre]
+    del cu, cv
+    comb, inv, ccnt = unique_int(ab * NL + lab[pre], return_inverse=True, return_counts=True)
     cl, cab = comb % NL, comb // NL
     # one entry per (combination, distinct colour of its label): a repeated colour is one matching candidate
     rep = lens[cl]
@@ -936,7 +956,7 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     off = np.cumsum(ncand) - ncand
     cand_list = ent_cand[hit]  # grouped by combination (entries are)
     erep = ncand[inv]
-    e_idx = np.repeat(np.arange(u.size, dtype=np.int64), erep)
+    e_idx = np.repeat(pre, erep)
     cand_of = cand_list[np.repeat(off[inv], erep) + _ragged_arange(erep)]
     cs = np.bincount(unique_int(cand_of * n + u[e_idx]) // n, minlength=cands.size)
     cd = np.bincount(unique_int(cand_of * n + v[e_idx]) // n, minlength=cands.size)
@@ -952,7 +972,8 @@ def _matching(n: int, u, v, lab, table, vertex_color):
         return None
     chosen_arr = np.asarray(chosen, dtype=np.int64)
     sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
-    sel = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
+    sel = np.zeros(u.size, dtype=bool)
+    sel[pre] = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
     partner = np.full(n, -1, dtype=np.int64)
     partner[u[sel]] = v[sel]
     is_y = np.zeros(n, dtype=bool)
