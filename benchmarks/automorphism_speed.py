@@ -1,7 +1,8 @@
 """Speed and memory of exact automorphism groups on real models: reductions + nauty versus nauty alone.
 
 One row per model: parameters, parameter-graph edges, seconds to build the graph, seconds for the group
-(graph built; ``compute_group``) in wall-clock and in CPU seconds of all threads, peak RSS of the process, the extra peak RSS of build + group per edge (peak
+(graph built; ``compute_group``) in wall-clock and in CPU seconds of all threads, peak RSS of the process,
+the extra peak RSS of build + group per edge (peak
 minus the RSS before the build, over the number of edges; target <= 48 B), log10|Aut|, whether the order
 equals the analytic order of the encoders' declarations, and the ratio against the same exact nauty encoding
 on the raw graph without reductions (run under a time limit; "> x" when it did not finish). Every model runs
@@ -118,7 +119,8 @@ def _fmt(row: dict, raw: dict | None) -> str:
         ratio = "error"
     return (
         f"{row['model']:<18s} {row['params'] / 1e6:7.1f}M {row['edges'] / 1e6:8.1f}M {row['build_s']:7.2f} "
-        f"{row['group_s']:8.2f} {row['group_cpu_s']:7.2f} {row['peak_rss'] / 2**30:7.2f} {row['extra_b_per_edge']:7.1f} "
+        f"{row['group_s']:8.2f} {row['group_cpu_s']:7.2f} {row['peak_rss'] / 2**30:7.2f} "
+        f"{row['extra_b_per_edge']:7.1f} "
         f"{row['log10_order']:10.2f} {str(row.get('analytic_equal', '-')):>8s} {ratio:>9s}"
     )
 
