@@ -77,10 +77,14 @@ def multiset_hash(keys: np.ndarray, groups: np.ndarray, num_groups: int, salt: i
 
     Used only to *propose* equal multisets; every caller verifies a proposal exactly.
     """
-    h = _mix(np.asarray(keys, dtype=np.uint64) ^ np.uint64(salt)).view(np.int64)
+    keys = np.asarray(keys)
     out = torch.zeros(num_groups, dtype=torch.int64)
-    # int64 scatter_add wraps around like uint64 addition: same bits, so the sum is a multiset hash
-    out.scatter_add_(0, torch.from_numpy(np.ascontiguousarray(groups, dtype=np.int64)), torch.from_numpy(h))
+    step = 1 << 20  # in chunks: the mixing temporaries stay small next to the tens of millions of edges
+    for lo in range(0, keys.size, step):
+        h = _mix(keys[lo : lo + step].astype(np.uint64) ^ np.uint64(salt)).view(np.int64)
+        g = torch.from_numpy(np.ascontiguousarray(groups[lo : lo + step], dtype=np.int64))
+        # int64 scatter_add wraps around like uint64 addition: same bits, so the sum is a multiset hash
+        out.scatter_add_(0, g, torch.from_numpy(h))
     return out.numpy()
 
 

@@ -209,14 +209,26 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     bad = np.zeros(sizes.size, dtype=bool)
     # exact check: each member has at most one edge per (neighbour, colour), the members have equal degrees,
     # so equal neighbourhoods <=> every (class, neighbour, colour) triple occurs |class| times
+    big = sizes > 1
+    # classes of two or more numbered 0 .. R-1: the keys below then often fit int32 (a sort twice as fast)
+    big_id = np.cumsum(big) - 1
+    big_size = sizes[big]
     for a, b in ((dst, src), (src, dst)):
-        sel = sizes[cand[a]] > 1
-        if not sel.any():
+        sel = np.nonzero(big[cand[a]])[0]
+        if not sel.size:
             continue
-        key = (cand[a[sel]] * n + b[sel]) * C + color[sel]
+        key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
+        key *= n
+        key += b[sel]
+        key *= C
+        key += color[sel]
+        del sel
         uniq, counts = unique_int(key, return_counts=True)
+        del key
         cls_of = uniq // (n * C)
-        bad[cls_of[counts != sizes[cls_of]]] = True
+        wrong = np.zeros(big_size.size, dtype=bool)
+        wrong[cls_of[counts != big_size[cls_of]]] = True
+        bad[np.nonzero(big)[0][wrong]] = True
     if bad.any():  # split unverified classes (hash collision or an illegal self-loop): exactness first
         hit = bad[cand]
         cand = cand.copy()
@@ -372,7 +384,7 @@ def _fixed_colours(n: int, vertex_color, fixed, keep, node, key, C: int) -> np.n
 
 #: Edges per chunk of the first pass over a graph (fixed nodes folded, parallel edges merged): the raw edge
 #: list of a 100M-parameter model is never copied whole.
-CHUNK_EDGES = 1 << 22
+CHUNK_EDGES = 1 << 20
 
 
 def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int = CHUNK_EDGES):
@@ -426,22 +438,31 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
             [table.setdefault(tuple(c[first[r] : first[r] + counts[r]].tolist()), len(table)) for r in rep.tolist()],
             dtype=np.int64,
         )
-        us.append(s[first])
-        vs.append(d[first])
-        labs.append(gid[ids])
+        small = np.int32 if m < 2**31 else np.int64  # the parts in int32 until the last concatenation
+        us.append(s[first].astype(small))
+        vs.append(d[first].astype(small))
+        labs.append(gid[ids].astype(np.int32))
         del s, d, c, first, counts, ids
     node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
     key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
-    e = np.zeros(0, dtype=np.int64)
-    u = np.concatenate(us) if us else e
-    del us
-    v = np.concatenate(vs) if vs else e.copy()
-    del vs
+    u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
+    del us, vs, labs
     if not _distinct(u, v, m):  # a pair's parallel edges were not all consecutive: the whole-graph passes
         return None
-    lab, sorted_table = _canonical(np.concatenate(labs) if labs else e.copy(), list(table))
+    lab, sorted_table = _canonical(lab, list(table))
     return (m, u, v, lab, sorted_table, vc), keep
+
+
+def _concat64(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate int32/int64 parts into one int64 array, freeing each part once copied."""
+    out = np.empty(sum(p.size for p in parts), dtype=np.int64)
+    at = 0
+    while parts:
+        p = parts.pop(0)
+        out[at : at + p.size] = p
+        at += p.size
+    return out
 
 
 def _dense(x: np.ndarray) -> np.ndarray:
@@ -710,6 +731,13 @@ def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
     steps = (_twin_step, _chain_step, _matching_step, _closed_twin_step, _refine_step)
     state = (m, u, v, lab, table, vc)
     levels: list[TwinLevel] = []
+    # chains first, once: a channel with the norm node hanging on it is no twin of its neighbours until the
+    # two are one vertex (a ResNet's first twin step would find nothing in its largest graph)
+    first = _chain_step(*state) if m else None
+    if first is not None:
+        levels.append(first[0])
+        state = first[1]
+        progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
     i = 0
     while i < len(steps) and len(levels) < max_levels and state[0] > 0:
         out = steps[i](*state)
