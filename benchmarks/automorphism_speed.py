@@ -74,7 +74,8 @@ def _child(name: str, raw: bool, time_limit: float, threads: int) -> dict:
     row["build_s"] = t1 - t0
     c1 = time.process_time()
     try:
-        aut = compute_group(g, reduce=not raw, progress=Progress(time_limit))
+        with Progress(time_limit, sys.stderr, delay=10.0) as progress:
+            aut = compute_group(g, reduce=not raw, progress=progress)
     except TimeLimitError as exc:
         row.update(status="time limit", stage=exc.stage, group_s=time.perf_counter() - t1)
         return row
@@ -97,8 +98,10 @@ def _run_child(args, name: str, raw: bool, limit: float) -> dict:
     try:
         # the child stops itself at the limit (nauty in a killed subprocess); the extra minute covers the build
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit + 60)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "status": "time limit", "stage": "build"}
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        last = (err.strip().splitlines() or ["build (no progress line)"])[-1]  # the child's last progress line
+        return {"model": name, "status": "killed after the limit", "stage": last[:120]}
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
