@@ -390,8 +390,8 @@ CHUNK_EDGES = 1 << 20
 def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int = CHUNK_EDGES):
     """:func:`fold_fixed` then :func:`_collapse`, in one pass over chunks of the raw edge list.
 
-    Needs the parallel edges of each pair consecutive (the builders emit them so; checked at the end) and
-    returns None otherwise (the caller then runs the two whole-graph passes). ``src, dst, color`` may be any
+    A pair's parallel edges usually come as one run (the builders emit them so); pairs met in several runs
+    are merged at the end (:func:`_merge_runs`, a sort of the collapsed edges only). ``src, dst, color`` may be any
     integer arrays (views of the graph's tensors: nothing is copied whole). Returns
     ``((m, u, v, lab, table, vc), keep)`` like :func:`_collapse` after :func:`fold_fixed`.
     """
@@ -448,10 +448,33 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
     u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
     del us, vs, labs
-    if not _distinct(u, v, m):  # a pair's parallel edges were not all consecutive: the whole-graph passes
-        return None
+    if not _distinct(u, v, m):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
+        u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
+        node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
+        return (m, u, v, lab, table, vc), keep
     lab, sorted_table = _canonical(lab, list(table))
     return (m, u, v, lab, sorted_table, vc), keep
+
+
+def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
+    """One edge per pair from runs of one pair met more than once: the pair's label is the multiset union of
+    its runs' colour tuples (with multiplicity). Pairs are grouped by a sort of the collapsed edges; equal
+    sequences of run labels share one union, computed once per distinct sequence."""
+    key = u * m + v
+    NL = max(len(tuples), 1)
+    order = argsort_int(key * NL + lab) if key.size and int(key.max()) < 2**62 // NL else np.lexsort((lab, key))
+    ks, ls = key[order], lab[order]
+    del key, order
+    first, counts = _runs(ks)
+    ids, rep = _segment_ids(ls, first, counts)
+    merged = [
+        tuple(sorted(c for x in ls[first[r] : first[r] + counts[r]].tolist() for c in tuples[x])) for r in rep.tolist()
+    ]
+    lab2, table = _canonical(ids, merged)
+    pairs = ks[first]
+    return pairs // m, pairs % m, lab2, table
 
 
 def _concat64(parts: list[np.ndarray]) -> np.ndarray:
