@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ShapeMismatchError, SymgraphError
+from ..errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
 from ..progress import Progress
 from .nauty import collapse_parallel_edges, graph_arrays, nauty_autgrp
 from .quotient import QuotientGroup, _orbits, analyse_quotient
@@ -421,4 +421,16 @@ def automorphism_group(
         return aut
     else:
         raise ShapeMismatchError("graph='parameter' or 'computation'", repr(graph))
-    return compute_group(g, reduce_twins, progress)
+    aut = compute_group(g, reduce_twins, progress)
+    from .tied import sharing_violations, tied_parameters
+
+    tied = tied_parameters(model_or_graph)
+    if tied:  # one tensor under several names: every generator must keep its copies equal (C.2)
+        broken = sharing_violations(g, aut.generators, tied)
+        if broken:
+            raise UnsupportedModuleError(
+                "tied parameters",
+                broken[0],
+                "Untie them (clone one copy) or register an encoder that encodes the shared tensor once.",
+            )
+    return aut
