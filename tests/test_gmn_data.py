@@ -269,3 +269,37 @@ if __name__ == "__main__":
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, GOLDEN)
         print(f"wrote {len(data)} fingerprints to {GOLDEN}")
+
+
+def test_keys_are_typed_and_their_flat_form_is_the_old_tuple():
+    from symgraph.graph import ConvSettings, EdgeKey, NodeKey
+
+    g = symgraph.parameter_graph(_cnn(), input_shape=(1, 2, 4, 4))
+    assert all(isinstance(k, EdgeKey) for k in g.edge_color_keys)
+    assert all(isinstance(k, NodeKey) for k in g.node_color_keys)
+    conv = next(k for k in g.edge_color_keys if k.family == "conv")
+    assert isinstance(conv.settings, ConvSettings) and conv.settings.groups == 1 and conv.kernel[0] == (3, 3)
+    assert conv.flat() == ("conv", "conv2d", (3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros", conv.kernel[1])
+    lin = next(k for k in g.edge_color_keys if k.family == "linear")
+    assert lin.position == (4, lin.flat()[3]) and lin.after[0][0] == "adaptive_avg_pool2d"
+    hidden = next(k for k in g.node_color_keys if k.role == "hidden" and k.activations)
+    assert hidden.activations[0].name == "relu" and hidden.flat()[2] == ("relu",)
+
+
+def test_every_emitted_kind_is_declared_and_known_to_the_vocabularies():
+    """Encoders declare the edge families and node kinds they emit (symgraph.graph.declare_vocabulary); every
+    key of the registry models uses a declared one, and each declared one has its own vocabulary entry except
+    the ones listed here (they share the "other" bucket, told apart by the key hash)."""
+    from symgraph.graph import declared_edge_kinds, declared_node_kinds
+    from tests.strategies import build_arch
+
+    edges, kinds = declared_edge_kinds(), declared_node_kinds()
+    for name, kw in _golden_cases().values():
+        g = symgraph.parameter_graph(build_arch(name, kw, seed=0))
+        assert {k.family for k in g.edge_color_keys} <= edges.keys()
+        assert {k.kind for k in g.node_color_keys if k.role not in ("bias", "position", "head", "group")} <= kinds
+    other_edges, other_kinds = {"structural"}, {"structural", "output"}
+    assert {f for f in edges if f not in D.EDGE_KIND_VOCAB} == other_edges
+    assert {k for k in kinds if k not in D.LAYER_KIND_VOCAB} == other_kinds
+    # negative control: an undeclared family is caught by the first check
+    assert "weird_op" not in edges and D._edge_kind_id(("weird_op", 3)) == len(D.EDGE_KIND_VOCAB) - 1

@@ -4,7 +4,12 @@ Where an encoder extends another one's targets (attention and embedding handle t
 to the shape/activation encoders), it imports the module it extends first, so import order does not matter.
 """
 
+from ..graph import declare_vocabulary
 from . import activation, attention, conv, deepsets, embedding, grid, linear, norm, pooling, residual, shape  # noqa: F401
+
+# what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
+# module declares its own
+declare_vocabulary(edges={"identity": ("elementwise",)}, node_kinds=("act",))
 
 __all__ = [
     "activation",
