@@ -30,6 +30,7 @@ import torch.nn as nn
 __all__ = [
     "register_encoder",
     "register_function",
+    "register_encoder_by_name",
     "encoder_for_module",
     "encoder_for_function",
     "registered_module_types",
@@ -38,6 +39,7 @@ __all__ = [
 
 _MODULE_ENCODERS: dict[type, Callable] = {}
 _FUNCTION_ENCODERS: dict[Any, Callable] = {}
+_NAMED_MODULE_ENCODERS: dict[str, Callable] = {}
 #: module types and function targets whose encoders read ``Features.ops`` themselves
 _READS_OPS: set = set()
 
@@ -89,9 +91,27 @@ def register_function(*targets: Any, reads_ops: bool | None = None):
     return deco
 
 
+def register_encoder_by_name(*qualified_names: str, leaf: bool = True):
+    """Decorator registering an encoder for module classes named ``"package.module.Class"``.
+
+    For layers of optional libraries (torchvision, timm) that symgraph must not import: the class is matched
+    by its ``__module__`` and ``__qualname__`` when a model containing it is traced.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        for name in qualified_names:
+            _NAMED_MODULE_ENCODERS[name] = fn
+        fn.leaf = leaf
+        return fn
+
+    return deco
+
+
 def encoder_for_module(module: nn.Module) -> Callable | None:
     for t in type(module).__mro__:
         fn = _MODULE_ENCODERS.get(t)
+        if fn is None and _NAMED_MODULE_ENCODERS:
+            fn = _NAMED_MODULE_ENCODERS.get(f"{t.__module__}.{t.__qualname__}")
         if fn is not None:
             return fn
     return None

@@ -212,3 +212,9 @@ def test_negative_control_googlenet_with_the_old_passthrough_pooling_is_unsound(
     perm = aut.random_element(torch.Generator().manual_seed(0))
     # relative: torchvision's init (std 0.01) gives outputs of order 1e-7
     assert symgraph.check_function_preservation(model, perm, x, graph=aut, modes=("eval",)) > 1e-4 * _scale(model, x)
+
+
+def test_torchvision_densenet_input_is_inferred_though_it_pools_in_its_forward(tv):
+    # DenseNet pools adaptively with F.adaptive_avg_pool2d (no module): the torchvision rule still applies
+    guess = infer_example_input(tv.models.densenet121(weights=None))
+    assert guess is not None and guess.shape == (1, 3, 64, 64) and "torchvision" in guess.source

@@ -5,7 +5,20 @@ to the shape/activation encoders), it imports the module it extends first, so im
 """
 
 from ..graph import declare_vocabulary
-from . import activation, attention, conv, deepsets, embedding, grid, linear, norm, pooling, residual, shape  # noqa: F401
+from . import (  # noqa: F401
+    activation,
+    attention,
+    conv,
+    deepsets,
+    embedding,
+    gating,
+    grid,
+    linear,
+    norm,
+    pooling,
+    residual,
+    shape,
+)
 
 # what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
 # module declares its own
@@ -17,6 +30,7 @@ __all__ = [
     "conv",
     "deepsets",
     "embedding",
+    "gating",
     "grid",
     "linear",
     "norm",
