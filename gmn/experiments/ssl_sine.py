@@ -78,6 +78,7 @@ import torch.nn as nn
 
 import symgraph
 from symgraph.cli_util import run_cli
+from symgraph.errors import ShapeMismatchError
 from symgraph.models.siren import SIREN
 
 from ..baselines.statnn import tensor_statistics
@@ -479,7 +480,7 @@ def aligned_data(data: dict, reference: int, out: Path | None = None) -> dict:
         return cache[reference]
     n_train = data["sizes"]["train"]
     if reference >= n_train:
-        raise ValueError(f"Expected align_reference < {n_train}, the number of train INRs (got {reference})")
+        raise ShapeMismatchError(f"--align-reference below {n_train}, the number of train INRs", str(reference))
     splits = ("train", "val", "test")
     fingerprint = {
         "reference": reference,
