@@ -8,9 +8,9 @@ import torch.nn as nn
 from .builder import GraphBuilder
 from .errors import ShapeMismatchError
 from .graph import NeuralGraph
-from .trace import encode_model, trace_model
+from .trace import EncodeContext, ModelSpec, encode_model, trace_model
 
-__all__ = ["parameter_graph"]
+__all__ = ["parameter_graph", "encode_parameter_graph"]
 
 
 def parameter_graph(
@@ -49,8 +49,17 @@ def parameter_graph(
     if encoding not in ("sound", "paper"):
         raise ShapeMismatchError("encoding 'sound' or 'paper'", repr(encoding))
     spec, _ = trace_model(model, example_input, input_shape)
+    return encode_parameter_graph(model, spec, encoding)[0]
+
+
+def encode_parameter_graph(
+    model: nn.Module, spec: ModelSpec, encoding: str = "sound"
+) -> tuple[NeuralGraph, EncodeContext]:
+    """The parameter graph of an already traced ``model``, with the encoding context (the encoded value of
+    every op, which :func:`symgraph.computation_graph` maps its neurons through, paper C.5)."""
+    state = model.state_dict(keep_vars=True)
     builder = GraphBuilder(kind="parameter", encoding=encoding)
-    encode_model(model, spec, builder)
+    ctx = encode_model(model, spec, builder)
     unencoded = [k for k in state if not builder.has_slot(k)]
     for k in unencoded:
         builder.add_extra(k, state[k].detach(), is_buffer=k not in dict(model.named_parameters()))
@@ -59,4 +68,4 @@ def parameter_graph(
         spec=spec,
         meta={"model_type": type(model).__name__, "unencoded": unencoded, "encoding": encoding},
     )
-    return g
+    return g, ctx
