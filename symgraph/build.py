@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -115,9 +117,12 @@ def _export_front_end(model, example_input, input_shape, example_kwargs) -> tupl
         candidates = [()]
     else:
         candidates = [(x,) for x in _example_inputs(model, example_input, input_shape)]
+    kwargs = dict(example_kwargs or {})
+    if "use_cache" not in kwargs and "use_cache" in inspect.signature(model.forward).parameters:
+        kwargs["use_cache"] = False  # a key/value cache is state for the next call, not part of this function
     for i, args in enumerate(candidates):
         try:
-            ep = _export.export_model(model, args, example_kwargs)
+            ep = _export.export_model(model, args, kwargs)
             break
         except TraceError:
             if i + 1 == len(candidates):

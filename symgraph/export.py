@@ -145,6 +145,34 @@ def _sdpa(args, kwargs, node):
     return tuple(args[:3]), {k: v for k, v in kw.items() if not (k == "enable_gqa" and v is False)}
 
 
+def constant_mask_kind(mask: torch.Tensor, q_len: int, k_len: int) -> str | None:
+    """What a constant attention mask does: ``"none"`` (it masks nothing: all True, or all 0 when added),
+    ``"causal"`` (exactly ``is_causal=True``: position i sees positions <= i), or None (anything else).
+
+    Additive masks count as masking an entry only where it is -inf or at most half the dtype's lowest value
+    (where softmax's exponent underflows to exactly 0, as in Hugging Face's masks).
+    """
+    try:
+        m = mask.expand(*mask.shape[:-2], q_len, k_len)
+    except RuntimeError:
+        return None
+    if m.dtype == torch.bool:
+        keep = m
+    elif m.is_floating_point():
+        low = torch.finfo(m.dtype).min / 2
+        if not bool(((m == 0) | (m <= low)).all()):
+            return None
+        keep = m == 0
+    else:
+        return None
+    if bool(keep.all()):
+        return "none"
+    causal = torch.ones(q_len, k_len, dtype=torch.bool).tril()
+    if bool((keep == causal).all()):
+        return "causal"
+    return None
+
+
 _ACTIVATIONS = {
     "relu": F.relu,
     "relu_": F.relu,
@@ -490,7 +518,8 @@ class ProgramView(nn.Module):
         return getattr(self.__dict__["_base"], name)
 
     def __repr__(self) -> str:
-        return f"ProgramView({type(self._base).__name__}, standins={len(self._standins)}, constants={len(self._constants)})"
+        base = type(self._base).__name__
+        return f"ProgramView({base}, standins={len(self._standins)}, constants={len(self._constants)})"
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -903,6 +932,10 @@ class _Converter:
         args, kwargs = tuple(n.args), dict(n.kwargs)
         if mapping.adapt is not None:
             args, kwargs = mapping.adapt(args, kwargs, n)
+        if name == "scaled_dot_product_attention":
+            kwargs = self._fold_mask(args, kwargs)
+        if mapping.target == "view" and isinstance(args[0], fx.Node) and _meta(args[0])[0] == shape:
+            mapping, args, kwargs = AtenMapping("call_method", "clone"), (args[0],), {}  # a no-op reshape
         kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory", "layout", "memory_format")}
         self._add(
             OpSpec(
@@ -916,6 +949,21 @@ class _Converter:
                 len(n.users),
             )
         )
+
+    def _fold_mask(self, args, kwargs) -> dict:
+        """A constant mask that masks nothing is dropped; a constant causal mask becomes ``is_causal=True``."""
+        mask = kwargs.get("attn_mask")
+        if not isinstance(mask, fx.Node) or self.alias.get(mask.name, mask.name) not in self.consts:
+            return kwargs
+        value = self.consts[self.alias.get(mask.name, mask.name)]
+        q_len, k_len = args[0].meta["val"].shape[-2], args[1].meta["val"].shape[-2]
+        kind = constant_mask_kind(value, q_len, k_len) if isinstance(value, torch.Tensor) else None
+        if kind is None or (kind == "causal" and kwargs.get("is_causal")):
+            return kwargs
+        out = {k: v for k, v in kwargs.items() if k != "attn_mask"}
+        if kind == "causal":
+            out["is_causal"] = True
+        return out
 
     def _standin(self, n: fx.Node, name: str, shape, dtype) -> None:
         rule = STANDIN_OPS[name]
