@@ -27,8 +27,8 @@ Example
 -------
 >>> import torch, torch.nn as nn, symgraph
 >>> m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
->>> g = symgraph.parameter_graph(m, example_input=torch.zeros(1, 3), tracer="export")  # doctest: +SKIP
->>> g.meta["tracer"], g.num_edges  # doctest: +SKIP
+>>> g = symgraph.parameter_graph(m, example_input=torch.zeros(1, 3), tracer="export")
+>>> g.meta["tracer"], g.num_edges
 ('export', 26)
 """
 
@@ -292,6 +292,11 @@ IGNORED_OPS = frozenset(
         "_functional_sym_constrain_range_for_size",
     }
 )
+
+
+#: Ops whose value depends only on their tensor operand's shape and dtype (``input_ids.new_ones(...)``,
+#: ``torch.zeros_like(x)``): constants of the program even when that operand is an input.
+SHAPE_ONLY_OPS = frozenset({"new_ones", "new_zeros", "new_full", "ones_like", "zeros_like", "full_like"})
 
 
 def _aten_name(target) -> str:
@@ -640,7 +645,8 @@ class _Converter:
         self.graph = graph
         self.model = model
         self.state = state  # node name -> state_dict name (parameters and persistent buffers)
-        self.consts = dict(consts)  # node name -> value (folded)
+        # node name -> value (folded); copies, so that folding an in-place op never touches the model's buffers
+        self.consts = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in consts.items()}
         self.user_inputs = user_inputs
         self.user_outputs = user_outputs
         self.sigs = sigs
@@ -785,6 +791,8 @@ class _Converter:
 
     def _real(self, a):
         """The folded value of a constant argument."""
+        if isinstance(a, torch.Tensor):
+            return a
         if isinstance(a, fx.Node):
             return self.consts[self.alias.get(a.name, a.name)]
         if isinstance(a, tuple | list):
@@ -802,6 +810,8 @@ class _Converter:
         if _is_random(n.target):
             return False
         deps = n.all_input_nodes
+        if _packet(n.target) in SHAPE_ONLY_OPS:
+            deps = deps[1:]
         return all(self.alias.get(d.name, d.name) in self.consts for d in deps)
 
     def _block(self, n: fx.Node, what: str | None = None) -> None:
@@ -876,11 +886,22 @@ class _Converter:
                 elif n.users:
                     self._block(n, f"{_aten_name(src.target)} output {n.args[1]}")
                 return
+        if name is not None and name.endswith("_") and not name.startswith("_"):
+            first = n.args[0] if n.args else None
+            if not isinstance(first, fx.Node) or len(first.users) != 1 or first.name in self.state:
+                # an in-place op is recorded (or folded) as its out-of-place form: right only when nothing
+                # else reads the mutated operand, directly or through a view of it, and it is not a weight
+                self._block(n, f"{_aten_name(target)} (in place, on a value read elsewhere)")
+                return
         if name in IGNORED_OPS or (not n.users and name is not None):
             return  # a metadata assert, or a value nothing reads: no part of the model's function
         if self._is_const(n):
+            args = n.args
+            if name in SHAPE_ONLY_OPS and isinstance(args[0], fx.Node) and args[0].name not in self.consts:
+                val = args[0].meta["val"]  # only its shape and dtype matter
+                args = (torch.zeros(val.shape, dtype=val.dtype),) + tuple(args[1:])
             try:
-                self.consts[n.name] = target(*self._real(n.args), **self._real(n.kwargs))
+                self.consts[n.name] = target(*self._real(args), **self._real(n.kwargs))
                 return
             except Exception:  # noqa: BLE001 - not evaluable now: encode it like any other op
                 pass

@@ -222,6 +222,22 @@ def test_unmapped_aten_op_names_the_op_and_the_module_path():
     assert "aten.cumsum" in msg and "'block.0'" in msg and "Inner" in msg
 
 
+def test_in_place_op_on_a_value_read_elsewhere_is_refused():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(3, 3)
+
+        def forward(self, x):
+            y = self.l(x)
+            v = y.view(3)
+            y.relu_()  # mutates y, and v with it: the output is 2 * relu(l(x)), not 2 * l(x)
+            return v * 2
+
+    with pytest.raises(UnsupportedModuleError, match="in place"):
+        symgraph.parameter_graph(InPlace(), input_shape=(1, 3), tracer="export")
+
+
 # ---------------------------------------------------------------------------------------------- .pt2 files
 @pytest.mark.parametrize("name", ["mlp", "cnn2d", "resnet", "transformer", "vit"])
 def test_pt2_file_is_encoded_without_arch_into_the_fx_graph(tmp_path, name):
