@@ -351,6 +351,9 @@ def _hf(name: str) -> nn.Module:
             return T.ViTModel(T.ViTConfig(image_size=8, patch_size=4, num_channels=3, **small)).eval()
         if name == "bert":
             return T.BertModel(T.BertConfig(vocab_size=50, max_position_embeddings=16, **small)).eval()
+        if name == "bert_no_dropout":  # attention dropout inside sdpa is not switched off by the train-mode check
+            cfg = T.BertConfig(vocab_size=50, max_position_embeddings=16, attention_probs_dropout_prob=0.0, **small)
+            return T.BertModel(cfg).eval()
         if name == "gpt2":
             cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2, bos_token_id=0)
             return T.GPT2Model(cfg).eval()
@@ -395,6 +398,30 @@ def test_hf_models_that_do_not_encode_yet_say_which_op_and_module(name, blocker)
     with pytest.raises(UnsupportedModuleError) as ei:
         symgraph.parameter_graph(m)
     assert blocker in str(ei.value)
+
+
+@pytest.mark.slow
+def test_hf_bert_encodes_with_its_position_and_token_type_ids_as_inputs():
+    """With the ids BERT would build itself passed as inputs, its embeddings are of model inputs (fixed
+    token nodes per table row); the function is that of the default call."""
+    import copy
+
+    m = copy.deepcopy(_hf("bert_no_dropout")).double()
+    ids = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    kw = {"token_type_ids": torch.zeros(1, 8, dtype=torch.long), "position_ids": torch.arange(8).view(1, 8)}
+    g = symgraph.parameter_graph(m, example_input=ids, example_kwargs=kw)
+    assert g.meta["tracer"] == "export" and g.meta["unencoded"] == []
+    aut = symgraph.automorphism_group(g)
+    assert analytic_order(g) == aut.order
+    x = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        assert symgraph.check_function_preservation(m, aut.random_element(generator=gen), x, graph=g) < 1e-9
+    # negative control: moving one learned position's row onto another changes the function
+    pos = [gr for gr in g.node_groups if gr.name.startswith("embeddings.position_embeddings")][0]
+    perm = torch.arange(g.num_nodes)
+    perm[pos.start], perm[pos.start + 1] = pos.start + 1, pos.start
+    assert symgraph.check_function_preservation(m, perm, x, graph=g) > 1e-6
 
 
 def test_hf_pt2_round_trip(tmp_path):
