@@ -307,6 +307,8 @@ def _edge_kind_id(key: tuple) -> int:
 def _edge_key_floats(key: tuple) -> list[float]:
     """[kernel offsets x3, flatten position, flattened flag] of one edge colour key."""
     out = [0.0] * 5
+    if key and isinstance(key[-1], tuple) and key[-1][:1] == ("after",):
+        key = key[:-1]  # the structural ops of the input (symgraph.builder.with_ops): in the key hash only
     if len(key) >= 3 and key[0] == "conv" and isinstance(key[2], tuple) and isinstance(key[-1], tuple):
         ks, kpos = key[2], key[-1]
         for d, (k, K) in enumerate(zip(kpos[:3], ks[:3])):

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .graph import NeuralGraph, NodeGroup, ParamSlot
 from .permute import check_function_preservation, permute_model
-from .registry import register_encoder, register_function
+from .registry import register_encoder, register_encoder_by_name, register_function
 from .trace import ModelSpec, OpSpec, trace_model
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "OpSpec",
     "trace_model",
     "register_encoder",
+    "register_encoder_by_name",
     "register_function",
     "SymgraphError",
     "UnsupportedModuleError",

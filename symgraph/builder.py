@@ -16,9 +16,45 @@ import torch
 from .errors import SymgraphError
 from .graph import NeuralGraph, NodeGroup, ParamSlot
 
-__all__ = ["GraphBuilder", "Features", "SymmetryDecl"]
+__all__ = ["GraphBuilder", "Features", "SymmetryDecl", "AFTER", "with_ops", "structural_op"]
 
 FillFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+#: First element of the trailing entry that colour keys carry when the value they consume went through
+#: parameter-free structural ops since its nodes were made: ``(*key, (AFTER, op1, op2, ...))``.
+AFTER = "after"
+
+
+def _canon(v):
+    """A hashable value with a stable ``repr`` (lists, sizes and nested tuples become tuples)."""
+    if isinstance(v, torch.Size | list | tuple):
+        return tuple(_canon(u) for u in v)
+    if isinstance(v, torch.dtype):
+        return str(v)
+    if isinstance(v, bool | int | str) or v is None:
+        return v
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, slice):
+        return ("slice", _canon(v.start), _canon(v.stop), _canon(v.step))
+    return repr(v)
+
+
+def structural_op(name: str, in_shape, out_shape, *args) -> tuple:
+    """The record of one parameter-free structural op: ``(name, in_shape, out_shape, *args)``.
+
+    The record says everything the op does to a value, so two values whose records (and nodes) are equal
+    are equal: e.g. ``("max_pool2d", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1), False)``.
+    """
+    return (name, _canon(tuple(in_shape)), _canon(tuple(out_shape)), *(_canon(a) for a in args))
+
+
+def with_ops(key: tuple, ops: tuple) -> tuple:
+    """``key`` for an edge (or node) block that consumes a value after the structural ops ``ops``.
+
+    Unchanged when there are none, so that graphs without structural ops keep their colours.
+    """
+    return key if not ops else (*key, (AFTER, *ops))
 
 
 @dataclass(frozen=True)
@@ -30,6 +66,13 @@ class Features:
     layer after ``flatten`` gets one edge colour per position, so that a channel permutation moves a whole
     block of columns). ``owned`` says the nodes were created for this value alone (an activation may then be
     recorded on them in place).
+
+    ``ops`` are the parameter-free structural ops (pooling, reductions over positions, padding,
+    interpolation, shifts, flips, slices, reshapes of the positions; :func:`structural_op` records) applied
+    since ``nodes`` were made: the value is ``ops(node values)``, not the node values. Every encoder that
+    consumes the value puts ``ops`` into its colour keys (:func:`with_ops`) or gets new nodes for it first
+    (:meth:`symgraph.trace.EncodeContext.materialize`), so that a layer after a pool never looks like the
+    same layer without it. Encoders that make new nodes return values with ``ops == ()``.
     """
 
     nodes: torch.Tensor
@@ -38,6 +81,7 @@ class Features:
     pos: torch.Tensor | None = None
     num_pos: int = 1
     owned: bool = False
+    ops: tuple = ()
 
     @property
     def size(self) -> int:

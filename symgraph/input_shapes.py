@@ -11,7 +11,8 @@ what it takes, nobody should have to type it. The sources, in order:
    else token ids of a short sequence (text);
 4. timm: the patch embedding's ``img_size`` (models built with ``img_size=...``), else
    ``pretrained_cfg["input_size"]``;
-5. torchvision: ``VisionTransformer.image_size``; 224 for Swin and MaxViT; 299 for Inception-v3;
+5. torchvision: ``VisionTransformer.image_size``; 224 for Swin and MaxViT; 299 for Inception-v3; other
+   classification CNNs (they pool adaptively, DenseNet in its forward) as in 6. below;
 6. the first layer: ``nn.Linear`` -> ``(1, in_features)``; ``nn.Embedding`` -> token ids ``(1, 8)``; a
    convolution, when adaptive pooling comes before the head (so any size works): 64 per spatial axis
    (alternatives 128, 224, 299 are tried if that is too small for the model's strides).
@@ -153,6 +154,11 @@ def _torchvision(model: nn.Module) -> InputGuess | None:
         return InputGuess((1, 3, 224, 224), None, f"torchvision {name}: 224 x 224")
     if name == "Inception3":
         return InputGuess((1, 3, 299, 299), None, "torchvision Inception3: 299 x 299")
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear,) + _CONVS)), None)
+    if isinstance(first, _CONVS):  # the classification CNNs pool adaptively (DenseNet in its forward, no module)
+        dims = len(first.kernel_size)
+        shapes = [(1, first.in_channels) + (side,) * dims for side in _CONV_SIDES]
+        return InputGuess(shapes[0], None, f"torchvision {name}: a small image", tuple(shapes[1:]))
     return None
 
 

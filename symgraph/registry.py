@@ -12,6 +12,12 @@ Users add their own with::
     def encode_my_layer(ctx, op, module, args):
         x = ctx.features(args[0], axis=-1)
         ...
+
+Structural ops. A value can carry parameter-free structural ops applied since its nodes were made
+(``Features.ops``: a pool, a pad, a slice, ...). Unless an encoder is registered with ``reads_ops=True``
+(it then puts ``Features.ops`` into its colour keys itself, or passes them on), the encoding walk first gives
+every such input new nodes joined by edges coloured with the ops
+(:meth:`symgraph.trace.EncodeContext.materialize`), so an encoder that ignores ``ops`` is still sound.
 """
 
 from __future__ import annotations
@@ -24,19 +30,36 @@ import torch.nn as nn
 __all__ = [
     "register_encoder",
     "register_function",
+    "register_encoder_by_name",
     "encoder_for_module",
     "encoder_for_function",
     "registered_module_types",
+    "reads_ops",
 ]
 
 _MODULE_ENCODERS: dict[type, Callable] = {}
 _FUNCTION_ENCODERS: dict[Any, Callable] = {}
+_NAMED_MODULE_ENCODERS: dict[str, Callable] = {}
+#: module types and function targets whose encoders read ``Features.ops`` themselves
+_READS_OPS: set = set()
 
 
-def register_encoder(*module_types: type, leaf: bool = True):
+def _mark(targets, flag: bool | None) -> None:
+    if flag is None:
+        return
+    for t in targets:
+        try:
+            (_READS_OPS.add if flag else _READS_OPS.discard)(t)
+        except TypeError:  # unhashable target: never looked up either
+            pass
+
+
+def register_encoder(*module_types: type, leaf: bool = True, reads_ops: bool | None = None):
     """Decorator registering an encoder for one or more ``nn.Module`` types.
 
     Registered modules are traced as leaves: fx does not look inside them, the encoder sees the module.
+    ``reads_ops=True`` declares that the encoder handles ``Features.ops`` itself (module docstring);
+    ``None`` keeps what an earlier registration of the type declared (default: it does not).
     """
     for t in module_types:
         if not (isinstance(t, type) and issubclass(t, nn.Module)):
@@ -45,21 +68,40 @@ def register_encoder(*module_types: type, leaf: bool = True):
     def deco(fn: Callable) -> Callable:
         for t in module_types:
             _MODULE_ENCODERS[t] = fn
+        _mark(module_types, reads_ops)
         fn.leaf = leaf
         return fn
 
     return deco
 
 
-def register_function(*targets: Any):
+def register_function(*targets: Any, reads_ops: bool | None = None):
     """Decorator registering an encoder for ``call_function``/``call_method`` targets.
 
     Targets are callables (``torch.relu``, ``operator.add``) or method names as strings (``"relu"``).
+    ``reads_ops`` as for :func:`register_encoder`.
     """
 
     def deco(fn: Callable) -> Callable:
         for t in targets:
             _FUNCTION_ENCODERS[t] = fn
+        _mark(targets, reads_ops)
+        return fn
+
+    return deco
+
+
+def register_encoder_by_name(*qualified_names: str, leaf: bool = True):
+    """Decorator registering an encoder for module classes named ``"package.module.Class"``.
+
+    For layers of optional libraries (torchvision, timm) that symgraph must not import: the class is matched
+    by its ``__module__`` and ``__qualname__`` when a model containing it is traced.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        for name in qualified_names:
+            _NAMED_MODULE_ENCODERS[name] = fn
+        fn.leaf = leaf
         return fn
 
     return deco
@@ -68,6 +110,8 @@ def register_function(*targets: Any):
 def encoder_for_module(module: nn.Module) -> Callable | None:
     for t in type(module).__mro__:
         fn = _MODULE_ENCODERS.get(t)
+        if fn is None and _NAMED_MODULE_ENCODERS:
+            fn = _NAMED_MODULE_ENCODERS.get(f"{t.__module__}.{t.__qualname__}")
         if fn is not None:
             return fn
     return None
@@ -78,6 +122,17 @@ def encoder_for_function(target: Any) -> Callable | None:
         return _FUNCTION_ENCODERS.get(target)
     except TypeError:  # unhashable target
         return None
+
+
+def reads_ops(module: nn.Module | None, target: Any) -> bool:
+    """Whether the encoder of ``module`` (a ``call_module`` op) or of ``target`` handles ``Features.ops``."""
+    if module is not None:
+        t = next((t for t in type(module).__mro__ if t in _MODULE_ENCODERS), None)
+        return t in _READS_OPS
+    try:
+        return target in _READS_OPS
+    except TypeError:
+        return False
 
 
 def registered_module_types() -> list[type]:

@@ -16,10 +16,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .builder import Features, GraphBuilder
+from .builder import Features, GraphBuilder, SymmetryDecl, with_ops
 from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
 from .input_shapes import infer_example_input, remember_example_input
-from .registry import encoder_for_function, encoder_for_module
+from .registry import encoder_for_function, encoder_for_module, reads_ops
 
 __all__ = [
     "ModelSpec",
@@ -77,11 +77,17 @@ class Ref:
 
 @dataclass(frozen=True)
 class LazyInput:
-    """A model input (or a parameter-free reshaping of it) whose input nodes are not created yet."""
+    """A model input (or a parameter-free reshaping of it) whose input nodes are not created yet.
+
+    ``ops`` records every parameter-free op applied to the input so far (reshapes and transposes too: which
+    axis holds the features is not known yet); inputs reached through different ops get different input
+    nodes (fixed by every automorphism), so that ``conv(x)`` and ``conv(pool(x))`` never read the same nodes.
+    """
 
     shape: tuple[int, ...]
     name: str
     flatten_from: int | None = None  # the input was flattened from this dim on
+    ops: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -342,10 +348,11 @@ class EncodeContext:
             n = shape[ax]
             # one set of input nodes per (input, shape, axis): an input read by several layers (q, k and v of
             # attention, a coordinate input concatenated after a grid lookup) is the same graph input
-            key = (value.name, tuple(shape), ax, value.flatten_from)
+            key = (value.name, tuple(shape), ax, value.flatten_from, value.ops)
             nodes = self.input_nodes.get(key)
             if nodes is None:
-                nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]", level=0)
+                after = f" after {', '.join(o[0] for o in value.ops)}" if value.ops else ""
+                nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]{after}", level=0)
                 self.input_nodes[key] = nodes
             return Features(nodes, shape, axis=ax, owned=False)
         raise SymgraphError(f"Expected a tensor value at {self.where()} (got {type(value).__name__})")
@@ -372,6 +379,24 @@ class EncodeContext:
         """Parameter-free edges of weight 1 (residual connections, structural ties)."""
         self.builder.add_edges(src, dst, self.builder.edge_color(key))
 
+    def materialize(self, value):
+        """``value`` on nodes of its own when it carries structural ops (``Features.ops``), else itself.
+
+        One new node per channel, joined to the channel's node by a parameter-free edge coloured
+        ``("structural", ("after", *ops))`` (and the node colour carries the ops too): the node's value is
+        the op applied to the channel, so two channels are interchangeable only together with their ops.
+        The new nodes are tied to the old ones (a channel permutation commutes with per-channel ops).
+        """
+        if not isinstance(value, Features) or not value.ops:
+            return value
+        uniq, inverse = torch.unique(value.nodes, return_inverse=True)
+        after = with_ops((), value.ops)
+        names = ", ".join(o[0] for o in value.ops)
+        new = self.new_hidden(uniq.numel(), "structural", f"{self.where()} after {names}", uniq, extra=after)
+        self.identity_edges(uniq, new, with_ops(("structural",), value.ops))
+        self.builder.declare(SymmetryDecl("tie", uniq, f"{names} at {self.where()}", other=new))
+        return Features(new[inverse], value.shape, value.axis, value.pos, value.num_pos, owned=True)
+
 
 def _resolve(ctx: EncodeContext, a):
     if isinstance(a, Ref):
@@ -397,6 +422,7 @@ def _mark_outputs(ctx: EncodeContext, value) -> None:
         value = ctx.features(value, -1)
     if not isinstance(value, Features):
         return
+    value = ctx.materialize(value)
     nodes = value.unique_nodes()
     if any(b.role(int(i)) != "hidden" for i in nodes.tolist()):
         # outputs that are inputs (or already outputs): give them their own output nodes
@@ -446,8 +472,21 @@ def encode_model(model: nn.Module, spec: ModelSpec, builder: GraphBuilder) -> En
                     "@symgraph.register_encoder(YourModuleType), or register the function with "
                     "@symgraph.register_function(fn).",
                 )
+        if not reads_ops(module, op.target):
+            args = _materialized(ctx, args)
         ctx.values[op.name] = fn(ctx, op, module, args)
     return ctx
+
+
+def _materialized(ctx: EncodeContext, a):
+    """``a`` with every value that carries structural ops on nodes of its own (see ``materialize``)."""
+    if isinstance(a, Features):
+        return ctx.materialize(a)
+    if isinstance(a, tuple | list):
+        return type(a)(_materialized(ctx, x) for x in a)
+    if isinstance(a, dict):
+        return {k: _materialized(ctx, v) for k, v in a.items()}
+    return a
 
 
 def _get_attr(model: nn.Module, target: str):

@@ -153,3 +153,9 @@ def test_malicious_pickle_never_runs_with_torchvision_or_timm_arch(capsys, tmp_p
     assert not marker.exists()
     _run(capsys, [str(evil), "--arch", "timm:test_resnet", "--trust"])  # negative control
     assert marker.exists()
+
+
+def test_torchvision_densenet_input_is_inferred_though_it_pools_in_its_forward(tv):
+    # DenseNet pools adaptively with F.adaptive_avg_pool2d (no module): the torchvision rule still applies
+    guess = infer_example_input(tv.models.densenet121(weights=None))
+    assert guess is not None and guess.shape == (1, 3, 64, 64) and "torchvision" in guess.source

@@ -294,7 +294,9 @@ def test_global_average_pooling_feeds_channels_straight_to_linear():
     m = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
     g = symgraph.parameter_graph(m, input_shape=(1, 3, 8, 8))
     keys = {g.edge_color_keys[int(c)] for c in g.edge_color}
-    assert ("linear",) in keys and not any(k[:2] == ("linear", "flat") for k in keys)
+    pooled = ("adaptive_avg_pool2d", (1, 5, 6, 6), (1, 5, 1, 1))
+    assert any(k[0] == "linear" and k[1][0] == "after" and k[1][1] == pooled for k in keys)  # the pool is visible
+    assert not any(k[:2] == ("linear", "flat") for k in keys)
 
 
 def test_activations_are_recorded_as_node_colours():

@@ -4,7 +4,20 @@ Where an encoder extends another one's targets (attention and embedding handle t
 to the shape/activation encoders), it imports the module it extends first, so import order does not matter.
 """
 
-from . import activation, attention, conv, deepsets, embedding, grid, linear, norm, pooling, residual, shape  # noqa: F401
+from . import (  # noqa: F401
+    activation,
+    attention,
+    conv,
+    deepsets,
+    embedding,
+    gating,
+    grid,
+    linear,
+    norm,
+    pooling,
+    residual,
+    shape,
+)
 
 __all__ = [
     "activation",
@@ -12,6 +25,7 @@ __all__ = [
     "conv",
     "deepsets",
     "embedding",
+    "gating",
     "grid",
     "linear",
     "norm",

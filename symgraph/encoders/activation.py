@@ -142,9 +142,13 @@ def encode_scale(ctx, op, module, args):
     if isinstance(a, int | float) and not isinstance(c, int | float):
         a, c = c, a
     if not isinstance(c, int | float):
-        from ..errors import UnsupportedModuleError
+        if op.target in (operator.truediv, torch.div, "div"):
+            from ..errors import UnsupportedModuleError
 
-        raise UnsupportedModuleError(op.name, "product of two tensors (gating) is not encoded yet")
+            raise UnsupportedModuleError(op.name, "division by a tensor is not encoded yet")
+        from .gating import encode_product
+
+        return encode_product(ctx, op, a, c)
     x = a if _is_feat(a) else ctx.features(a, axis=-1)
     is_div = op.target in (operator.truediv, torch.div, "div")
     return apply_elementwise(ctx, x, f"{'div' if is_div else 'mul'}({float(c):g})")

@@ -132,6 +132,7 @@ def encode_head_reshape(ctx, op, module, args):
         if out[:a] == pre and (not post or out[-len(post) :] == post):
             split = out[a : len(out) - len(post)]
             if len(split) > 1 and torch.Size(split).numel() == x.size:
+                x = ctx.materialize(x)  # heads carry no structural ops: give them nodes of their own first
                 return SplitFeatures(x.nodes.view(split), out, tuple(range(a, a + len(split))))
     if isinstance(x, SplitFeatures):
         return _merge(ctx, op, x, out)

@@ -2,7 +2,8 @@
 
 ``W[o, i, *k]`` is the edge ``in_channel(g * in_per_group + i) -> out_channel(o)`` (``g`` the group of
 ``o``), coloured by the kernel position ``k`` *and* the layer's stride, padding, dilation, groups and padding
-mode, so that convolutions differing in any of them never give the same coloured graph. Grouped
+mode, so that convolutions differing in any of them never give the same coloured graph, and by the structural
+ops of its input (``Features.ops``: a conv after a max-pool is not the same layer as one without it). Grouped
 convolutions only connect channels within a group.
 
 Analytic symmetry: output channels may be permuted (S_out) when groups == 1; with groups > 1, channels are
@@ -16,7 +17,7 @@ import itertools
 import torch
 import torch.nn as nn
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..registry import register_encoder
 from .linear import add_bias
@@ -35,7 +36,7 @@ def _conv_key(module: nn.Module, ndim: int) -> tuple:
     )
 
 
-@register_encoder(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@register_encoder(nn.Conv1d, nn.Conv2d, nn.Conv3d, reads_ops=True)
 def encode_conv(ctx, op, module, args):
     ndim = (
         {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
@@ -59,7 +60,7 @@ def encode_conv(ctx, op, module, args):
     out = ctx.new_hidden(c_out, kind, f"{op.target} output channels", x.nodes)
     key = _conv_key(module, ndim)
     kpos = list(itertools.product(*[range(k) for k in module.kernel_size]))
-    lut = b.edge_colors([("conv", *key, k) for k in kpos])
+    lut = b.edge_colors([with_ops(("conv", *key, k), x.ops) for k in kpos])
     K = len(kpos)
     out_per_g = c_out // groups
     # flat order of W: (o, i, k)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..registry import encoder_for_function, register_encoder, register_function
 from ..trace import LazyInput, ParamRef, split_kwargs
@@ -110,7 +110,7 @@ def add_parameter(ctx, op, x, p: ParamRef) -> Features:
     ax = x.axis % len(x.shape) + (rank - len(x.shape))
     fa = _feature_axis_of_param(ctx, p, rank, ax, x.size)
     out = ctx.new_hidden(x.size, "sum", f"{op.name} (+ {p.name})", x.nodes)
-    ctx.identity_edges(x.nodes, out, ("residual", "embedding"))
+    ctx.identity_edges(x.nodes, out, with_ops(("residual", "embedding"), x.ops))
     _param_edges(ctx, p, fa, out, "add")
     ctx.builder.declare(SymmetryDecl("tie", x.nodes, f"{p.name} added at {op.name}", other=out))
     return Features(out, tuple(op.shape), ax, None, 1, owned=op.num_users == 1)
@@ -119,9 +119,15 @@ def add_parameter(ctx, op, x, p: ParamRef) -> Features:
 _previous_cat = {t: encoder_for_function(t) for t in (torch.cat, torch.concat, torch.concatenate)}
 
 
-@register_function(torch.cat, torch.concat, torch.concatenate)
+@register_function(torch.cat, torch.concat, torch.concatenate, reads_ops=True)
 def encode_cat_tokens(ctx, op, module, args):
-    """``torch.cat`` with parameters or constants among the pieces, or along a non-feature (token) axis."""
+    """``torch.cat`` with parameters or constants among the pieces, or along a non-feature (token) axis.
+
+    A piece that went through structural ops (``Features.ops``) has them in its edge colour; regridding
+    records (``reshape``, e.g. ViT's ``flatten(2)`` of the patch grid) are left out when the result is a
+    token sequence ``(B, T, D)`` concatenated along ``T``: it keeps only the row-major order of a piece's
+    positions, which a regridding does not change.
+    """
     args_, kw = split_kwargs(args)
     pieces = list(args_[0])
     rank = len(op.shape)
@@ -151,7 +157,7 @@ def encode_cat_tokens(ctx, op, module, args):
                 nodes = ctx.builder.add_nodes(n, "input", "constant", f"constant {v.name}", level=0)
                 out.append(Features(nodes, tuple(v.tensor.shape), dim))
             else:
-                out.append(ctx.features(v, axis=dim))
+                out.append(ctx.materialize(ctx.features(v, axis=dim)))
         if any(f.num_pos != 1 for f in out):
             raise UnsupportedModuleError(op.name, "concatenation of flattened values is not encoded yet")
         return Features(torch.cat([f.nodes for f in out]), tuple(op.shape), dim, None, 1, owned=False)
@@ -174,7 +180,10 @@ def encode_cat_tokens(ctx, op, module, args):
             _param_edges(ctx, v, fa, out, "token")
         else:
             f = v if isinstance(v, Features) else ctx.features(v, axis=f_ax)
-            ctx.identity_edges(f.nodes, out, ("token_cat", k))
+            ops = f.ops
+            if rank == 3 and dim == 1 and f_ax == 2 and len(f.shape) == 3:
+                ops = tuple(o for o in ops if o[0] != "reshape")
+            ctx.identity_edges(f.nodes, out, with_ops(("token_cat", k), ops))
             b.declare(SymmetryDecl("tie", f.nodes, f"token concatenation at {op.name}", other=out))
         k += 1
     return Features(out, tuple(op.shape), f_ax, None, 1, owned=op.num_users == 1)

@@ -1,7 +1,8 @@
 """``nn.Linear`` (and ``F.linear``): one node per output unit, one bias node per layer (paper Sec. 2.1.2).
 
 Edges: ``W[o, i]`` is the edge ``in_node(i) -> out_node(o)``; after a flatten, the columns of channel ``c``
-at spatial position ``p`` come from channel node ``c`` and are coloured by ``p``. Bias ``b[o]`` is the edge
+at spatial position ``p`` come from channel node ``c`` and are coloured by ``p``. The colour also carries
+the structural ops of the input (``Features.ops``: a pool, a slice ``x[:, 0]``, ...). Bias ``b[o]`` is the edge
 ``bias_node -> out_node(o)``.
 
 Analytic symmetry: the output units may be permuted (S_out) when they are hidden.
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError
 from ..registry import register_encoder, register_function
 from ..trace import ParamRef, split_kwargs
@@ -35,9 +36,9 @@ def encode_dense(
         raise ShapeMismatchError(f"{n_in} input features", f"{x.size}", ctx.where())
     out = ctx.new_hidden(n_out, kind, f"{ctx.module_path() or wname} outputs", x.nodes)
     if x.num_pos == 1:
-        color = b.edge_color(("linear",))
+        color = b.edge_color(with_ops(("linear",), x.ops))
     else:
-        lut = b.edge_colors([("linear", "flat", x.num_pos, p) for p in range(x.num_pos)])
+        lut = b.edge_colors([with_ops(("linear", "flat", x.num_pos, p), x.ops) for p in range(x.num_pos)])
         color = lut[x.pos]
     b.add_dense(x.nodes, out, color, weight, wname)
     if bias is not None:
@@ -49,7 +50,7 @@ def encode_dense(
     return Features(out, shape or (n_out,), axis=-1, owned=ctx.op.num_users == 1)
 
 
-@register_encoder(nn.Linear)
+@register_encoder(nn.Linear, reads_ops=True)
 def encode_linear(ctx, op, module: nn.Linear, args):
     x = ctx.features(args[0], axis=-1)
     if x.axis not in (-1, len(x.shape) - 1):
@@ -60,7 +61,7 @@ def encode_linear(ctx, op, module: nn.Linear, args):
     )
 
 
-@register_function(F.linear, torch._C._nn.linear)
+@register_function(F.linear, torch._C._nn.linear, reads_ops=True)
 def encode_functional_linear(ctx, op, module, args):
     args, kw = split_kwargs(args)
     x = ctx.features(args[0], axis=-1)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..registry import register_encoder
 
@@ -42,11 +42,12 @@ INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def norm_nodes(ctx, x: Features, kind: str, key: tuple, path: str) -> torch.Tensor:
-    """One norm node per channel of ``x``, with identity edges coloured ``("norm", kind, *key)`` and a tie."""
+    """One norm node per channel of ``x``, with identity edges coloured ``("norm", kind, *key)`` (plus the
+    structural ops of ``x``, ``Features.ops``) and a tie."""
     if x.num_pos != 1:
         raise UnsupportedModuleError(path, f"{kind} of a flattened value")
     out = ctx.new_hidden(x.size, kind, f"{path} {kind} nodes", x.nodes, extra=key)
-    ctx.identity_edges(x.nodes, out, ("norm", kind, *key))
+    ctx.identity_edges(x.nodes, out, with_ops(("norm", kind, *key), x.ops))
     ctx.builder.declare(SymmetryDecl("tie", x.nodes, f"{kind} at {path}", other=out, module=path))
     return out
 
@@ -73,7 +74,7 @@ _AFFINE = (
 )
 
 
-@register_encoder(*BATCH_NORMS, *INSTANCE_NORMS)
+@register_encoder(*BATCH_NORMS, *INSTANCE_NORMS, reads_ops=True)
 def encode_batchnorm(ctx, op, module, args):
     """BatchNorm/InstanceNorm over channels (axis 1): per-channel nodes holding gamma, beta, running stats."""
     x = ctx.features(args[0], axis=1)
@@ -97,7 +98,7 @@ def encode_batchnorm(ctx, op, module, args):
     return Features(out, tuple(op.shape), x.axis, None, 1, owned=op.num_users == 1)
 
 
-@register_encoder(nn.LayerNorm)
+@register_encoder(nn.LayerNorm, reads_ops=True)
 def encode_layernorm(ctx, op, module, args):
     """LayerNorm over the last (feature) axis: per-feature nodes holding gamma and beta."""
     x = ctx.features(args[0], axis=-1)
@@ -124,7 +125,7 @@ def layernorm_features(ctx, x: Features, module: nn.LayerNorm, path: str, shape,
     return Features(out, shape, x.axis, None, 1, owned=owned)
 
 
-@register_encoder(nn.GroupNorm)
+@register_encoder(nn.GroupNorm, reads_ops=True)
 def encode_groupnorm(ctx, op, module: nn.GroupNorm, args):
     """GroupNorm over channels (axis 1), with one group node per group (sound) or without (paper)."""
     x = ctx.features(args[0], axis=1)

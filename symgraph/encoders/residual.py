@@ -5,6 +5,11 @@ edges ``a[f] -> sum[f]`` and ``b[f] -> sum[f]`` coloured 'residual'. An automorp
 ``a``, ``b`` and the sum by the same permutation: the stream's neurons are tied. Adding a constant is an
 elementwise op.
 
+An operand that went through structural ops (``Features.ops``: ``x + pool(x)``, ``x + y[:, :, 1:]``) or is
+broadcast to the sum's shape (``x + x.mean((2, 3), keepdim=True)``) has those in its edge colour, so the
+two operands of ``a + pool(b)`` are never interchangeable; operands with equal ops still are (the sum is
+symmetric and a per-channel op commutes with channel permutations).
+
 Analytic symmetry: a tie between the operands' nodes and the sum nodes.
 """
 
@@ -14,14 +19,14 @@ import operator
 
 import torch
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..registry import register_function
 from ..trace import LazyInput, ParamRef, split_kwargs
 from .activation import apply_elementwise
 
 
-@register_function(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub")
+@register_function(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub", reads_ops=True)
 def encode_add(ctx, op, module, args):
     args, kw = split_kwargs(args)
     a, b = args[0], args[1]
@@ -32,7 +37,7 @@ def encode_add(ctx, op, module, args):
     sub = op.target in (operator.sub, torch.sub, "sub")
     if isinstance(a, int | float) or isinstance(b, int | float):
         x, c = (a, b) if not isinstance(a, int | float) else (b, a)
-        x = x if isinstance(x, Features) else ctx.features(x, axis=-1)
+        x = ctx.materialize(x if isinstance(x, Features) else ctx.features(x, axis=-1))
         return apply_elementwise(ctx, x, f"{'sub' if sub else 'add'}({float(c):g})")
     if isinstance(a, ParamRef) or isinstance(b, ParamRef):
         if isinstance(a, ParamRef) and isinstance(b, ParamRef) or sub:
@@ -55,9 +60,16 @@ def encode_add(ctx, op, module, args):
     shared = bool(torch.isin(a.nodes, b.nodes).any())
     key_a = ("residual", 0) if shared else ("residual",)
     key_b = ("residual", "sub" if sub else 1) if (shared or sub) else ("residual",)
-    ctx.identity_edges(a.nodes, out, key_a)
-    ctx.identity_edges(b.nodes, out, key_b)
+    ctx.identity_edges(a.nodes, out, _operand_key(key_a, a, op.shape))
+    ctx.identity_edges(b.nodes, out, _operand_key(key_b, b, op.shape))
     bld.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {op.name}", other=b.nodes))
     bld.declare(SymmetryDecl("tie", a.nodes, f"residual tie at {op.name}", other=out))
     axis = a.axis if len(op.shape) == len(a.shape) else -1
     return Features(out, tuple(op.shape), axis, None, 1, owned=op.num_users == 1)
+
+
+def _operand_key(key: tuple, x: Features, out_shape) -> tuple:
+    """The colour of an operand's edges: its structural ops, and its shape when it is broadcast."""
+    if tuple(x.shape) != tuple(out_shape):
+        key = (*key, ("broadcast", tuple(x.shape)))
+    return with_ops(key, x.ops)
