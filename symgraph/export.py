@@ -173,6 +173,52 @@ def constant_mask_kind(mask: torch.Tensor, q_len: int, k_len: int) -> str | None
     return None
 
 
+def _pool(args, kwargs, node):
+    """aten's pooling ops spell "stride = kernel size" as an empty list; the functionals as None."""
+    args = list(args)
+    if len(args) > 2 and isinstance(args[2], list | tuple) and len(args[2]) == 0:
+        args[2] = None
+    return tuple(args), kwargs
+
+
+def _pad_mode(mode: str):
+    def adapt(args, kwargs, node):
+        return (args[0], tuple(args[1]), mode), {}
+
+    return adapt
+
+
+def _constant_pad(args, kwargs, node):
+    value = args[2] if len(args) > 2 else kwargs.get("value", 0)
+    return (args[0], tuple(args[1]), "constant", value), {}
+
+
+def _pad(args, kwargs, node):
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    value = args[3] if len(args) > 3 else kwargs.get("value")
+    return (args[0], tuple(args[1]), mode) + ((value,) if value is not None else ()), {}
+
+
+def _upsample(mode: str, align: bool):
+    """``aten.upsample_<mode>(x, output_size, [align_corners,] scales...)`` -> ``F.interpolate``."""
+
+    def adapt(args, kwargs, node):
+        vals = list(args[1:])
+        size = vals.pop(0) if vals else kwargs.get("output_size")
+        align_corners = (vals.pop(0) if vals else kwargs.get("align_corners")) if align else None
+        scales = vals[0] if len(vals) == 1 and isinstance(vals[0], list | tuple | type(None)) else vals or None
+        kw = {"mode": mode}
+        if size is not None:
+            kw["size"] = tuple(size)
+        elif scales is not None:
+            kw["scale_factor"] = tuple(float(s) for s in scales)
+        if align:
+            kw["align_corners"] = align_corners
+        return (args[0],), kw
+
+    return adapt
+
+
 _ACTIVATIONS = {
     "relu": F.relu,
     "relu_": F.relu,
@@ -253,17 +299,35 @@ ATEN_OPS: dict[str, AtenMapping] = {
     "_to_copy": AtenMapping("call_method", "to", _first_arg),
     "to": AtenMapping("call_method", "to", _first_arg),
     "type_as": AtenMapping("call_method", "to", _first_arg),
+    "amin": AtenMapping("call_function", torch.amin, _mean),
+    "roll": AtenMapping("call_function", torch.roll),
+    "flip": AtenMapping("call_function", torch.flip),
     "adaptive_avg_pool1d": AtenMapping("call_function", F.adaptive_avg_pool1d),
     "adaptive_avg_pool2d": AtenMapping("call_function", F.adaptive_avg_pool2d),
     "adaptive_avg_pool3d": AtenMapping("call_function", F.adaptive_avg_pool3d),
-    "avg_pool1d": AtenMapping("call_function", F.avg_pool1d),
-    "avg_pool2d": AtenMapping("call_function", F.avg_pool2d),
-    "avg_pool3d": AtenMapping("call_function", F.avg_pool3d),
-    "max_pool1d": AtenMapping("call_function", F.max_pool1d),
-    "max_pool2d": AtenMapping("call_function", F.max_pool2d),
-    "max_pool3d": AtenMapping("call_function", F.max_pool3d),
-    "pad": AtenMapping("call_function", F.pad),
-    "constant_pad_nd": AtenMapping("call_function", F.pad),
+    "avg_pool1d": AtenMapping("call_function", F.avg_pool1d, _pool),
+    "avg_pool2d": AtenMapping("call_function", F.avg_pool2d, _pool),
+    "avg_pool3d": AtenMapping("call_function", F.avg_pool3d, _pool),
+    "max_pool1d": AtenMapping("call_function", F.max_pool1d, _pool),
+    "max_pool2d": AtenMapping("call_function", F.max_pool2d, _pool),
+    "max_pool3d": AtenMapping("call_function", F.max_pool3d, _pool),
+    "pad": AtenMapping("call_function", F.pad, _pad),
+    "constant_pad_nd": AtenMapping("call_function", F.pad, _constant_pad),
+    **{f"reflection_pad{d}d": AtenMapping("call_function", F.pad, _pad_mode("reflect")) for d in (1, 2, 3)},
+    **{f"replication_pad{d}d": AtenMapping("call_function", F.pad, _pad_mode("replicate")) for d in (1, 2, 3)},
+    "_pad_circular": AtenMapping("call_function", F.pad, _pad_mode("circular")),
+    **{
+        f"upsample_nearest{d}d": AtenMapping("call_function", F.interpolate, _upsample("nearest", False))
+        for d in (1, 2, 3)
+    },
+    **{
+        f"_upsample_nearest_exact{d}d": AtenMapping("call_function", F.interpolate, _upsample("nearest-exact", False))
+        for d in (1, 2, 3)
+    },
+    "upsample_linear1d": AtenMapping("call_function", F.interpolate, _upsample("linear", True)),
+    "upsample_bilinear2d": AtenMapping("call_function", F.interpolate, _upsample("bilinear", True)),
+    "upsample_bicubic2d": AtenMapping("call_function", F.interpolate, _upsample("bicubic", True)),
+    "upsample_trilinear3d": AtenMapping("call_function", F.interpolate, _upsample("trilinear", True)),
     "rms_norm": AtenMapping("call_function", F.rms_norm),
     **{name: AtenMapping("call_function", fn) for name, fn in _ACTIVATIONS.items()},
 }
@@ -271,9 +335,9 @@ ATEN_OPS: dict[str, AtenMapping] = {
 #: ATen ops with several outputs of which only the first is a value of the model (the rest are indices or
 #: masks): ``getitem(op, 0)`` is the op's value itself, any other output used is unsupported.
 FIRST_OUTPUT_OPS = {
-    "max_pool1d_with_indices": AtenMapping("call_function", F.max_pool1d),
-    "max_pool2d_with_indices": AtenMapping("call_function", F.max_pool2d),
-    "max_pool3d_with_indices": AtenMapping("call_function", F.max_pool3d),
+    "max_pool1d_with_indices": AtenMapping("call_function", F.max_pool1d, _pool),
+    "max_pool2d_with_indices": AtenMapping("call_function", F.max_pool2d, _pool),
+    "max_pool3d_with_indices": AtenMapping("call_function", F.max_pool3d, _pool),
     "adaptive_max_pool1d": AtenMapping("call_function", F.adaptive_max_pool1d, _first_arg),
     "adaptive_max_pool2d": AtenMapping("call_function", F.adaptive_max_pool2d, _first_arg),
     "adaptive_max_pool3d": AtenMapping("call_function", F.adaptive_max_pool3d, _first_arg),

@@ -252,6 +252,28 @@ def test_pt2_file_is_encoded_without_arch_into_the_fx_graph(tmp_path, name):
     assert all(torch.equal(g.to_state_dict()[k], v) for k, v in state.items())
 
 
+def test_pool_on_one_branch_only_gives_the_fx_graph_through_export_and_pt2(tmp_path):
+    """GoogLeNet-style: a pool on one branch only; interpolation, padding and average pooling after the concat."""
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+            self.pool, self.up, self.avg = nn.MaxPool2d(3, 1, 1), nn.Upsample(scale_factor=2), nn.AvgPool2d(2)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(self.pool(x))], 1)
+            return self.c(F.pad(self.avg(self.up(y)), (1, 1, 1, 1)))
+
+    torch.manual_seed(0)
+    m, x = Branches().eval(), torch.zeros(1, 3, 8, 8)
+    gf = symgraph.parameter_graph(m, example_input=x, tracer="fx")
+    program, _ = load_model(_save_pt2(m, tmp_path / "b.pt2", x))
+    assert graph_diffs(gf, symgraph.parameter_graph(m, example_input=x, tracer="export")) == []
+    assert graph_diffs(gf, symgraph.parameter_graph(program)) == []
+    assert symgraph.automorphism_group(program).order == 24 * 24  # S_4 x S_4: the branches never swap
+
+
 def test_pt2_program_keeps_its_function_under_automorphisms_and_not_under_an_input_swap(tmp_path):
     program, info = load_model(_save_pt2(_registry("mlp"), tmp_path / "m.pt2"))
     aut = symgraph.automorphism_group(program)
