@@ -97,14 +97,23 @@ def _front_end(model, example_input, input_shape, tracer: str, example_kwargs) -
     several = isinstance(example_input, tuple | list)
     if tracer == "fx" and (several or example_kwargs):
         raise ShapeMismatchError("one tensor input for tracer='fx'", "several or keyword inputs; use tracer='export'")
+    fx_error = None
     if tracer in ("auto", "fx") and not several and not example_kwargs:
         try:
             spec, _ = trace_model(model, example_input, input_shape)
             return spec, model, "fx"
-        except TraceError:
+        except TraceError as exc:
             if tracer == "fx":
                 raise
-    return _export_front_end(model, example_input, input_shape, example_kwargs)
+            fx_error = exc
+    try:
+        return _export_front_end(model, example_input, input_shape, example_kwargs)
+    except TraceError as exc:
+        if fx_error is None:
+            raise
+        # both front ends failed: fx's message names the module and the remedy; export's says why it failed too
+        export_text = str(exc).replace(f"could not export {type(model).__name__}", "could not export it either")
+        raise TraceError(f"{fx_error} {export_text}") from None
 
 
 def _export_front_end(model, example_input, input_shape, example_kwargs) -> tuple[ModelSpec, nn.Module, str]:
