@@ -9,9 +9,10 @@ eval mode, including the running statistics a train-mode forward updates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -157,6 +158,25 @@ def _set_mode(model: nn.Module, mode: str) -> None:
                 mod.eval()
 
 
+_FUNCTIONAL_DROPOUTS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
+
+
+@contextlib.contextmanager
+def _functional_dropout_off() -> Iterator[None]:
+    """``F.dropout`` and friends as the identity inside the block (dropout called as a function, e.g. in
+    torchvision's Inception auxiliary heads, for the same reason as the modules in :func:`_set_mode`)."""
+    import torch.nn.functional as F
+
+    saved = {name: getattr(F, name) for name in _FUNCTIONAL_DROPOUTS}
+    try:
+        for name in _FUNCTIONAL_DROPOUTS:
+            setattr(F, name, lambda input, *args, **kwargs: input)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(F, name, fn)
+
+
 def check_function_preservation(
     model: nn.Module,
     perm: torch.Tensor,
@@ -172,12 +192,12 @@ def check_function_preservation(
     Both models are deep copies converted to float64. In ``"train"`` mode the comparison also covers the
     buffers the forward pass updates (BatchNorm running statistics): those of the permuted model must equal
     the original's updated buffers permuted by the same Phi. The RNG is seeded identically before each
-    forward; dropout is switched off in train mode (see ``_set_mode``). ``perm`` need not be an
-    automorphism (this is a checker): a permutation that moves fixed nodes but maps the coloured edge set
-    onto itself is applied as it is; one that does not even map the edge set onto itself has no Phi, and
-    the result is ``inf``. ``graph`` may be the model's parameter graph or the group computed on it
-    (``aut``); without it the graph is built with ``example_input`` / ``input_shape``, else with
-    ``inputs[:1]``.
+    forward; dropout (modules and ``F.dropout`` calls) is switched off in train mode (see ``_set_mode``).
+    ``perm`` need not be an automorphism (this is a checker): a permutation that moves fixed nodes but maps
+    the coloured edge set onto itself is applied as it is; one that does not even map the edge set onto
+    itself has no Phi, and the result is ``inf``. ``graph`` may be the model's parameter graph or the group
+    computed on it (``aut``); without it the graph is built with ``example_input`` / ``input_shape``, else
+    with ``inputs[:1]``.
 
     Example
     -------
@@ -209,7 +229,7 @@ def check_function_preservation(
         a, b = copy.deepcopy(base), copy.deepcopy(permuted)
         _set_mode(a, mode)
         _set_mode(b, mode)
-        with torch.no_grad():
+        with torch.no_grad(), _functional_dropout_off() if mode == "train" else contextlib.nullcontext():
             torch.manual_seed(seed)
             ya = a(*args)
             torch.manual_seed(seed)

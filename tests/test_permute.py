@@ -235,3 +235,34 @@ def test_a_computation_graph_group_is_refused_by_permute_model():
     aut = symgraph.automorphism_group(m, graph="computation", input_shape=(1, 2))
     with pytest.raises(symgraph.ShapeMismatchError, match="parameter graph"):
         symgraph.permute_model(m, aut.random_element(), graph=aut)
+
+
+class _FunctionalDropout(nn.Module):
+    """Dropout called as a function (as torchvision's Inception auxiliary heads do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.dropout(torch.relu(self.a(x)), 0.5, training=self.training))
+
+
+def test_functional_dropout_is_switched_off_in_train_mode_comparisons(monkeypatch):
+    import contextlib
+
+    import symgraph.permute as permute
+
+    original = torch.nn.functional.dropout
+    m = _FunctionalDropout().double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    aut = symgraph.automorphism_group(m)
+    gen = torch.Generator().manual_seed(0)
+    perm = aut.random_element(generator=gen)
+    while torch.equal(perm, torch.arange(perm.numel())):  # the identity would prove nothing below
+        perm = aut.random_element(generator=gen)
+    assert symgraph.check_function_preservation(m, perm, x, modes=("train",), graph=aut) < 1e-12
+    assert torch.nn.functional.dropout is original  # restored after the comparison
+    # negative control: with F.dropout left on, the same seed gives the permuted units other masks
+    monkeypatch.setattr(permute, "_functional_dropout_off", contextlib.nullcontext)
+    assert symgraph.check_function_preservation(m, perm, x, modes=("train",), graph=aut) > 1e-3
