@@ -51,7 +51,10 @@ from .trace import ModelSpec, OpSpec, Ref
 
 __all__ = [
     "ATEN_OPS",
+    "AtenMapping",
     "STANDIN_OPS",
+    "StandIn",
+    "constant_mask_kind",
     "ProgramView",
     "export_model",
     "is_aten_graph_module",
