@@ -10,9 +10,9 @@ import torch.nn as nn
 from .builder import GraphBuilder
 from .errors import ShapeMismatchError, TraceError
 from .graph import NeuralGraph
-from .trace import ModelSpec, _example_inputs, encode_model, trace_model
+from .trace import EncodeContext, ModelSpec, _example_inputs, encode_model, trace_model
 
-__all__ = ["parameter_graph", "TRACERS"]
+__all__ = ["parameter_graph", "encode_parameter_graph", "TRACERS"]
 
 #: The front ends: ``"fx"`` (torch.fx symbolic tracing), ``"export"`` (torch.export, non-strict), ``"auto"``.
 TRACERS = ("auto", "fx", "export")
@@ -69,17 +69,33 @@ def parameter_graph(
     if tracer not in TRACERS:
         raise ShapeMismatchError(f"tracer one of {TRACERS}", repr(tracer))
     spec, encode_root, used = _front_end(model, example_input, input_shape, tracer, example_kwargs)
+    return encode_parameter_graph(model, spec, encoding, encode_root=encode_root, tracer=used)[0]
+
+
+def encode_parameter_graph(
+    model: nn.Module,
+    spec: ModelSpec,
+    encoding: str = "sound",
+    encode_root: nn.Module | None = None,
+    tracer: str = "fx",
+) -> tuple[NeuralGraph, EncodeContext]:
+    """The parameter graph of an already traced ``model``, with the encoding context (the encoded value of
+    every op, which :func:`symgraph.computation_graph` maps its neurons through, paper C.5).
+
+    ``encode_root`` is the module the encoders read (the :class:`symgraph.export.ProgramView` of a
+    torch.export spec; ``model`` itself for fx), ``tracer`` the front end that made ``spec``."""
+    state = model.state_dict(keep_vars=True)
     builder = GraphBuilder(kind="parameter", encoding=encoding)
-    encode_model(encode_root, spec, builder)
+    ctx = encode_model(model if encode_root is None else encode_root, spec, builder)
     unencoded = [k for k in state if not builder.has_slot(k)]
     for k in unencoded:
         builder.add_extra(k, state[k].detach(), is_buffer=k not in dict(model.named_parameters()))
     g = builder.finalize(
         tuple(state.keys()),
         spec=spec,
-        meta={"model_type": type(model).__name__, "unencoded": unencoded, "encoding": encoding, "tracer": used},
+        meta={"model_type": type(model).__name__, "unencoded": unencoded, "encoding": encoding, "tracer": tracer},
     )
-    return g
+    return g, ctx
 
 
 def _front_end(model, example_input, input_shape, tracer: str, example_kwargs) -> tuple[ModelSpec, nn.Module, str]:

@@ -35,6 +35,8 @@ __all__ = [
     "encoder_for_function",
     "registered_module_types",
     "reads_ops",
+    "module_lookup",
+    "function_lookup",
 ]
 
 _MODULE_ENCODERS: dict[type, Callable] = {}
@@ -108,20 +110,11 @@ def register_encoder_by_name(*qualified_names: str, leaf: bool = True):
 
 
 def encoder_for_module(module: nn.Module) -> Callable | None:
-    for t in type(module).__mro__:
-        fn = _MODULE_ENCODERS.get(t)
-        if fn is None and _NAMED_MODULE_ENCODERS:
-            fn = _NAMED_MODULE_ENCODERS.get(f"{t.__module__}.{t.__qualname__}")
-        if fn is not None:
-            return fn
-    return None
+    return module_lookup(_MODULE_ENCODERS, module, _NAMED_MODULE_ENCODERS)
 
 
 def encoder_for_function(target: Any) -> Callable | None:
-    try:
-        return _FUNCTION_ENCODERS.get(target)
-    except TypeError:  # unhashable target
-        return None
+    return function_lookup(_FUNCTION_ENCODERS, target)
 
 
 def reads_ops(module: nn.Module | None, target: Any) -> bool:
@@ -137,3 +130,25 @@ def reads_ops(module: nn.Module | None, target: Any) -> bool:
 
 def registered_module_types() -> list[type]:
     return list(_MODULE_ENCODERS)
+
+
+def module_lookup(table: dict[type, Any], module: nn.Module, named: dict[str, Any] | None = None) -> Any | None:
+    """``table``'s entry for ``module``: its class or the nearest registered base class along the MRO, else (in
+    ``named``) by ``"package.module.Class"``. The lookup :func:`encoder_for_module` makes, for other registries
+    keyed the same way (the computation-graph lowerings, :mod:`symgraph.computation.lowering`)."""
+    for t in type(module).__mro__:
+        entry = table.get(t)
+        if entry is None and named:
+            entry = named.get(f"{t.__module__}.{t.__qualname__}")
+        if entry is not None:
+            return entry
+    return None
+
+
+def function_lookup(table: dict[Any, Any], target: Any) -> Any | None:
+    """``table``'s entry for a ``call_function``/``call_method`` target (a callable or a method name), the lookup
+    :func:`encoder_for_function` makes; ``None`` for unregistered or unhashable targets."""
+    try:
+        return table.get(target)
+    except TypeError:  # unhashable target
+        return None

@@ -45,7 +45,7 @@ ACTS = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, lambda: nn.LeakyReLU(0.2), nn.ELU
 
 
 class Siren(nn.Module):
-    """sin(omega * x): a chain of two elementwise ops on one node ("mul(30.0)", "sin")."""
+    """sin(omega * x): a chain of two elementwise ops on one node ("mul(30)", "sin")."""
 
     def __init__(self, omega: float = 30.0):
         super().__init__()
@@ -431,9 +431,10 @@ def test_eq7_reproduces_models_with_residuals_pooling_and_reshapes(model_fn, sha
 def test_siren_nodes_carry_the_activation_chain(tol):
     model = nn.Sequential(nn.Linear(2, 3), Siren(30.0), nn.Linear(3, 1)).double()
     cg = symgraph.computation_graph(model, torch.zeros(1, 2))
-    assert ("hidden", "linear", ("mul(30.0)", "sin")) in cg.node_color_keys
+    assert ("hidden", "linear", ("mul(30)", "sin")) in cg.node_color_keys
+    assert ("mul(30)", "sin") in {k[2] for k in cg.parameter_graph.node_color_keys}  # the same name in both graphs
     assert cg.num_nodes == 2 + 3 + 1 + 2  # the chain is recorded in place: no extra nodes
-    assert float(activation_function("mul(30.0)")(torch.tensor(2.0))) == 60.0
+    assert float(activation_function("mul(30)")(torch.tensor(2.0))) == 60.0
 
 
 def test_shared_edge_param_index_and_state_dict_roundtrip():
@@ -595,3 +596,58 @@ def test_sharing_graph_automorphisms_are_exactly_the_weight_sharing_ones_by_brut
     assert len(plain) == 2**3 and len(shared) == 2 and shared < plain
     for p in plain:
         assert cg.is_automorphism(torch.tensor(p)) == (p in shared)
+
+
+# ---------------------------------------------------------------------- one compiler: the lowering registry
+def test_every_lowered_module_type_has_an_encoder_so_both_graphs_share_one_trace():
+    """A module type with a lowering but no encoder would not be a leaf of the trace both graphs are made from."""
+    from symgraph.computation import lowering
+    from symgraph.registry import registered_module_types
+
+    encoded = registered_module_types()
+    missing = [t.__name__ for t in lowering._MODULE_LOWERINGS if not any(issubclass(t, e) for e in encoded)]
+    assert not missing
+
+
+def test_user_lowering_is_dispatched_like_an_encoder_and_keeps_the_parameter_map(tol):
+    """A user layer with an encoder and a lowering gives both graphs and the C.5 map; without the lowering the
+    computation graph refuses it by name (negative control); subclasses dispatch along the MRO, as encoders do."""
+    from symgraph.builder import Features
+    from symgraph.computation import lowering, register_lowering
+
+    class Doubler(nn.Module):
+        def forward(self, x):
+            return 2.0 * x
+
+    @symgraph.register_encoder(Doubler)
+    def encode_doubler(ctx, op, module, args):
+        x = ctx.features(args[0], axis=-1)
+        out = ctx.new_hidden(x.size, "doubler", f"{op.target} outputs", x.nodes)
+        ctx.identity_edges(x.nodes, out, ("doubler",))
+        return Features(out, tuple(op.shape), -1, owned=op.num_users == 1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), Doubler(), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3)
+    with pytest.raises(UnsupportedModuleError, match="no computation-graph lowering for .*Doubler"):
+        symgraph.computation_graph(model, x)
+
+    class LinearSubclass(nn.Linear):
+        pass
+
+    try:
+
+        @register_lowering(Doubler)
+        def lower_doubler(ctx, op, module, args):
+            v = ctx.neurons(args[0])
+            new = ctx.add_neurons(v.nodes.numel(), "hidden", "doubler", f"{op.target} outputs", op.target, v.nodes)
+            ctx.add_const_edges(v.nodes, new, ("doubler",), 2.0)
+            return ctx.result(new.view(v.nodes.shape))
+
+        cg = symgraph.computation_graph(model, x)
+        assert _max_diff(cg(x), model(x)) <= tol[torch.float64]
+        assert cg.is_parameter_graph_homomorphism()
+        sub = nn.Sequential(LinearSubclass(3, 2)).double()
+        assert _max_diff(symgraph.computation_graph(sub, x)(x), sub(x)) <= tol[torch.float64]
+    finally:
+        lowering._MODULE_LOWERINGS.pop(Doubler, None)

@@ -14,8 +14,8 @@ import operator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..activations import ACTIVATION_MODULES, ACTIVATIONS, Activation, constant_op_key, module_activation_key
 from ..builder import Features
 from ..registry import register_encoder, register_function
 from ..trace import split_kwargs
@@ -36,40 +36,8 @@ def apply_elementwise(ctx, x: Features, act: str) -> Features:
 
 
 def _module_act(module: nn.Module) -> str:
-    name = type(module).__name__.lower()
-    if isinstance(module, nn.LeakyReLU):
-        return f"leaky_relu({module.negative_slope:g})"
-    if isinstance(module, nn.ELU | nn.CELU):
-        return f"{name}({module.alpha:g})"
-    if isinstance(module, nn.Softplus):
-        return f"softplus({module.beta:g},{module.threshold:g})"
-    if isinstance(module, nn.GELU):
-        return f"gelu({module.approximate})"
-    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
-        return f"hardtanh({module.min_val:g},{module.max_val:g})"
-    return name
-
-
-ACTIVATION_MODULES = (
-    nn.ReLU,
-    nn.GELU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.SiLU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Hardtanh,
-    nn.ReLU6,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Tanhshrink,
-    nn.Softsign,
-    nn.LogSigmoid,
-)
+    """The canonical name of an activation module (:func:`symgraph.activations.module_activation_key`)."""
+    return module_activation_key(module)
 
 
 @register_encoder(*ACTIVATION_MODULES)
@@ -83,51 +51,23 @@ def _is_feat(v) -> bool:
     return isinstance(v, Features)
 
 
-#: Functional activations: canonical name -> call_function/call_method targets. Shared with the computation
-#: graph (symgraph/computation.py) so that both graphs accept the same set.
-ACTIVATION_FUNCTIONS = {
-    "relu": (F.relu, torch.relu, "relu"),
-    "gelu": (F.gelu, "gelu"),
-    "tanh": (torch.tanh, F.tanh, "tanh"),
-    "sigmoid": (torch.sigmoid, F.sigmoid, "sigmoid"),
-    "silu": (F.silu, "silu"),
-    "sin": (torch.sin, "sin"),
-    "cos": (torch.cos, "cos"),
-    "exp": (torch.exp, "exp"),
-    "elu": (F.elu,),
-    "celu": (F.celu,),
-    "leaky_relu": (F.leaky_relu,),
-    "softplus": (F.softplus,),
-    "mish": (F.mish,),
-    "relu6": (F.relu6,),
-    "hardtanh": (F.hardtanh,),
-    "selu": (F.selu,),
-    "hardswish": (F.hardswish,),
-    "hardsigmoid": (F.hardsigmoid,),
-    "softsign": (F.softsign,),
-    "tanhshrink": (F.tanhshrink,),
-    "logsigmoid": (F.logsigmoid,),
-    "neg": (operator.neg, torch.neg, "neg"),
-}
+#: Functional activations: canonical name -> call_function/call_method targets (from symgraph.activations,
+#: which the computation graph uses too, so that both graphs accept the same set and name it the same way).
+ACTIVATION_FUNCTIONS = {name: act.targets for name, act in ACTIVATIONS.items() if act.targets}
 
 
-def _make_fn_encoder(act: str):
+def _make_fn_encoder(act: Activation):
     def enc(ctx, op, module, args):
         args, kw = split_kwargs(args)
         x = args[0] if _is_feat(args[0]) else ctx.features(args[0], axis=-1)
-        extra = [a for a in args[1:] if isinstance(a, int | float)] + [
-            v for k, v in sorted(kw.items()) if k not in ("inplace",) and isinstance(v, int | float | str)
-        ]
-        name = act if not extra else f"{act}({','.join(str(e) for e in extra)})"
-        if act == "gelu" and not extra:
-            name = "gelu(none)"
-        return apply_elementwise(ctx, x, name)
+        return apply_elementwise(ctx, x, act.key(tuple(args[1:]), kw))
 
     return enc
 
 
-for _act, _targets in ACTIVATION_FUNCTIONS.items():
-    register_function(*_targets)(_make_fn_encoder(_act))
+for _act in ACTIVATIONS.values():
+    if _act.targets:
+        register_function(*_act.targets)(_make_fn_encoder(_act))
 
 
 @register_function(operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div")
@@ -139,7 +79,8 @@ def encode_scale(ctx, op, module, args):
 
     if is_plain(a, c) and callable(op.target):  # shape arithmetic (e.g. n_h * n_w): evaluate it
         return op.target(a, c)
-    if isinstance(a, int | float) and not isinstance(c, int | float):
+    swapped = isinstance(a, int | float) and not isinstance(c, int | float)
+    if swapped:
         a, c = c, a
     if not isinstance(c, int | float):
         if op.target in (operator.truediv, torch.div, "div"):
@@ -151,4 +92,4 @@ def encode_scale(ctx, op, module, args):
         return encode_product(ctx, op, a, c)
     x = a if _is_feat(a) else ctx.features(a, axis=-1)
     is_div = op.target in (operator.truediv, torch.div, "div")
-    return apply_elementwise(ctx, x, f"{'div' if is_div else 'mul'}({float(c):g})")
+    return apply_elementwise(ctx, x, constant_op_key(("rdiv" if swapped else "div") if is_div else "mul", c))

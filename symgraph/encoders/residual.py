@@ -19,6 +19,7 @@ import operator
 
 import torch
 
+from ..activations import constant_op_key
 from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..registry import register_function
@@ -38,7 +39,9 @@ def encode_add(ctx, op, module, args):
     if isinstance(a, int | float) or isinstance(b, int | float):
         x, c = (a, b) if not isinstance(a, int | float) else (b, a)
         x = ctx.materialize(x if isinstance(x, Features) else ctx.features(x, axis=-1))
-        return apply_elementwise(ctx, x, f"{'sub' if sub else 'add'}({float(c):g})")
+        return apply_elementwise(
+            ctx, x, constant_op_key(("rsub" if isinstance(a, int | float) else "sub") if sub else "add", c)
+        )
     if isinstance(a, ParamRef) or isinstance(b, ParamRef):
         if isinstance(a, ParamRef) and isinstance(b, ParamRef) or sub:
             raise UnsupportedModuleError(op.name, "adding or subtracting two parameter tensors")
