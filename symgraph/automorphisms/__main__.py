@@ -54,6 +54,8 @@ examples:
       one JSON object: order (decimal string), log10_order, num_nodes, num_edges, generators, factors, seconds
   python -m symgraph.automorphisms weights.pt --arch mlp:hidden=64 --verify 4
       a state_dict (or .safetensors, TorchScript, torch.export .pt2 file) rebuilt from a registry architecture
+  python -m symgraph.automorphisms model.pt2 --verify 4
+      a torch.export program: its ATen graph is encoded directly (no --arch, no user code imported)
   python -m symgraph.automorphisms resnet18.pt --arch torchvision:resnet18:num_classes=10
   python -m symgraph.automorphisms weights.safetensors --arch timm:resnet18
       torchvision / timm architectures, built at random init (never downloading) and given the file's weights
@@ -71,10 +73,11 @@ examples:
       save the generators (node permutations, LongTensor [k, N]) with torch.save; .json also works
 
 model files: the format is read from the content. state_dicts, checkpoints ({"state_dict": ...}),
-  safetensors, TorchScript and torch.export archives need --arch (TorchScript and ATen graphs cannot be
-  traced by torch.fx, so the architecture is rebuilt and their weights loaded into it); pickled modules
-  need --trust. Keys saved with a 'module.', 'model.' or '_orig_mod.' prefix load after it is stripped
-  (the output's notes say so).
+  safetensors and TorchScript need --arch (TorchScript cannot be traced by torch.fx, so the architecture
+  is rebuilt and its weights loaded into it); a torch.export .pt2 archive without --arch is vetted (no
+  pickles, AOTInductor libraries, non-ATen ops or unsafe shape expressions; else --trust), loaded with
+  torch.export.load and its graph encoded; pickled modules need --trust. Keys saved with a 'module.',
+  'model.' or '_orig_mod.' prefix load after it is stripped (the output's notes say so).
 
 architectures (--arch, and --example for random init):
   NAME[:k=v,...]                  symgraph's registry (see --example)
@@ -275,7 +278,7 @@ def _summary_text(out: dict[str, Any]) -> str:
         *(f"note:       {n}" for n in out.get("notes", [])),
         f"input:      {shape} ({out['input_source']})",
         f"graph:      {out['graph']} graph ({out['encoding']} encoding): {out['num_nodes']} nodes, "
-        f"{out['num_edges']} edges",
+        f"{out['num_edges']} edges" + (f" (traced by {out['tracer']})" if out.get("tracer") else ""),
         f"|Aut|:      {_order_text(out['order'])}",
         f"log10|Aut|: {out['log10_order']:.4f}",
         f"generators: {out['generators']}",
@@ -355,6 +358,7 @@ def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device, p
             generators=int(torch.as_tensor(aut.generators).shape[0]),
             factors=list(aut.factors),
             seconds=seconds,
+            tracer=(getattr(getattr(aut, "graph", None), "meta", None) or {}).get("tracer"),
         )
         if example is None:  # the input the graph was built with (remembered on the model by the trace)
             from ..trace import resolve_example_input
