@@ -35,7 +35,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["GMNLayer", "ConcatMLP", "scatter_reduce"]
+from .fused import Incidence, edge_update, message_sum, pair_index
+
+__all__ = ["GMNLayer", "ConcatMLP", "scatter_reduce", "scatter_sum"]
+
+
+def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
+    """Sum of the rows of ``src`` [M, d] grouped by ``index`` [M] into ``size`` rows (``index_add_``)."""
+    return src.new_zeros((size,) + tuple(src.shape[1:])).index_add_(0, index, src)
 
 
 def scatter_reduce(src: Tensor, index: Tensor, size: int, reduce: str = "sum") -> Tensor:
@@ -165,6 +172,14 @@ class GMNLayer(nn.Module):
         Replace the default MLPs (signatures in the module docstring).
     mlp_layers : int
         Linear layers in each default MLP.
+    fused : bool
+        Compute the default layer (two-layer ReLU MLPs, LayerNorm or no norm, residual) with the fused edge
+        block of :mod:`gmn.fused` (the same function, faster and with less memory; not under autocast, where the
+        autograd path runs). ``False``: always the plain autograd path.
+
+    ``forward(..., chunk_size=k)`` without gradients processes the edges ``k`` at a time (the same outputs; the
+    peak of the per-edge temporaries is that of ``k`` edges), and with ``inplace=True`` also overwrites ``e``
+    with the updated edge features instead of allocating a second ``[E, de]`` tensor.
 
     Example
     -------
@@ -194,8 +209,10 @@ class GMNLayer(nn.Module):
         global_fn: Callable[..., Tensor] | None = None,
         global_fn_inside: Callable[..., Tensor] | None = None,
         mlp_layers: int = 2,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = bool(fused)
         order = tuple(order)
         if not set(order) <= {"edge", "node", "global"} or len(set(order)) != len(order):
             raise ValueError(f"Expected order made of distinct 'edge', 'node', 'global' (got {order!r})")
@@ -253,6 +270,78 @@ class GMNLayer(nn.Module):
             return fn.forward_gathered((v, dst), (v, src), (e, None), (u, edge_batch))
         return fn(v[dst], v[src], e, u[edge_batch])
 
+    def _fusable(self, v: Tensor, e: Tensor) -> bool:
+        """Whether the fused edge block computes this layer (default functions, shapes and norms)."""
+        if not self.fused or self.node_dim == 0 or self.edge_dim == 0 or e.shape[0] == 0:
+            return False
+        if self.norm_kind not in ("layernorm", None) or torch.is_autocast_enabled(v.device.type):
+            return False
+        for fn in (self.edge_fn, self.msg_fn):
+            if type(fn) is not ConcatMLP or fn.num_layers != 2 or type(fn.net[1]) is not nn.ReLU:
+                return False
+        return self.edge_fn.out_dim == self.edge_dim
+
+    def _projections(self, fn: ConcatMLP, v: Tensor, u: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(P_dst, P_src, W_e)``: ``fn``'s first layer on the receiver / sender node features (bias and global
+        block in ``P_dst``) and its edge block."""
+        dv, de = self.node_dim, self.edge_dim
+        lin = fn.net[0]
+        w = lin.weight
+        p_dst = torch.addmm(lin.bias, v, w[:, :dv].t())
+        if self.global_dim:
+            # embedding's backward (sorted segments) is far faster than index_select's (index_add_ into G rows)
+            p_dst = p_dst + nn.functional.embedding(batch, u @ w[:, 2 * dv + de :].t())
+        p_src = v @ w[:, dv : 2 * dv].t()
+        return p_dst, p_src, w[:, 2 * dv : 2 * dv + de]
+
+    @staticmethod
+    def _chunks(num: int, chunk_size: int | None):
+        step = num if not chunk_size else max(int(chunk_size), 1)
+        return [(a, min(a + step, num)) for a in range(0, max(num, 1), step)]
+
+    def _fused_edge(self, v, e, u, inc, batch, pairs, chunks, inplace) -> Tensor:
+        p_dst, p_src, w_e = self._projections(self.edge_fn, v, u, batch)
+        lin2 = self.edge_fn.net[2]
+        ln = self.edge_norm
+        ln_w, ln_b, eps = (ln.weight, ln.bias, ln.eps) if ln is not None else (None, None, 1e-5)
+        if len(chunks) == 1 and not inplace:
+            return edge_update(e, p_dst, p_src, w_e, lin2.weight, lin2.bias, ln_w, ln_b, pairs, inc, eps, self.residual)
+        out = e if inplace else torch.empty_like(e)
+        for a, b in chunks:
+            out[a:b] = edge_update(
+                e[a:b],
+                p_dst,
+                p_src,
+                w_e,
+                lin2.weight,
+                lin2.bias,
+                ln_w,
+                ln_b,
+                pairs[a:b],
+                None,
+                eps,
+                self.residual,
+            )
+        return out
+
+    def _fused_agg(self, v, e, u, dst, inc, batch, pairs, chunks) -> Tensor:
+        q_dst, q_src, v_e = self._projections(self.msg_fn, v, u, batch)
+        n = v.shape[0]
+        if len(chunks) == 1:  # no slicing: a slice's backward would copy the whole gradient
+            agg_hid = message_sum(e, q_dst, q_src, v_e, pairs, dst, inc)
+        else:
+            agg_hid = None
+            for a, b in chunks:
+                part = message_sum(e[a:b], q_dst, q_src, v_e, pairs[a:b], dst[a:b], None)
+                agg_hid = part if agg_hid is None else agg_hid.add_(part)
+        lin2 = self.msg_fn.net[2]
+        deg = torch.bincount(dst, minlength=n).to(v.dtype)
+        # sum_j (W2 h_j + b2) = W2 sum_j h_j + deg * b2: the message's last layer runs per node
+        agg = torch.addmm(deg[:, None] * lin2.bias, agg_hid, lin2.weight.t())
+        if self.aggr == "mean":
+            agg = agg / deg.clamp(min=1)[:, None]
+        return agg
+
     def forward(
         self,
         v: Tensor,
@@ -261,11 +350,17 @@ class GMNLayer(nn.Module):
         u: Tensor | None = None,
         batch: Tensor | None = None,
         edge_batch: Tensor | None = None,
+        chunk_size: int | None = None,
+        inplace: bool = False,
+        incidence: Incidence | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Update and return ``(v, e, u)``.
 
         ``batch`` [N] maps nodes to graphs (default: one graph); ``edge_batch`` [E] maps edges to graphs
-        (default: ``batch[edge_index[1]]``); ``u`` [G, global_dim] (default zeros).
+        (default: ``batch[edge_index[1]]``); ``u`` [G, global_dim] (default zeros). ``chunk_size`` and
+        ``inplace`` (inference only, see the class docstring) bound the memory of very large graphs.
+        ``incidence``: the :class:`gmn.fused.Incidence` of ``edge_index`` (built here if not given; a caller
+        running several layers on one batch builds it once).
         """
         n = v.shape[0]
         if batch is None:
@@ -277,28 +372,80 @@ class GMNLayer(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         if edge_batch is None:
             edge_batch = batch[dst]
+        if (chunk_size or inplace) and torch.is_grad_enabled():
+            raise ValueError("Expected chunk_size / inplace only without gradients (torch.no_grad or inference_mode)")
+        if chunk_size and self.training and self.norm_kind == "batchnorm":
+            raise ValueError("Expected eval mode for chunked processing with batchnorm (batch statistics)")
+        fused = self._fusable(v, e)
+        chunks = self._chunks(e.shape[0], chunk_size)
+        pairs = pair_index(src, dst, n) if fused else None
+        inc = None
+        if fused and len(chunks) == 1:  # (chunks: index_add_ per chunk)
+            inc = incidence
+            if inc is None or not inc.matches(n, e.shape[0], v.dtype):
+                inc = Incidence(src, dst, n, v.dtype)
         for step in self.order:
             if step == "edge":
-                new_e = self._edge_call(self.edge_fn, v, e, u, src, dst, edge_batch)
+                if fused:
+                    e = self._fused_edge(v, e, u, inc, batch, pairs, chunks, inplace)
+                    continue
+                new_e = self._chunked_edge_call(self.edge_fn, v, e, u, src, dst, edge_batch, chunks)
                 e = self._update(e, new_e, self.edge_norm, self.residual)
             elif step == "node":
-                msg = self._edge_call(self.msg_fn, v, e, u, src, dst, edge_batch)
-                agg = scatter_reduce(msg, dst, n, self.aggr)
+                if fused:
+                    agg = self._fused_agg(v, e, u, dst, inc, batch, pairs, chunks)
+                else:
+                    agg = None
+                    for a, b in chunks:
+                        part = (
+                            (e, src, dst, edge_batch)
+                            if len(chunks) == 1
+                            else (e[a:b], src[a:b], dst[a:b], edge_batch[a:b])
+                        )
+                        msg = self._edge_call(self.msg_fn, v, part[0], u, part[1], part[2], part[3])
+                        part = scatter_sum(msg, part[2], n)
+                        agg = part if agg is None else agg.add_(part)
+                    if self.aggr == "mean":
+                        cnt = torch.bincount(dst, minlength=n).to(agg.dtype).clamp(min=1)
+                        agg = agg / cnt.view(-1, *([1] * (agg.dim() - 1)))
                 new_v = self.node_fn(v, agg, u[batch])
                 v = self._update(v, new_v, self.node_norm, self.residual)
             elif self.global_fn is not None:
                 sum_v = scatter_reduce(v, batch, num_graphs, self.global_reduce)
-                sum_e = scatter_reduce(e, edge_batch, num_graphs, self.global_reduce)
+                sum_e = self._chunked_reduce(e, edge_batch, num_graphs, chunks)
                 u = self._update(u, self.global_fn(sum_v, sum_e, u), self.global_norm, self.residual)
             elif self.global_fn_inside is not None:
-                per_edge = self.global_fn_inside(e, u[edge_batch])
+                if len(chunks) == 1:
+                    per_edge = self.global_fn_inside(e, u[edge_batch])
+                else:
+                    per_edge = [self.global_fn_inside(e[a:b], u[edge_batch[a:b]]) for a, b in chunks]
                 u = self._update(
                     u,
-                    scatter_reduce(per_edge, edge_batch, num_graphs, self.global_reduce),
+                    self._chunked_reduce(per_edge, edge_batch, num_graphs, chunks),
                     self.global_norm,
                     self.residual,
                 )
         return v, e, u
+
+    def _chunked_edge_call(self, fn, v, e, u, src, dst, edge_batch, chunks) -> Tensor:
+        if len(chunks) == 1:
+            return self._edge_call(fn, v, e, u, src, dst, edge_batch)
+        return torch.cat([self._edge_call(fn, v, e[a:b], u, src[a:b], dst[a:b], edge_batch[a:b]) for a, b in chunks])
+
+    def _chunked_reduce(self, x, edge_batch: Tensor, num_graphs: int, chunks) -> Tensor:
+        """``scatter_reduce(x, edge_batch, num_graphs, self.global_reduce)`` chunk by chunk (``x``: a tensor or
+        the list of its chunks)."""
+        if not isinstance(x, list) and len(chunks) == 1:
+            return scatter_reduce(x, edge_batch, num_graphs, self.global_reduce)
+        parts = x if isinstance(x, list) else [x[a:b] for a, b in chunks]
+        total = None
+        for part, (a, b) in zip(parts, chunks):
+            s = scatter_sum(part, edge_batch[a:b], num_graphs)
+            total = s if total is None else total.add_(s)
+        if self.global_reduce == "mean":
+            cnt = torch.bincount(edge_batch, minlength=num_graphs).to(total.dtype).clamp(min=1)
+            total = total / cnt.view(-1, *([1] * (total.dim() - 1)))
+        return total
 
     def __repr__(self) -> str:
         return (

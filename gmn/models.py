@@ -32,6 +32,7 @@ from symgraph.graph import NeuralGraph
 
 from .data import EDGE_CAT_SIZES, EDGE_FLOAT_DIM, MAX_POSITIONS, NODE_CAT_COLUMNS, NODE_CAT_SIZES, NODE_FLOAT_DIM
 from .errors import MetanetOutputError
+from .fused import Incidence
 from .layers import ConcatMLP, GMNLayer, scatter_reduce
 from .weight_space import WeightSpaceBatch
 
@@ -163,9 +164,22 @@ class GMN(nn.Module):
     param_tensors : int, optional
         Number of edge-stored parameter tensors per graph; required with ``"param"`` pooling (the head's
         input width depends on it).
-    aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers
+    aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers, fused
         Passed to every :class:`GMNLayer`. ``global_reduce`` defaults to ``"mean"`` here (sums over
         100k-edge graphs are large numbers); the layer's default is the paper's sum.
+    checkpoint : bool
+        Recompute each layer in the backward pass instead of keeping its activations (activation
+        checkpointing: less memory in training, one more forward per layer).
+    compile : bool
+        ``torch.compile`` each layer (inductor; on CPU it needs a C++ compiler). Falls back to eager, with a
+        warning, if compilation fails.
+    autocast_dtype : torch.dtype, optional
+        Run the layers under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``; the encoders and
+        heads stay in the parameters' dtype).
+
+    Engine options change speed and memory, not the function: ``forward(batch, chunk_size=k)`` without
+    gradients processes the edges ``k`` at a time, updating one ``[E, hidden]`` edge tensor in place, for
+    graphs whose per-edge temporaries would not fit (a ResNet-50 parameter graph, 47M directed edges).
 
     Example
     -------
@@ -194,8 +208,14 @@ class GMN(nn.Module):
         order: Sequence[str] = ("edge", "node", "global"),
         global_aggr: str = "after",
         mlp_layers: int = 2,
+        fused: bool = True,
+        checkpoint: bool = False,
+        compile: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        self.checkpoint, self.compile, self.autocast_dtype = bool(checkpoint), bool(compile), autocast_dtype
+        self._compiled: list | None = None
         if not set(pool) <= {"edge", "node", "param"} or not pool:
             raise ValueError(f"Expected pool made of 'edge', 'node' and 'param' (got {pool!r})")
         if "param" in pool and (param_tensors is None or param_tensors < 1):
@@ -225,6 +245,7 @@ class GMN(nn.Module):
                 residual=residual,
                 norm=norm,
                 mlp_layers=mlp_layers,
+                fused=fused,
             )
             for _ in range(num_layers)
         )
@@ -246,18 +267,66 @@ class GMN(nn.Module):
             if head is not None:
                 head.reset_parameters()
 
-    def encode(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Final ``(v, e, u, node_batch, edge_batch)`` features of a batch."""
+    def _layer_fns(self) -> list:
+        if not self.compile:
+            return list(self.layers)
+        if self._compiled is None:
+            self._compiled = [torch.compile(layer, dynamic=True) for layer in self.layers]
+        return self._compiled
+
+    def _run_layer(self, k: int, fn, v, edge_index, e, u, node_batch, edge_batch, chunk_size, inc):
+        if chunk_size:
+            return self.layers[k](v, edge_index, e, u, node_batch, edge_batch, chunk_size=chunk_size, inplace=True)
+        if self.compile:
+            try:
+                return fn(v, edge_index, e, u, node_batch, edge_batch)
+            except Exception as exc:  # inductor needs a working C++ toolchain; the eager layer is the same function
+                import warnings
+
+                warnings.warn(f"torch.compile of the GMN layers failed, running eager: {exc}", stacklevel=3)
+                self.compile, self._compiled = False, None
+                fn = self.layers[k]
+        if self.checkpoint and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, v, edge_index, e, u, node_batch, edge_batch, incidence=inc, use_reentrant=False)
+        return fn(v, edge_index, e, u, node_batch, edge_batch, incidence=inc)
+
+    def _encode_edges(self, batch, chunk_size: int | None) -> Tensor:
+        if not chunk_size or batch.edge_cat.shape[0] <= chunk_size:
+            return self.edge_encoder(batch.edge_cat, batch.edge_attr)
+        num = batch.edge_cat.shape[0]
+        first = self.edge_encoder(batch.edge_cat[:1], batch.edge_attr[:1])
+        e = first.new_empty(num, first.shape[1])
+        for a in range(0, num, chunk_size):
+            e[a : a + chunk_size] = self.edge_encoder(
+                batch.edge_cat[a : a + chunk_size], batch.edge_attr[a : a + chunk_size]
+            )
+        return e
+
+    def encode(self, batch, chunk_size: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Final ``(v, e, u, node_batch, edge_batch)`` features of a batch (``chunk_size``: see the class
+        docstring; only without gradients)."""
+        if chunk_size and torch.is_grad_enabled():
+            raise ValueError("Expected chunk_size only without gradients (torch.no_grad or inference_mode)")
         v = self.node_encoder(batch.x_cat, batch.x)
-        e = self.edge_encoder(batch.edge_cat, batch.edge_attr)
+        e = self._encode_edges(batch, chunk_size)
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:
             node_batch = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
         num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
         edge_batch = node_batch[batch.edge_index[1]]
         u = self.u0.to(v.dtype).expand(num_graphs, self.global_dim)
-        for layer in self.layers:
-            v, e, u = layer(v, batch.edge_index, e, u, node_batch, edge_batch)
+        dtype = v.dtype
+        amp = self.autocast_dtype is not None
+        inc = None
+        if not chunk_size and not amp and self.layers and self.layers[0].fused and e.shape[0]:
+            inc = Incidence(batch.edge_index[0], batch.edge_index[1], v.shape[0], v.dtype)
+        with torch.autocast(v.device.type, dtype=self.autocast_dtype, enabled=amp):
+            for k, fn in enumerate(self._layer_fns()):
+                v, e, u = self._run_layer(k, fn, v, batch.edge_index, e, u, node_batch, edge_batch, chunk_size, inc)
+        if amp:
+            v, e, u = v.to(dtype), e.to(dtype), u.to(dtype)
         return v, e, u, node_batch, edge_batch
 
     def pool_features(
@@ -304,11 +373,11 @@ class GMN(nn.Module):
         fwd = batch.edge_is_forward
         return self.edge_head(e[fwd], e[~fwd], u[edge_batch[fwd]])
 
-    def forward(self, batch: WeightSpaceBatch) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, batch: WeightSpaceBatch, chunk_size: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """``[num_graphs, out_dim]`` logits, or ``[num_forward_edges, edge_out_dim]``, or both (a tuple); with
         neither head, the pooled representation ``[num_graphs, pooled_dim]``. (The metanet protocol's
-        ``edit`` and ``pooled`` give the last two on their own.)"""
-        v, e, u, node_batch, edge_batch = self.encode(batch)
+        ``edit`` and ``pooled`` give the last two on their own.) ``chunk_size``: see the class docstring."""
+        v, e, u, node_batch, edge_batch = self.encode(batch, chunk_size=chunk_size)
         num_graphs = u.shape[0]
         out_graph = out_edge = None
         if self.head is not None:

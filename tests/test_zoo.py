@@ -297,3 +297,37 @@ def test_unterthiner_loader_rejects_wrong_shapes_and_pickles(tmp_path):
     np.save(tmp_path / "weights.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ModelLoadError, match="numeric weights.npy"):
         load_unterthiner(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "arch,norm,engine",
+    [("cnn2d", "batchnorm", "grouped"), ("cnn2d", "groupnorm", "grouped-cl"), ("cnn1d", "batchnorm", "grouped")],
+)
+def test_grouped_convolution_training_equals_sequential_training(arch, norm, engine):
+    from symgraph.models import build_model
+
+    data = load_data("digits")
+    kw = dict(hidden=8, conv_layers=2, linear_layers=2, norm=norm, dropout=0.0)
+
+    def make():
+        return build_model(arch, **kw)
+
+    # a conv bias before BatchNorm has a zero gradient up to round-off, which Adam/RMSprop scale up to full
+    # steps: with BatchNorm the networks use SGD (their lr and label smoothing still differ)
+    opts = ["sgd"] * 3 if norm == "batchnorm" else ["adam", "sgd", "rmsprop"]
+    hps = [HParams(1e-2 * (s + 1), 1e-4, 0.05 * s, opt, s) for s, opt in enumerate(opts)]
+    grouped = train_group(make, hps, data, epochs=1, vectorize=True, engine=engine)
+    alone = train_group(make, hps, data, epochs=1, vectorize=False)
+    for a, b in zip(grouped, alone):
+        assert set(a.state_dict) == set(b.state_dict)
+        for k in a.state_dict:
+            assert torch.allclose(a.state_dict[k].float(), b.state_dict[k].float(), atol=1e-4, rtol=1e-3), k
+        assert abs(a.test_acc - b.test_acc) < 0.02
+    # negative control: networks of the group really differ (their own hyperparameters)
+    first = [k for k in grouped[0].state_dict if k.endswith("weight")][0]
+    assert not torch.allclose(grouped[0].state_dict[first], grouped[1].state_dict[first], atol=1e-3)
+
+
+def test_unknown_zoo_engine_is_refused():
+    with pytest.raises(ValueError, match="engine"):
+        train_group(_tiny_mlp, [HParams(1e-2, 0.0, 0.0, "adam", 0)], load_data("digits"), engine="warp")

@@ -44,6 +44,12 @@ def _main(argv: list[str]) -> int:
     g.add_argument("--train-subset", type=int, default=None, help="train on the first N images only (quick runs)")
     g.add_argument("--sequential", action="store_true", help="train one network at a time (no vmap)")
     g.add_argument(
+        "--engine",
+        default="vmap",
+        choices=("vmap", "grouped", "grouped-cl"),
+        help="vectorised training: vmap, or grouped convolutions for the CNN families (1.3x vmap on cnn2d)",
+    )
+    g.add_argument(
         "--part",
         default="0/1",
         metavar="R/W",
@@ -79,6 +85,7 @@ def _main(argv: list[str]) -> int:
                 args.group_size,
                 device,
                 vectorize=not args.sequential,
+                engine=args.engine,
                 train_subset=args.train_subset,
                 part=part,
             )

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from .grouped import grouped_forward, grouped_leaves
+
 __all__ = ["HParams", "TrainResult", "train_group"]
 
 
@@ -129,7 +131,14 @@ def _with_buffer_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def _train_stack(makers, hps, data, epochs, batch_size, device, data_seed) -> list[TrainResult]:
+def _per_network_loss(logits: torch.Tensor, y: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+    """``[M]`` smoothed cross-entropies of ``[B, M, K]`` logits (each network's :func:`_smoothed_ce`)."""
+    logp = F.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, y[:, None, None].expand(-1, logits.shape[1], 1)).squeeze(-1)
+    return ((1 - ls) * nll - ls * logp.mean(-1)).mean(0)
+
+
+def _train_stack(makers, hps, data, epochs, batch_size, device, data_seed, engine="vmap") -> list[TrainResult]:
     models = []
     for make, hp in zip(makers, hps):
         torch.manual_seed(hp.seed)
@@ -152,6 +161,17 @@ def _train_stack(makers, hps, data, epochs, batch_size, device, data_seed) -> li
         return _smoothed_ce(functional_call(base, (p, b), (x,)), y, ls_i)
 
     step_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, None, None, 0), randomness="different")
+    leaves = grouped_leaves(base) if engine in ("grouped", "grouped-cl") else None
+    flat = type(base).__name__ == "CNN1D"
+    cl = engine == "grouped-cl"
+    if leaves is not None:
+
+        def step_fn(p, b, x, y, ls_i):  # noqa: F811  (the grouped engine: one grouped network, summed losses)
+            p = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+            loss = _per_network_loss(grouped_forward(leaves, p, b, x, True, flat, cl), y, ls_i)
+            grads = torch.autograd.grad(loss.sum(), list(p.values()))
+            return dict(zip(p, grads)), loss.detach()
+
     gen = torch.Generator().manual_seed(data_seed)
     base.train()
     step = 0
@@ -168,6 +188,8 @@ def _train_stack(makers, hps, data, epochs, batch_size, device, data_seed) -> li
     def accuracy(x, y):
         correct = torch.zeros(len(hps), device=device)
         fwd = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), in_dims=(0, 0, None))
+        if leaves is not None:
+            fwd = lambda p, b, xb: grouped_forward(leaves, p, b, xb, False, flat, cl).transpose(0, 1)  # noqa: E731
         with torch.no_grad():
             for i in range(0, len(y), 512):
                 logits = fwd(params, buffers, x[i : i + 512].to(device))
@@ -194,11 +216,14 @@ def train_group(
     device: str | torch.device = "cpu",
     vectorize: bool = True,
     data_seed: int = 0,
+    engine: str = "vmap",
 ) -> list[TrainResult]:
     """Train ``len(hps)`` networks of equal parameter shapes together (vmapped when ``vectorize``).
 
     ``make_model`` is one factory for all, or one per network (they may differ in dropout rate: rates are
-    stacked buffers). Optimizer kinds may differ within a group too.
+    stacked buffers). Optimizer kinds may differ within a group too. ``engine`` (with ``vectorize``):
+    ``"vmap"`` (``torch.func.vmap``), ``"grouped"`` / ``"grouped-cl"`` (:mod:`gmn.zoo.grouped`: one network with
+    grouped convolutions, ``-cl`` channels-last; CNN architectures only, others fall back to vmap).
 
     Example
     -------
@@ -214,8 +239,10 @@ def train_group(
     makers = list(make_model) if isinstance(make_model, Sequence) else [make_model] * len(hps)
     if len(makers) != len(hps):
         raise ValueError(f"Expected one model factory per network ({len(hps)}) (got {len(makers)})")
+    if engine not in ("vmap", "grouped", "grouped-cl"):
+        raise ValueError(f"Expected engine 'vmap', 'grouped' or 'grouped-cl' (got {engine!r})")
     if vectorize:
-        return _train_stack(makers, hps, data, epochs, batch_size, device, data_seed)
+        return _train_stack(makers, hps, data, epochs, batch_size, device, data_seed, engine)
     out = []
     for make, hp in zip(makers, hps):
         out += _train_stack([make], [hp], data, epochs, batch_size, device, data_seed)
