@@ -54,7 +54,6 @@ import bisect
 import json
 import math
 import os
-import re
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -66,7 +65,7 @@ from torch_geometric.data import Data
 
 from symgraph.cli_util import atomic_torch_save, atomic_write
 from symgraph.errors import ShapeMismatchError
-from symgraph.graph import ROLES, NeuralGraph
+from symgraph.graph import ROLES, Activation, EdgeKey, NeuralGraph
 
 from .weight_space import ChainSpec, WeightSpaceData
 
@@ -228,12 +227,11 @@ _NODE_COLUMN_SLOTS = (
     ("bias", 1),
     ("shift", 1),
 )
-_NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def _key_hash(key: tuple) -> int:
-    """Deterministic across runs and machines (unlike ``hash``): crc32 of the key's repr."""
-    return zlib.crc32(repr(key).encode()) % KEY_HASH_BUCKETS
+    """Deterministic across runs and machines (unlike ``hash``): crc32 of the repr of the key's flat tuple."""
+    return zlib.crc32(repr(tuple(key)).encode()) % KEY_HASH_BUCKETS
 
 
 def _vocab_id(vocab: Sequence[str], name: str) -> int:
@@ -243,80 +241,41 @@ def _vocab_id(vocab: Sequence[str], name: str) -> int:
         return len(vocab) - 1
 
 
-def _kind_id(kind: Any) -> int:
-    kind = str(kind)
-    if kind in LAYER_KIND_VOCAB:
-        return LAYER_KIND_VOCAB.index(kind)
-    low = kind.lower()
-    for frag in (
-        "batchnorm",
-        "layernorm",
-        "groupnorm",
-        "instancenorm",
-        "norm",
-        "attention",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "embedding",
-        "deepsets",
-        "pool",
-        "linear",
-    ):
-        if frag in low:
-            return LAYER_KIND_VOCAB.index(frag)
-    if "attn" in low:
-        return LAYER_KIND_VOCAB.index("attention")
-    return len(LAYER_KIND_VOCAB) - 1
+def _kind_id(kind: str) -> int:
+    """The layer kind a node key declares (``NodeKey.kind``); kinds outside the vocabulary are "other"."""
+    return _vocab_id(LAYER_KIND_VOCAB, kind)
 
 
-def _act_name_and_arg(act: str) -> tuple[int, float]:
-    base = act.split("(", 1)[0].strip().lower()
-    arg = 0.0
-    if "(" in act:
-        m = _NUM.search(act.split("(", 1)[1])
-        if m:
-            a = float(m.group())
-            arg = math.copysign(math.log1p(abs(a)), a)
-    return _vocab_id(ACTIVATION_VOCAB, base), arg
+def _act_name_and_arg(act: Activation) -> tuple[int, float]:
+    """(vocabulary id of ``act.name``, ``sign(a) log(1 + |a|)`` of its first numeric argument, 0 if none)."""
+    act = Activation(act)
+    a = act.number
+    return _vocab_id(ACTIVATION_VOCAB, act.name), 0.0 if a is None else math.copysign(math.log1p(abs(a)), a)
 
 
-def _edge_kind_id(key: tuple) -> int:
-    k0 = str(key[0]) if key else "other"
-    if len(key) > 1 and isinstance(key[1], str):
-        pair = f"{k0}:{key[1]}"
+def _edge_kind_id(key: EdgeKey) -> int:
+    """``"family:role"`` when the vocabulary has it, else ``"family"``, else "other"."""
+    key = EdgeKey.from_flat(key)
+    if key.role is not None:
+        pair = f"{key.family}:{key.role}"
         if pair in EDGE_KIND_VOCAB:
             return EDGE_KIND_VOCAB.index(pair)
-        low1 = key[1].lower()
-        if k0.startswith("attention") or "attn" in k0:
-            for r in ("q", "k", "v", "o"):
-                if low1 in (r, f"{r}_proj", f"w_{r}") or (r == "o" and low1 in ("out", "out_proj")):
-                    return EDGE_KIND_VOCAB.index(f"attention:{r}")
-    if k0 in EDGE_KIND_VOCAB:
-        return EDGE_KIND_VOCAB.index(k0)
-    low = k0.lower()
-    if "norm" in low:
-        return EDGE_KIND_VOCAB.index("norm")
-    if "attn" in low or "attention" in low:
-        return EDGE_KIND_VOCAB.index("attention")
-    if "conv" in low:
-        return EDGE_KIND_VOCAB.index("conv")
-    return len(EDGE_KIND_VOCAB) - 1
+    return _vocab_id(EDGE_KIND_VOCAB, str(key.family))
 
 
-def _edge_key_floats(key: tuple) -> list[float]:
-    """[kernel offsets x3, flatten position, flattened flag] of one edge colour key."""
+def _edge_key_floats(key: EdgeKey) -> list[float]:
+    """[kernel offsets x3, flatten position, flattened flag] of one edge colour key (its ``kernel`` and
+    ``position`` fields)."""
+    key = EdgeKey.from_flat(key)
     out = [0.0] * 5
-    if key and isinstance(key[-1], tuple) and key[-1][:1] == ("after",):
-        key = key[:-1]  # the structural ops of the input (symgraph.builder.with_ops): in the key hash only
-    if len(key) >= 3 and key[0] == "conv" and isinstance(key[2], tuple) and isinstance(key[-1], tuple):
-        ks, kpos = key[2], key[-1]
+    if key.kernel is not None:
+        ks, kpos = key.kernel
         for d, (k, K) in enumerate(zip(kpos[:3], ks[:3])):
             half = (K - 1) / 2
             out[d] = (k - half) / max(half, 1.0)
-    elif len(key) >= 4 and key[0] == "linear" and key[1] == "flat":
-        P, p = int(key[2]), int(key[3])
-        out[3] = p / max(P - 1, 1)
+    elif key.position is not None:
+        P, p = key.position
+        out[3] = p / max(int(P) - 1, 1)
         out[4] = 1.0
     return out
 
@@ -423,12 +382,13 @@ def graph_to_data(
     n, E = g.num_nodes, g.num_edges
     # ---- nodes: one feature row per colour key, gathered by colour id
     ncat_rows, nfloat_rows = [], []
-    for key in g.node_color_keys:
-        role, kind = key[0], key[1] if len(key) > 1 else "other"
-        acts = tuple(key[2]) if len(key) > 2 and isinstance(key[2], tuple) else ()
+    for key in g.node_keys_typed:
+        acts = key.activations
         a_first = _act_name_and_arg(acts[0]) if acts else (0, 0.0)
         a_last = _act_name_and_arg(acts[-1]) if acts else (0, 0.0)
-        ncat_rows.append([_vocab_id(ROLE_VOCAB, role), _kind_id(kind), a_first[0], a_last[0], _key_hash(key)])
+        ncat_rows.append(
+            [_vocab_id(ROLE_VOCAB, key.role), _kind_id(key.kind), a_first[0], a_last[0], _key_hash(key.flat())]
+        )
         nfloat_rows.append([a_first[1], a_last[1]])
     ncat = torch.tensor(ncat_rows, dtype=torch.long).reshape(-1, 5)[g.node_color]
     nfloat = torch.tensor(nfloat_rows, dtype=dtype).reshape(-1, 2)[g.node_color]
@@ -458,9 +418,9 @@ def graph_to_data(
             w[has_param] = (pw - mean) / (std if std > 0 else 1.0)
         else:
             raise ShapeMismatchError("normalize=None, 'graph' or (mean, std)", repr(normalize), "gmn.graph_to_data")
-    keys = g.edge_color_keys
+    keys = g.edge_keys_typed
     ekind = torch.tensor([_edge_kind_id(k) for k in keys], dtype=torch.long)
-    ehash = torch.tensor([_key_hash(k) for k in keys], dtype=torch.long)
+    ehash = torch.tensor([_key_hash(tuple(k)) for k in keys], dtype=torch.long)
     efl = torch.tensor([_edge_key_floats(k) for k in keys], dtype=dtype).reshape(-1, 5)
     col = g.edge_color.long()
     src, dst = g.edge_index

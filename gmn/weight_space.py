@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from symgraph.graph import NeuralGraph
+from symgraph.graph import ConvSettings, NeuralGraph
 
 from .errors import UnsupportedArchitectureError
 
@@ -161,16 +161,16 @@ class ChainSpec:
             raise UnsupportedArchitectureError(
                 name, "an MLP or CNN without normalisation layers", f"node-stored parameters {node_slots[:3]}"
             )
-        keys = g.edge_color_keys
+        keys = g.edge_keys_typed
         for k in keys:
-            if not k or k[0] not in (*_DENSE_KINDS, "bias"):
+            if k.family not in (*_DENSE_KINDS, "bias"):
                 raise UnsupportedArchitectureError(
                     name,
                     "only linear, convolution and bias edges",
-                    f"an edge of kind {k[:2]!r} (residual, attention, ...)",
+                    f"an edge of kind {k.flat()[:2]!r} (residual, attention, ...)",
                 )
-            if k[0] == "conv" and len(k) > 6 and k[6] != 1:
-                raise UnsupportedArchitectureError(name, "convolutions with groups=1", f"groups={k[6]}")
+            if k.family == "conv" and isinstance(k.settings, ConvSettings) and k.settings.groups != 1:
+                raise UnsupportedArchitectureError(name, "convolutions with groups=1", f"groups={k.settings.groups}")
         has = g.edge_param.has_param()
         if not bool(has.all()):
             raise UnsupportedArchitectureError(name, "every edge to carry a parameter", "parameter-free edges")
@@ -178,7 +178,7 @@ class ChainSpec:
         src_all, dst_all = g.edge_index
         for s in g.edge_param.slots:
             sl = slice(s.start, s.start + s.numel)
-            kinds = {keys[c][0] for c in torch.unique(g.edge_color[sl]).tolist()}
+            kinds = {keys[c].family for c in torch.unique(g.edge_color[sl]).tolist()}
             src, dst = src_all[sl], dst_all[sl]
             if kinds == {"bias"}:
                 rows = dst

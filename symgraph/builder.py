@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import SymgraphError
-from .graph import NeuralGraph, NodeGroup, ParamSlot
+from .graph import AFTER, EdgeKey, NeuralGraph, NodeGroup, NodeKey, ParamSlot
 
 __all__ = ["GraphBuilder", "Features", "SymmetryDecl", "AFTER", "with_ops", "structural_op"]
 
 FillFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-
-#: First element of the trailing entry that colour keys carry when the value they consume went through
-#: parameter-free structural ops since its nodes were made: ``(*key, (AFTER, op1, op2, ...))``.
-AFTER = "after"
 
 
 def _canon(v):
@@ -52,9 +48,15 @@ def structural_op(name: str, in_shape, out_shape, *args) -> tuple:
 def with_ops(key: tuple, ops: tuple) -> tuple:
     """``key`` for an edge (or node) block that consumes a value after the structural ops ``ops``.
 
-    Unchanged when there are none, so that graphs without structural ops keep their colours.
+    Unchanged when there are none, so that graphs without structural ops keep their colours. An
+    :class:`~symgraph.graph.EdgeKey` gets them in its ``after`` field; a plain tuple a trailing
+    ``("after", *ops)`` entry (the same flat form).
     """
-    return key if not ops else (*key, (AFTER, *ops))
+    if not ops:
+        return key
+    if isinstance(key, EdgeKey):
+        return key.replace(after=key.after + tuple(ops))
+    return (*key, (AFTER, *ops))
 
 
 @dataclass(frozen=True)
@@ -195,12 +197,16 @@ class GraphBuilder:
             self._roles[i] = role
 
     # ------------------------------------------------------------------ colours
-    def edge_color(self, key: tuple) -> int:
-        """Id of an edge colour key (assigned in order of first use: deterministic per traversal)."""
+    def edge_color(self, key: EdgeKey | tuple) -> int:
+        """Id of an edge colour key (assigned in order of first use: deterministic per traversal).
+
+        A plain tuple ``(family, [role], *settings)`` is read as an :class:`~symgraph.graph.EdgeKey`
+        (``EdgeKey.from_flat``); equal flat forms are one colour.
+        """
         cid = self._edge_color_ids.get(key)
         if cid is None:
             cid = len(self._edge_color_ids)
-            self._edge_color_ids[key] = cid
+            self._edge_color_ids[EdgeKey.from_flat(key)] = cid
         return cid
 
     def edge_colors(self, keys: list[tuple]) -> torch.Tensor:
@@ -353,15 +359,19 @@ class GraphBuilder:
         node_weight = torch.zeros((N, ncols), dtype=dtype)
         for nodes, col, vals in self._node_values:
             node_weight[nodes, col] = vals.to(dtype)
-        # node colours: (role, kind, activations, *extra), ids in order of first appearance
+        # node colours: NodeKey(role, kind, activations, extra), ids in order of first appearance
         key_ids: dict[tuple, int] = {}
+        node_keys: list[NodeKey] = []
         node_color = torch.empty(N, dtype=torch.long)
         groups = []
         i = 0
         for blk in self._node_blocks:
             for j in range(i, i + blk.count):
-                key = (self._roles[j], blk.kind, self._act[j], *blk.extra)
-                cid = key_ids.setdefault(key, len(key_ids))
+                flat = (self._roles[j], blk.kind, self._act[j], *blk.extra)
+                cid = key_ids.get(flat)
+                if cid is None:
+                    cid = key_ids[flat] = len(key_ids)
+                    node_keys.append(NodeKey(self._roles[j], blk.kind, self._act[j], blk.extra))
                 node_color[j] = cid
             groups.append(NodeGroup(blk.name, self._roles[i], i, blk.count, blk.module, blk.kind))
             i += blk.count
@@ -377,7 +387,7 @@ class GraphBuilder:
             node_weight=node_weight,
             node_layer=node_layer,
             edge_color_keys=tuple(self._edge_color_ids),
-            node_color_keys=tuple(key_ids),
+            node_color_keys=tuple(node_keys),
             node_groups=tuple(groups),
             slots=tuple(self._slots[k] for k in state_keys),
             state_keys=tuple(state_keys),

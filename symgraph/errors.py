@@ -8,6 +8,7 @@ __all__ = [
     "ShapeMismatchError",
     "TraceError",
     "ModelLoadError",
+    "TimeLimitError",
 ]
 
 
@@ -47,3 +48,13 @@ class TraceError(SymgraphError):
 
 class ModelLoadError(SymgraphError):
     """A model file could not be loaded safely."""
+
+
+class TimeLimitError(SymgraphError):
+    """A computation ran past its time limit; ``stage`` names where it was stopped (e.g. ``"nauty"``)."""
+
+    def __init__(self, stage: str, limit: float, elapsed: float):
+        self.stage = stage
+        self.limit = float(limit)
+        self.elapsed = float(elapsed)
+        super().__init__(f"time limit of {limit:g} s reached during {stage} (stopped after {elapsed:.1f} s)")

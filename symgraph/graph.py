@@ -17,9 +17,12 @@ budget; it indexes and embeds like a LongTensor in torch.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,14 +31,192 @@ __all__ = [
     "ParamSlot",
     "NodeGroup",
     "EdgeParamIndex",
+    "EdgeKey",
+    "NodeKey",
+    "Activation",
+    "ConvSettings",
+    "declare_vocabulary",
+    "declared_edge_kinds",
+    "declared_node_kinds",
     "ROLES",
     "FIXED_ROLES",
+    "AFTER",
 ]
 
 #: Structural roles of nodes. The first element of every node colour key is one of these.
 ROLES = ("input", "hidden", "output", "bias", "head", "group", "position", "token")
 #: Roles whose nodes every neural DAG automorphism fixes (paper, appendix C.2; positions are inputs too).
 FIXED_ROLES = frozenset({"input", "output", "bias", "position"})
+#: First element of the trailing entry of a key whose value went through structural ops (``EdgeKey.after``).
+AFTER = "after"
+
+
+# ---------------------------------------------------------------------------------------------- colour keys
+class ConvSettings(NamedTuple):
+    """The settings of a convolution that its edge colours carry (``EdgeKey.settings`` of family ``conv``)."""
+
+    kernel_size: tuple
+    stride: tuple
+    padding: Any
+    dilation: tuple
+    groups: int
+    padding_mode: str
+
+
+class EdgeKey(tuple):
+    """The colour of an edge, with named fields; as a tuple it *is* its flat form (``flat()``).
+
+    Fields: ``family`` (the encoder family: ``"linear"``, ``"conv"``, ``"bias"``, ``"residual"``,
+    ``"attention"``, ...), ``role`` (a string naming the edge's part within the family, e.g. ``"q"``,
+    ``"flat"``, ``"conv2d"``; or None), ``settings`` (the family's other settings: a
+    :class:`ConvSettings`, a residual operand index, a norm's eps...), ``kernel`` (``(kernel_size,
+    offset)`` of a convolution weight), ``position`` (``(P, p)``: flatten position p of P), ``after`` (the
+    structural ops of the value the edges read, :func:`symgraph.builder.structural_op` records).
+
+    The flat tuple is ``(family, [role], *settings, [offset], [P, p], [("after", *after)])``: the keys of
+    before typed keys, so that colour ids, nauty's input and ``gmn`` key hashes are unchanged.
+
+    >>> k = EdgeKey("linear", "flat", position=(4, 1))
+    >>> k == ("linear", "flat", 4, 1), k.position, k.family
+    (True, (4, 1), 'linear')
+    """
+
+    def __new__(
+        cls,
+        family: str,
+        role: str | None = None,
+        settings: tuple = (),
+        kernel: tuple | None = None,
+        position: tuple | None = None,
+        after: tuple = (),
+    ):
+        flat = (family,) + ((role,) if role is not None else ()) + tuple(settings)
+        flat += ((kernel[1],) if kernel is not None else ()) + (tuple(position) if position is not None else ())
+        flat += ((AFTER, *after),) if after else ()
+        self = super().__new__(cls, flat)
+        self.__dict__.update(
+            family=family, role=role, settings=settings, kernel=kernel, position=position, after=tuple(after)
+        )
+        return self
+
+    family: str
+    role: str | None
+    settings: tuple
+    kernel: tuple | None
+    position: tuple | None
+    after: tuple
+
+    def flat(self) -> tuple:
+        return tuple(self)
+
+    def replace(self, **changes) -> EdgeKey:
+        fields = {k: self.__dict__[k] for k in ("family", "role", "settings", "kernel", "position", "after")}
+        fields.update(changes)
+        return EdgeKey(**fields)
+
+    def __reduce__(self):
+        return (EdgeKey, (self.family, self.role, self.settings, self.kernel, self.position, self.after))
+
+    @classmethod
+    def from_flat(cls, key: tuple) -> EdgeKey:
+        """An encoder's plain tuple as a key: ``(family, [role], *settings, [("after", ...)])``."""
+        if isinstance(key, EdgeKey):
+            return key
+        key = tuple(key)
+        after: tuple = ()
+        if key and isinstance(key[-1], tuple) and key[-1][:1] == (AFTER,):
+            key, after = key[:-1], key[-1][1:]
+        role = key[1] if len(key) > 1 and isinstance(key[1], str) else None
+        return cls(key[0], role, key[2:] if role is not None else key[1:], after=after)
+
+
+#: numbers inside an activation's arguments (``mul(30)``, ``leaky_relu(0.01)``, ``hardtanh(-2,2)``)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+class Activation(str):
+    """An elementwise op on a node, as its name string (``"leaky_relu(0.01)"``) with named fields: ``name``
+    (``"leaky_relu"``, lower case) and ``number`` (the first number among its arguments, or None).
+
+    The activation encoders emit names as strings; they are read into fields once, here, where the
+    graph's keys are defined.
+
+    >>> a = Activation("hardtanh(-2,2)")
+    >>> a == "hardtanh(-2,2)", a.name, a.number
+    (True, 'hardtanh', -2.0)
+    """
+
+    def __new__(cls, text: str):
+        if isinstance(text, Activation):
+            return text
+        self = super().__new__(cls, text)
+        self.name = text.split("(", 1)[0].strip().lower()
+        m = _NUMBER.search(text.split("(", 1)[1]) if "(" in text else None
+        self.number = float(m.group()) if m else None
+        return self
+
+    def __reduce__(self):
+        return (Activation, (str(self),))
+
+
+class NodeKey(tuple):
+    """The colour of a node, with named fields; as a tuple it is its flat form ``(role, kind, activations,
+    *extra)``: ``role`` (:data:`ROLES`), ``kind`` (the layer kind an encoder declared, e.g. ``"conv2d"``),
+    ``activations`` (a tuple of :class:`Activation`, in order) and ``extra`` (the encoder's settings).
+
+    >>> k = NodeKey("hidden", "linear", (Activation("relu"),))
+    >>> k == ("hidden", "linear", ("relu",)), k.activations[0].name
+    (True, 'relu')
+    """
+
+    def __new__(cls, role: str, kind: str, activations: tuple = (), extra: tuple = ()):
+        acts = tuple(Activation(a) for a in activations)
+        self = super().__new__(cls, (role, kind, acts, *extra))
+        self.__dict__.update(role=role, kind=kind, activations=acts, extra=tuple(extra))
+        return self
+
+    role: str
+    kind: str
+    activations: tuple
+    extra: tuple
+
+    def flat(self) -> tuple:
+        return (self.role, self.kind, tuple(str(a) for a in self.activations), *self.extra)
+
+    def __reduce__(self):
+        return (NodeKey, (self.role, self.kind, tuple(str(a) for a in self.activations), self.extra))
+
+    @classmethod
+    def from_flat(cls, key: tuple) -> NodeKey:
+        """A plain ``(role, kind, activations, *extra)`` tuple as a key."""
+        if isinstance(key, NodeKey):
+            return key
+        acts = key[2] if len(key) > 2 and isinstance(key[2], tuple) else ()
+        return cls(key[0], key[1] if len(key) > 1 else "other", acts, tuple(key[3:]))
+
+
+_EDGE_KINDS: dict[str, set] = {}
+_NODE_KINDS: set[str] = set()
+
+
+def declare_vocabulary(edges: dict[str, tuple] | None = None, node_kinds: tuple[str, ...] = ()) -> None:
+    """Called by each encoder module: the edge families (with the roles they use) and node kinds it emits.
+
+    Consumers that give each kind its own feature (``gmn.graph_to_data``) check their vocabularies against
+    these (``tests/test_gmn_data.py``), so a new kind never falls silently into an "other" bucket.
+    """
+    for fam, roles in (edges or {}).items():
+        _EDGE_KINDS.setdefault(fam, set()).update(r for r in roles if r is not None)
+    _NODE_KINDS.update(node_kinds)
+
+
+def declared_edge_kinds() -> dict[str, frozenset]:
+    """Edge family -> the roles declared for it (see :func:`declare_vocabulary`)."""
+    return {k: frozenset(v) for k, v in _EDGE_KINDS.items()}
+
+
+def declared_node_kinds() -> frozenset[str]:
+    return frozenset(_NODE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -175,23 +356,43 @@ class NeuralGraph:
     def num_edges(self) -> int:
         return int(self.edge_index.shape[1])
 
-    @property
-    def edge_param(self) -> EdgeParamIndex:
-        idx = self.__dict__.get("_edge_param")
-        if idx is None:
-            idx = EdgeParamIndex(self.slots, self.num_edges)
-            self.__dict__["_edge_param"] = idx
-        return idx
+    def __post_init__(self):
+        # the graph is an invariant once built: its caches (cached_property) may be computed at any time.
+        # Subclasses opt in (symgraph.computation.ComputationGraph still sets its maps after construction).
+        if type(self) is NeuralGraph:
+            object.__setattr__(self, "_built", True)
 
-    @property
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_built"):
+            raise AttributeError(
+                f"NeuralGraph fields are set at construction only (got an assignment to '{name}'): use "
+                "with_weights(...) or dataclasses.replace(...) for a graph with other values"
+            )
+        object.__setattr__(self, name, value)
+
+    @cached_property
+    def edge_param(self) -> EdgeParamIndex:
+        return EdgeParamIndex(self.slots, self.num_edges)
+
+    @cached_property
+    def edge_keys_typed(self) -> tuple[EdgeKey, ...]:
+        """``edge_color_keys`` as :class:`EdgeKey` objects (built so by the builder; plain tuples read once)."""
+        return tuple(EdgeKey.from_flat(k) for k in self.edge_color_keys)
+
+    @cached_property
+    def node_keys_typed(self) -> tuple[NodeKey, ...]:
+        """``node_color_keys`` as :class:`NodeKey` objects."""
+        return tuple(NodeKey.from_flat(k) for k in self.node_color_keys)
+
+    @cached_property
     def node_role(self) -> list[str]:
         """Role name of every node (input, hidden, output, bias, head, group, position, token)."""
-        roles = [k[0] for k in self.node_color_keys]
+        roles = [k.role for k in self.node_keys_typed]
         return [roles[c] for c in self.node_color.tolist()]
 
     def role_mask(self, *roles: str) -> torch.Tensor:
         """Boolean mask [N] of the nodes whose role is one of ``roles``."""
-        hit = torch.tensor([k[0] in roles for k in self.node_color_keys], dtype=torch.bool)
+        hit = torch.tensor([k.role in roles for k in self.node_keys_typed], dtype=torch.bool)
         if hit.numel() == 0:
             return torch.zeros(self.num_nodes, dtype=torch.bool)
         return hit[self.node_color]
@@ -260,14 +461,21 @@ class NeuralGraph:
             out[name] = t.detach().to(s.dtype).reshape(s.shape).clone()
         return out
 
-    def with_weights(self, edge_weight: torch.Tensor | None = None, node_weight: torch.Tensor | None = None):
-        """A graph of the same structure with other weights (same layout)."""
-        new = NeuralGraph(**{k: v for k, v in self.__dict__.items() if not k.startswith("_")})
+    def with_weights(
+        self,
+        edge_weight: torch.Tensor | None = None,
+        node_weight: torch.Tensor | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+    ):
+        """A graph of the same structure with other weights (same layout), and other ``extras`` if given."""
+        changes: dict[str, Any] = {}
         if edge_weight is not None:
-            new.edge_weight = edge_weight
+            changes["edge_weight"] = edge_weight
         if node_weight is not None:
-            new.node_weight = node_weight
-        return new
+            changes["node_weight"] = node_weight
+        if extras is not None:
+            changes["extras"] = extras
+        return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ permutations
     def edge_keys(self) -> torch.Tensor:

@@ -13,10 +13,9 @@ pickled ``nn.Module``  ``torch.load(weights_only=False)``            ``trust=Tru
 TorchScript            ``torch.jit.load`` (no Python code runs)      ``arch``: torch.fx cannot trace a
                                                                      ScriptModule, so we rebuild the
                                                                      architecture and load its weights
-``torch.export`` .pt2  the weight payloads are read from the         ``arch``: the archive holds an ATen graph,
-                       archive directly; ``torch.export.load`` only  not modules; the weights are loaded into
-                       with ``trust=True`` when payloads are         the rebuilt architecture
-                       pickled
+``torch.export`` .pt2  vetted statically (``vet_export_archive``),    nothing: its ATen graph is encoded
+                       then ``torch.export.load``; ``trust=True``    directly; with ``arch``, its raw weight
+                       where loading could run code from the file    payloads go into the rebuilt architecture
 safetensors            ``safetensors.torch.load_file``               ``arch``
 =====================  ===========================================  ==========================================
 
@@ -68,6 +67,8 @@ from .errors import ModelLoadError, ShapeMismatchError
 __all__ = [
     "load_model",
     "load_state_dict_file",
+    "load_exported_program",
+    "vet_export_archive",
     "build_arch",
     "fit_state_dict",
     "detect_format",
@@ -369,6 +370,181 @@ def _read_export_trusted(p: Path) -> tuple[dict[str, torch.Tensor], tuple[int, .
     if args and args[0] and isinstance(args[0][0], torch.Tensor):
         shape = tuple(args[0][0].shape)
     return dict(ep.module().state_dict()), shape
+
+
+#: What an operator target in a ``.pt2`` graph may be without ``trust``: an ATen op, or tuple indexing.
+_SAFE_EXPORT_TARGET = re.compile(r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.getitem)$")
+#: A symbolic shape expression ``torch.export.load`` may hand to ``sympy.sympify`` (which evaluates it as
+#: Python) without ``trust``: symbols like ``s0``, integers, arithmetic, and torch's own sympy functions.
+_SAFE_SYM_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+|\*\*|//|[-+*/%(),. <>=!]")
+_SYM_FUNCTIONS = frozenset(
+    "FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift "
+    "PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt "
+    "RoundToInt RoundDecimal ToFloat Identity Max Min Abs Eq Ne Lt Le Gt Ge And Or Not True False oo".split()
+)
+
+
+def _safe_sym_expr(text: str) -> bool:
+    pos = 0
+    for m in _SAFE_SYM_TOKEN.finditer(text):
+        if m.start() != pos:
+            return False
+        tok = m.group(0)
+        if tok[0].isalpha() or tok[0] == "_":
+            if not (re.fullmatch(r"[a-z]+\d+", tok) or tok in _SYM_FUNCTIONS):
+                return False
+        pos = m.end()
+    return pos == len(text)
+
+
+def _walk_json(obj: Any, found: dict[str, list]) -> None:
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "target" and isinstance(v, str):
+                    found["targets"].append(v)
+                elif k == "expr_str" and isinstance(v, str):
+                    found["exprs"].append(v)
+                elif k in ("as_graph", "as_custom_obj", "as_custom_objs", "as_operator", "as_opaque_obj"):
+                    found["kinds"].append(k)
+                stack.append(v)
+        elif isinstance(x, list):
+            stack.extend(x)
+
+
+def vet_export_archive(path: str | Path) -> list[str]:
+    """Why ``torch.export.load`` could run code from this ``.pt2`` archive (empty: it cannot), read statically.
+
+    ``torch.export.load`` (torch 2.13) reads the archive's JSON program and raw tensor payloads without
+    running code from the file, except through: pickled weights or constants (``torch.load(...,
+    weights_only=False)``), TorchBind and opaque constants (``torch._C._pickle_load_obj``, ``pickle.loads``),
+    sample inputs that fail weights-only loading (it retries with ``weights_only=False``), symbolic
+    shape expressions (``sympy.sympify``, which evaluates its string), guard code (which
+    ``ExportedProgram.module()`` runs with ``exec``; symgraph calls ``module(check_guards=False)``, which does
+    not), AOTInductor members (compiled shared libraries) and
+    non-ATen operators (higher-order ops with subgraphs, extension or custom ops). This lists each of those it finds.
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.pt2")
+    >>> torch.export.save(torch.export.export(torch.nn.Linear(2, 1), (torch.zeros(1, 2),)), p)
+    >>> vet_export_archive(p)
+    []
+    """
+    p = _check_path(path)
+    problems: list[str] = []
+    try:
+        z = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive ({exc})") from None
+    with z:
+        names = z.namelist()
+        if any("/data/aotinductor/" in n or n.startswith("data/aotinductor/") for n in names):
+            problems.append("AOTInductor members (compiled shared libraries, loaded as native code)")
+        models = [n for n in names if n.endswith(".json") and ("/models/" in n or n.startswith("models/"))]
+        if len(models) != 1:
+            problems.append(f"{len(models)} programs (Expected one, models/model.json)")
+        for cfg_name in [
+            n for n in names if n.endswith("_weights_config.json") or n.endswith("_constants_config.json")
+        ]:
+            try:
+                config = json.loads(z.read(cfg_name))["config"]
+            except Exception as exc:
+                raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive: {_first_line(exc)}") from None
+            for fqn, meta in config.items():
+                if meta.get("use_pickle"):
+                    problems.append(f"pickled payload '{fqn}' (read with torch.load(weights_only=False))")
+                elif not str(meta.get("path_name", "")).startswith(("tensor_", "weight_")):
+                    problems.append(f"non-tensor constant '{fqn}' ({meta.get('path_name')}: unpickled)")
+        for sample in [n for n in names if "/data/sample_inputs/" in n]:
+            try:
+                torch.load(io.BytesIO(z.read(sample)), weights_only=True)
+            except Exception:  # noqa: BLE001 - torch.export.load would retry it with weights_only=False
+                problems.append("sample inputs that only load with weights_only=False (arbitrary unpickling)")
+        for model_name in models[:1]:
+            try:
+                program = json.loads(z.read(model_name))
+            except Exception as exc:
+                raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive: {_first_line(exc)}") from None
+            if program.get("guards_code"):
+                problems.append(
+                    f"{len(program['guards_code'])} lines of guard code (exec'd by ExportedProgram.module())"
+                )
+            found: dict[str, list] = {"targets": [], "exprs": [], "kinds": []}
+            _walk_json(program.get("graph_module", {}), found)
+            for t in sorted(set(found["targets"])):
+                if not _SAFE_EXPORT_TARGET.match(t):
+                    problems.append(f"operator {t!r} (only ATen ops and getitem are read without trust)")
+            for k in sorted(set(found["kinds"])):
+                problems.append(f"arguments of kind {k} (subgraphs, custom objects or operator values)")
+            for e in found["exprs"] + [str(k) for k in (program.get("range_constraints") or {})]:
+                if not _safe_sym_expr(e):
+                    problems.append(f"shape expression {e[:60]!r} (sympy.sympify evaluates it)")
+    return problems
+
+
+def load_exported_program(
+    path: str | Path, trust: bool = False, map_location: Any = "cpu"
+) -> tuple[nn.Module, LoadInfo]:
+    """A ``.pt2`` archive as its ATen ``GraphModule`` (``ExportedProgram.module()``), without an architecture.
+
+    The archive is vetted first (:func:`vet_export_archive`); without ``trust`` anything through which
+    ``torch.export.load`` could run code from the file is refused. No user class is imported: the module's
+    graph holds ATen ops only, and its ``nn_module_stack`` names module types as strings.
+    :func:`symgraph.parameter_graph` encodes the graph directly (``g.meta["tracer"] == "export"``); calling
+    the module runs those ATen ops.
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.pt2")
+    >>> torch.export.save(torch.export.export(torch.nn.Linear(2, 1), (torch.zeros(1, 2),)), p)
+    >>> module, info = load_exported_program(p)
+    >>> info.format, info.example_input_shape
+    ('export', (1, 2))
+    """
+    p = _check_path(path)
+    where = str(p)
+    if detect_format(p) != "export":
+        raise ModelLoadError(f"{where}: Expected a torch.export .pt2 archive (got a {detect_format(p)} file)")
+    problems = vet_export_archive(p)
+    if problems and not trust:
+        raise ModelLoadError(
+            f"{where} is a torch.export archive through which loading could run code from the file: "
+            f"{problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; if you trust the "
+            "file, pass trust=True (CLI: --trust)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.load(str(p))
+            module = ep.module(check_guards=False)  # no guard code from the file is exec'd
+        # torch makes train()/eval() raise on this module: its graph fixed the mode at export time, and
+        # switching the flag changes nothing, so callers that set a mode (verification does) may
+        for name in ("train", "eval"):
+            module.__dict__.pop(name, None)
+    except Exception as exc:
+        raise ModelLoadError(f"{where} could not be loaded by torch.export.load: {_first_line(exc)}") from None
+    shape = dtype = None
+    for n in module.graph.nodes:
+        val = n.meta.get("val")
+        if n.op == "placeholder" and isinstance(val, torch.Tensor):
+            shape, dtype = tuple(int(s) for s in val.shape), val.dtype
+            break
+    if shape is not None:
+        # the CLI's --verify and later graph builds read the input the program was exported with
+        object.__setattr__(module, "example_input_shape", shape)
+        object.__setattr__(module, "example_input_dtype", None if dtype.is_floating_point else dtype)
+    if map_location is not None:
+        module.to(map_location)
+    notes = [f"encoded from the program's ATen graph ({sum(1 for _ in module.graph.nodes)} nodes), no architecture"]
+    if problems:
+        notes.append(f"loaded with trust despite: {'; '.join(problems[:3])}")
+    info = LoadInfo(where, "export", None, type(module).__name__, len(module.state_dict()), shape, tuple(notes))
+    return module, info
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
@@ -757,6 +933,8 @@ def load_model(
     ('safetensors', 'mlp')
     """
     file, arch = _hf_target(path, arch)
+    if arch is None and file is not None and Path(file).is_file() and detect_format(file) == "export":
+        return load_exported_program(file, trust=trust, map_location=map_location)
     if arch is not None and arch.startswith("hf:"):
         model, fmt, where, notes, n = _load_hf(file, arch, trust, map_location)
         if map_location is not None:

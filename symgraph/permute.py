@@ -47,9 +47,7 @@ def graph_with_model_weights(graph, model: nn.Module):
             nw[s.start : s.start + s.numel, s.column] = t.reshape(-1).to(nw.dtype)
         else:
             extras[s.name] = t.clone()
-    new = graph.with_weights(ew, nw)
-    new.extras = extras
-    return new
+    return graph.with_weights(ew, nw, extras=extras)
 
 
 def _state_like(graph, like: dict) -> dict:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
+import sys
+import time
 from collections import Counter
 from types import SimpleNamespace
 
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -18,8 +22,17 @@ from networkx.algorithms.isomorphism import DiGraphMatcher
 
 import symgraph
 from symgraph.automorphisms import compute_group, naive_autgrp, nauty_autgrp, reduce_twins
-from symgraph.automorphisms.nauty import collapse_parallel_edges, dag_depth, graph_arrays, layered_autgrp
+from symgraph.automorphisms.nauty import (
+    MalformedNautyInputError,
+    check_nauty_input,
+    collapse_parallel_edges,
+    dag_depth,
+    graph_arrays,
+    layered_autgrp,
+)
 from symgraph.automorphisms.twins import chain_classes, fold_fixed
+from symgraph.errors import TimeLimitError
+from symgraph.progress import Progress
 from symgraph.symmetry import analytic_order
 from symgraph.trace import resolve_example_input
 
@@ -131,7 +144,7 @@ def test_directed_mode_distinguishes_direction():
     assert round(nauty_autgrp(4, [0, 1, 2, 3], [1, 2, 3, 0], [0] * 4, [0, 1, 0, 1], use_depth=False).grpsize[0]) == 2
     # negative control: the same cycle handed to nauty as an undirected graph (direction dropped) gives 6
     u, v, lab, _ = collapse_parallel_edges(3, [0, 1, 2], [1, 2, 0], [0, 0, 0])
-    assert round(layered_autgrp(3, u, v, lab, [0, 0, 0], directed=False).grpsize[0]) == 6
+    assert round(layered_autgrp(3, u, v, lab, [0, 0, 0]).grpsize[0]) == 6
 
 
 def _vf2_digraph_count(n, src, dst, lab, vcol) -> int:
@@ -583,3 +596,167 @@ def test_computation_graph_group_via_sharing_graph():
     cg = aut.computation_graph
     for g in aut.restricted_generators():
         assert cg.is_automorphism(g)
+
+
+# ---------------------------------------------------------------------------------------------- time limits, checks
+def _sleeping_autgrp(monkeypatch, seconds: float = 60.0):
+    import pynauty
+
+    def slow(g):
+        time.sleep(seconds)
+        raise AssertionError("the child should have been killed")
+
+    monkeypatch.setattr(pynauty, "autgrp", slow)
+
+
+def test_time_limit_stops_inside_nauty_by_killing_the_child_process(monkeypatch):
+    # nauty is one uninterruptible C call: stand in a 60 s "search" for it; the limit must still hold
+    _sleeping_autgrp(monkeypatch)
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    t0 = time.monotonic()
+    with pytest.raises(TimeLimitError) as info:
+        symgraph.automorphism_group(mlp, time_limit=1.0)
+    assert info.value.stage == "nauty"
+    assert time.monotonic() - t0 < 10
+    assert "during nauty" in str(info.value)
+
+
+def test_time_limit_names_the_stage_it_stopped_in():
+    with pytest.raises(TimeLimitError) as info:
+        symgraph.automorphism_group(symgraph.models.build_model("resnet"), time_limit=1e-9)
+    assert info.value.stage == "build"
+    p = Progress(time_limit=0.05)
+    with pytest.raises(TimeLimitError) as info, p.stage("reductions", "big graph"):
+        time.sleep(0.1)
+    assert info.value.stage == "reductions"
+
+
+def test_forked_nauty_gives_the_same_group_as_in_process():
+    model = symgraph.models.build_model("resnet")
+    x = resolve_example_input(model, None, None)
+    a = symgraph.automorphism_group(model, example_input=x)
+    b = symgraph.automorphism_group(model, example_input=x, time_limit=120.0)
+    assert a.order == b.order and a.quotient.n == b.quotient.n
+    assert b.contains(b.random_element(torch.Generator().manual_seed(1)))
+
+
+def test_time_limit_and_progress_together_are_refused():
+    with pytest.raises(ValueError):
+        symgraph.automorphism_group(nn.Linear(2, 2), time_limit=1.0, progress=Progress())
+
+
+def test_progress_lines_name_the_stages():
+    out = io.StringIO()
+    with Progress(stream=out, delay=0.0) as p:
+        symgraph.automorphism_group(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), progress=p)
+    text = out.getvalue()
+    for stage in ("build", "reductions", "nauty", "quotient"):
+        assert f"... {stage}" in text, text
+    silent = io.StringIO()
+    with Progress(stream=silent) as p:  # the default delay: a short computation prints nothing
+        symgraph.automorphism_group(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), progress=p)
+    assert silent.getvalue() == ""
+
+
+def _layered(n=3):
+    # a path 0 - 1 - 2 in one layer, each vertex its own cell: well formed
+    src, dst = np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1])
+    return n, src, dst, [np.array([0]), np.array([1]), np.array([2])]
+
+
+def test_check_nauty_input_accepts_what_layered_autgrp_builds():
+    n, src, dst, cells = _layered()
+    check_nauty_input(n, src, dst, cells, n, 1)
+    # and every layered graph of the test suite went through it: one with 2 layers here
+    r = layered_autgrp(3, [0, 0], [1, 2], [1, 3], [0, 1, 1])
+    assert r.num_layers == 2
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing vertex",
+        "vertex twice",
+        "asymmetric",
+        "self-loop",
+        "out of range",
+        "cell across layers",
+        "edge across layers",
+        "sizes",
+    ],
+)
+def test_check_nauty_input_rejects_malformed_graphs(case):
+    # negative controls: each malformation must be caught before nauty sees it
+    n, src, dst, cells = _layered()
+    N, layers = n, 1
+    if case == "missing vertex":
+        cells = cells[:2]
+    elif case == "vertex twice":
+        cells = [np.array([0, 1]), np.array([1]), np.array([2])]
+    elif case == "asymmetric":
+        src, dst = src[:3], dst[:3]
+    elif case == "self-loop":
+        src, dst = np.append(src, 2), np.append(dst, 2)
+    elif case == "out of range":
+        src, dst = np.append(src, [2, 3]), np.append(dst, [3, 2])
+    elif case == "cell across layers":  # 2 layers of 2 vertices, one cell holding copies 0 and 1 of vertex 0
+        N, n, layers = 4, 2, 2
+        src, dst = np.array([0, 2]), np.array([2, 0])
+        cells = [np.array([0, 2]), np.array([1]), np.array([3])]
+    elif case == "edge across layers":  # 0 (layer 0) joined to 3 (copy 1 of vertex 1): not a vertical path
+        N, n, layers = 4, 2, 2
+        src, dst = np.array([0, 3]), np.array([3, 0])
+        cells = [np.array([0]), np.array([1]), np.array([2]), np.array([3])]
+    elif case == "sizes":
+        layers = 2
+    with pytest.raises(MalformedNautyInputError):
+        check_nauty_input(N, src, dst, cells, n, layers)
+
+
+def test_orders_beyond_pythons_4300_digit_limit_are_reported_exactly():
+    mlp = nn.Sequential(nn.Linear(2, 2000), nn.ReLU(), nn.Linear(2000, 1))  # |Aut| = 2000!: 5736 digits
+    aut = symgraph.automorphism_group(mlp)
+    with pytest.raises(ValueError):
+        str(aut.order)  # the interpreter's default limit: what as_dict must not trip over
+    d = aut.as_dict()
+    json.dumps(d)
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # only to build the expected digits independently
+    try:
+        expected = str(math.factorial(2000))
+    finally:
+        sys.set_int_max_str_digits(old)
+    assert len(d["order"]) == 5736 and d["order"] == expected
+    assert d["log10_order"] == pytest.approx(math.lgamma(2001) / math.log(10), rel=1e-12)
+
+
+def test_chunked_first_pass_equals_the_whole_graph_passes():
+    from symgraph.automorphisms.twins import _collapse, _fold_and_collapse
+
+    model = symgraph.models.build_model("resnet")
+    g = symgraph.parameter_graph(model, example_input=resolve_example_input(model, None, None))
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    fixed = g.fixed_mask.numpy()
+    (m, s2, d2, c2, vc2), keep = fold_fixed(n, src, dst, ecol, vcol, fixed)
+    u, v, lab, table = _collapse(m, s2, d2, c2)
+    for chunk in (7, 1000, 1 << 22):  # chunk borders inside runs of parallel edges must not split them
+        (m1, u1, v1, lab1, table1, vc1), keep1 = _fold_and_collapse(n, src, dst, ecol, vcol, fixed, chunk=chunk)
+        assert m1 == m and np.array_equal(keep1, keep) and table1 == table
+        assert np.array_equal(u1, u) and np.array_equal(v1, v) and np.array_equal(lab1, lab)
+        assert np.array_equal(np.unique(vc1, return_inverse=True)[1], np.unique(vc2, return_inverse=True)[1])
+    # pairs whose parallel edges are not consecutive (shuffled edges): merged at the end, same labelled graph
+    perm = np.random.default_rng(0).permutation(src.size)
+    (m1, u1, v1, lab1, table1, vc1), _ = _fold_and_collapse(n, src[perm], dst[perm], ecol[perm], vcol, fixed, 1000)
+    o1, o = np.argsort(u1 * m + v1), np.argsort(u * m + v)
+    assert table1 == table
+    assert np.array_equal(u1[o1], u[o]) and np.array_equal(v1[o1], v[o]) and np.array_equal(lab1[o1], lab[o])
+    shuffled = SimpleNamespace(
+        num_nodes=n,
+        num_edges=src.size,
+        edge_index=torch.from_numpy(np.stack([src[perm], dst[perm]])),
+        edge_color=torch.from_numpy(ecol[perm]),
+        node_color=g.node_color,
+        fixed_mask=g.fixed_mask,
+        node_groups=(),
+    )
+    assert compute_group(shuffled).order == compute_group(g).order == analytic_order(g)

@@ -452,3 +452,46 @@ def test_device_and_shape_parsing():
     for bad in ("", "1,,a", "0,3", "-1,2"):
         with pytest.raises(CLIError):
             parse_int_tuple(bad, "--input-shape")
+
+
+def test_time_limit_stops_with_one_line_naming_the_stage(capsys):
+    code, out, err = _run(capsys, ["--example", "mlp", "--time-limit", "0.000001"])
+    line = _assert_bad_input(code, out, err)
+    assert "time limit of 1e-06 s reached during" in line
+    assert any(f"during {s}" in line for s in ("build", "reductions", "nauty", "quotient", "lifting")), line
+
+
+def test_time_limit_holds_inside_nauty(capsys, monkeypatch):
+    import pynauty
+
+    def slow(g):  # a search that never ends, in the child process the CLI kills at the deadline
+        time.sleep(60)
+
+    monkeypatch.setattr(pynauty, "autgrp", slow)
+    t0 = time.monotonic()
+    code, out, err = _run(capsys, ["--example", "mlp", "--time-limit", "1.5", "--quiet"])
+    assert "during nauty" in _assert_bad_input(code, out, err)
+    assert time.monotonic() - t0 < 15
+
+
+def test_bad_time_limit_is_bad_input(capsys):
+    _assert_bad_input(*_run(capsys, ["--example", "mlp", "--time-limit", "0"]))
+
+
+def test_progress_lines_on_stderr_unless_quiet_and_json_unchanged(capsys, monkeypatch):
+    import functools
+
+    import symgraph.automorphisms.__main__ as cli
+    from symgraph.progress import Progress
+
+    monkeypatch.setattr(cli, "Progress", functools.partial(Progress, delay=0.0))  # show even short work
+    code, out, err = _run(capsys, ["--example", "mlp", "--verify", "2", "--json"])
+    assert code == 0 and out.count("\n") == 1
+    for stage in ("reductions", "nauty", "lifting", "verification"):
+        assert f"... {stage}" in err, err
+    loud = json.loads(out)
+    code, out, err = _run(capsys, ["--example", "mlp", "--verify", "2", "--json", "--quiet"])
+    assert code == 0 and err == ""
+    quiet = json.loads(out)
+    assert {k for k in loud if k != "seconds"} == {k for k in quiet if k != "seconds"}
+    assert loud["order"] == quiet["order"] and loud["verified"] and quiet["verified"]

@@ -178,3 +178,128 @@ def test_graph_dataset_round_trip_is_sharded_atomic_and_lazy(tmp_path):
     assert [b.num_graphs for b in batches] == [2, 2, 1]
     with pytest.raises(FileNotFoundError, match="Expected a GraphDataset manifest"):
         gmn.GraphDataset(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- behaviour unchanged
+#: Fingerprints of ``graph_to_data`` (every tensor's bytes, every other attribute's repr) and of the colour keys,
+#: for registry models and a two-branch model, written by the code *before* the typed keys (issue 17 item 2) with
+#: ``python -m tests.test_gmn_data --write``; the typed keys must reproduce them bit for bit.
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "gmn_data_golden.json")
+
+
+def _golden_cases():
+    from tests.test_align import REGISTRY_CASES
+
+    cases = dict(REGISTRY_CASES)
+    cases.update(
+        {
+            "vit_cls_manual": ("vit", dict(in_shape=(1, 4, 4), patch=2, dim=4, depth=1, heads=2, mlp_dim=3)),
+            "vit_mean_sdpa": (
+                "vit",
+                dict(in_shape=(1, 4, 4), patch=4, dim=4, depth=1, heads=1, impl="sdpa", pool="mean"),
+            ),
+            "cnn1d_layernorm": ("cnn1d", dict(in_shape=(1, 4, 4), hidden=3, conv_layers=1, norm="layernorm", kernel=3)),
+            "grid_inr": ("grid_inr", dict(features=2, resolution=(2, 3), hidden=(3,))),
+            "siren": ("siren", dict(hidden=(4, 3))),
+            "branch_maxpool": ("branch", dict(op="maxpool", combine="cat", width=2)),
+            "branch_roll_add": ("branch", dict(op="roll", combine="add", width=2, kernel=3)),
+        }
+    )
+    return cases
+
+
+def _fingerprint(name: str, kw: dict) -> dict:
+    import hashlib
+
+    from tests.strategies import build_arch
+
+    g = symgraph.parameter_graph(build_arch(name, kw, seed=0))
+    d = gmn.graph_to_data(g)
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    out = {"edge_color_keys": sha(repr(g.edge_color_keys)), "node_color_keys": sha(repr(g.node_color_keys))}
+    for k in sorted(d.keys()):
+        v = d[k]
+        if isinstance(v, torch.Tensor):
+            v = v.contiguous()
+            blob = f"{v.dtype}{tuple(v.shape)}".encode() + v.numpy().tobytes()
+            out[k] = hashlib.sha256(blob).hexdigest()
+        else:
+            out[k] = repr(v.to_plain() if hasattr(v, "to_plain") else v)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(_golden_cases()))
+def test_graph_to_data_is_bit_identical_to_the_stored_fingerprints(case):
+    with open(GOLDEN) as f:
+        expected = json.load(f)[case]
+    name, kw = _golden_cases()[case]
+    got = _fingerprint(name, kw)
+    assert got.keys() == expected.keys()
+    assert {k for k in got if got[k] != expected[k]} == set()
+
+
+def test_negative_control_the_fingerprint_sees_one_changed_weight():
+    name, kw = _golden_cases()["mlp"]
+    with open(GOLDEN) as f:
+        expected = json.load(f)["mlp"]
+    from tests.strategies import build_arch
+
+    model = build_arch(name, kw, seed=0)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 0.5
+    g = symgraph.parameter_graph(model)
+    d = gmn.graph_to_data(g)
+    import hashlib
+
+    v = d.edge_attr.contiguous()
+    h = hashlib.sha256(f"{v.dtype}{tuple(v.shape)}".encode() + v.numpy().tobytes()).hexdigest()
+    assert h != expected["edge_attr"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        data = {c: _fingerprint(*spec) for c, spec in sorted(_golden_cases().items())}
+        tmp = GOLDEN + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, GOLDEN)
+        print(f"wrote {len(data)} fingerprints to {GOLDEN}")
+
+
+def test_keys_are_typed_and_their_flat_form_is_the_old_tuple():
+    from symgraph.graph import ConvSettings, EdgeKey, NodeKey
+
+    g = symgraph.parameter_graph(_cnn(), input_shape=(1, 2, 4, 4))
+    assert all(isinstance(k, EdgeKey) for k in g.edge_color_keys)
+    assert all(isinstance(k, NodeKey) for k in g.node_color_keys)
+    conv = next(k for k in g.edge_color_keys if k.family == "conv")
+    assert isinstance(conv.settings, ConvSettings) and conv.settings.groups == 1 and conv.kernel[0] == (3, 3)
+    assert conv.flat() == ("conv", "conv2d", (3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros", conv.kernel[1])
+    lin = next(k for k in g.edge_color_keys if k.family == "linear")
+    assert lin.position == (4, lin.flat()[3]) and lin.after[0][0] == "adaptive_avg_pool2d"
+    hidden = next(k for k in g.node_color_keys if k.role == "hidden" and k.activations)
+    assert hidden.activations[0].name == "relu" and hidden.flat()[2] == ("relu",)
+
+
+def test_every_emitted_kind_is_declared_and_known_to_the_vocabularies():
+    """Encoders declare the edge families and node kinds they emit (symgraph.graph.declare_vocabulary); every
+    key of the registry models uses a declared one, and each declared one has its own vocabulary entry except
+    the ones listed here (they share the "other" bucket, told apart by the key hash)."""
+    from symgraph.graph import declared_edge_kinds, declared_node_kinds
+    from tests.strategies import build_arch
+
+    edges, kinds = declared_edge_kinds(), declared_node_kinds()
+    for name, kw in _golden_cases().values():
+        g = symgraph.parameter_graph(build_arch(name, kw, seed=0))
+        assert {k.family for k in g.edge_color_keys} <= edges.keys()
+        assert {k.kind for k in g.node_color_keys if k.role not in ("bias", "position", "head", "group")} <= kinds
+    other_edges, other_kinds = {"structural"}, {"structural", "output"}
+    assert {f for f in edges if f not in D.EDGE_KIND_VOCAB} == other_edges
+    assert {k for k in kinds if k not in D.LAYER_KIND_VOCAB} == other_kinds
+    # negative control: an undeclared family is caught by the first check
+    assert "weird_op" not in edges and D._edge_kind_id(("weird_op", 3)) == len(D.EDGE_KIND_VOCAB) - 1

@@ -58,10 +58,10 @@ def test_negative_control_a_tie_across_independent_branches_is_reported():
             return self.head(torch.relu(self.mid(torch.relu(self.emb(ids)))))
 
     m = Chain()
-    aut = symgraph.automorphism_group(m, example_input=torch.zeros(1, 3, dtype=torch.long))
+    aut = symgraph.automorphism_group(symgraph.parameter_graph(m, example_input=torch.zeros(1, 3, dtype=torch.long)))
     assert len(sharing_violations(aut.graph, aut.generators, tied_parameters(m))) == 1
     m = TiedBranches()
-    aut = symgraph.automorphism_group(m)
+    aut = symgraph.automorphism_group(symgraph.parameter_graph(m))  # the graph's group, no model-level check
     violations = sharing_violations(aut.graph, aut.generators, tied_parameters(m))
     assert len(violations) == 1 and "a.weight, c.weight" in violations[0]
     # and indeed: a random element of the graph's group breaks the tie in the permuted state_dict
@@ -71,3 +71,14 @@ def test_negative_control_a_tie_across_independent_branches_is_reported():
         for sd in (aut.graph.permute(aut.random_element(generator=gen)).to_state_dict() for _ in range(8))
     )
     assert broken
+
+
+def test_automorphism_group_refuses_a_model_whose_tie_its_symmetry_breaks():
+    import pytest
+
+    from symgraph.errors import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="a.weight, c.weight"):
+        symgraph.automorphism_group(TiedBranches())
+    m = TiedHead()  # a tie the group keeps: computed as usual
+    assert symgraph.automorphism_group(m, example_input=torch.zeros(1, 3, dtype=torch.long)).order > 1

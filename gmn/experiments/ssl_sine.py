@@ -20,9 +20,21 @@ The projection head for NT-Xent (BatchNorm, Linear, ReLU, Linear) sits on top of
 probe is least squares from the representation to (a, b), fitted on the train split; test MSE averaged over
 a and b (also per target). Each encoder is trained with several seeds; mean ± std is printed beside Table 3.
 
+Table 3's two baselines that use the symmetry group without being equivariant (both the plain MLP encoder):
+
+- ``mlp_align`` ("MLP + Alignment"): every INR (train, val and test) is aligned once to one fixed reference
+  INR of the train split (``align_reference``, default the first) by weight matching over the SIREN graph's
+  exact automorphism group (:func:`gmn.inr.align.align_to_reference`, i.e. :func:`symgraph.align`'s
+  matching), before standardisation; the aligned INRs are cached under ``--out`` (``aligned_ref{i}.pt``), and
+  the MLP is trained on them with the same augmentations.
+- ``mlp_permaug`` ("MLP + Perm. aug"): the MLP on the original INRs, each view of each INR first moved by its
+  own uniformly random automorphism (:class:`gmn.inr.augment.AutomorphismAugment`; the clean view too), then
+  masked and noised as usual.
+
 Controls, reported in the same table: each run's *untrained* encoder (the same seed's initialisation, same
 probe; what the contrastive training adds is the difference), and two reference rows that involve no
-learning: the probe on the flat normalised weights (ridge-regularised) and on StatNN's per-tensor statistics.
+learning: the probe on the flat normalised weights (ridge-regularised) and on StatNN's per-tensor statistics;
+with ``mlp_align``, also the ridge probe on the flat aligned weights.
 
 Model selection (``--select val``, the default): after every epoch the probe is fitted on the train embeddings
 and scored on the validation split; the epoch with the lowest validation MSE is the one reported (its epoch
@@ -50,7 +62,7 @@ CLI::
 
     python -m gmn.inr.sine_dataset --out runs/sine_inrs_navon              # 2000/1000/1000 INRs
     python -m gmn.experiments.ssl_sine [--data runs/sine_inrs_navon] [--out runs/ssl_sine] [--scale cpu]
-        [--metanets gmn,dws,npnfn,statnn,mlp] [--seeds 3] [--json]
+        [--metanets gmn,dws,npnfn,statnn,mlp,mlp_align,mlp_permaug] [--seeds 3] [--json]
 """
 
 from __future__ import annotations
@@ -66,16 +78,20 @@ import torch.nn as nn
 
 import symgraph
 from symgraph.cli_util import run_cli
+from symgraph.errors import ShapeMismatchError
 from symgraph.models.siren import SIREN
 
 from ..baselines.statnn import tensor_statistics
 from ..data import standardise, tensor_mean_std
 from ..engine import fit, seed_everything
-from ..inr.augment import WeightAugment
+from ..inr.align import align_to_reference
+from ..inr.augment import AutomorphismAugment, WeightAugment
 from ..inr.encoders import ENCODERS, POOLED_READOUT, READOUTS, build_encoder
+from ..inr.io import atomic_torch_save
 from ..inr.ntxent import nt_xent
 from ..inr.probe import linear_probe_mse
 from ..inr.sine_dataset import SINE_ARCH, SINE_FIT, load_split
+from ..io import load_checked
 from .common import (
     ResultsFile,
     check_options,
@@ -92,6 +108,8 @@ __all__ = [
     "SSLData",
     "SCALES",
     "PAPER_TABLE3",
+    "METHODS",
+    "SYMMETRY_BASELINES",
     "ContrastiveModel",
     "run_one",
     "run",
@@ -109,10 +127,22 @@ PAPER_TABLE3: dict[str, str] = {
     "DWSNets": "1.39 ± .06",
     "GMN (ours)": "1.13 ± .08",
 }
-_PAPER_ROW = {"gmn": "GMN (ours)", "mlp": "MLP", "dws": "DWSNets"}
+#: Table 3's baselines that use the symmetry group without equivariance: method -> the metanet it trains.
+SYMMETRY_BASELINES = {"mlp_align": "mlp", "mlp_permaug": "mlp"}
+#: What ``--metanets`` takes, in the table's order.
+METHODS = (*ENCODERS, *SYMMETRY_BASELINES)
+_PAPER_ROW = {
+    "gmn": "GMN (ours)",
+    "mlp": "MLP",
+    "dws": "DWSNets",
+    "mlp_align": "MLP + Alignment",
+    "mlp_permaug": "MLP + Perm. aug",
+}
 _LABEL = {
     "gmn": "GMN",
     "mlp": "MLP",
+    "mlp_align": "MLP + Alignment",
+    "mlp_permaug": "MLP + Perm. aug",
     "npnfn": "NP-NFN",
     "statnn": "StatNN",
     "deepsets": "DeepSets",
@@ -122,6 +152,7 @@ _LABEL = {
 _REFERENCE = {
     "raw_weights": "raw weights, ridge probe (no learning)",
     "statistics": "StatNN's per-tensor statistics, probe (no learning)",
+    "aligned_weights": "aligned weights, ridge probe (no learning)",
 }
 #: Default ``--data``: INRs generated with ``--init navon`` (see :mod:`gmn.inr.sine_dataset`).
 DEFAULT_DATA = "runs/sine_inrs_navon"
@@ -195,6 +226,10 @@ class SSLConfig:
         "add random sign flips of hidden neurons to both views (exact symmetry of sine networks; not in the "
         "paper's protocol)",
     )
+    #: mlp_align: the index of the train INR that every INR is aligned to
+    align_reference: int = option(
+        0, "mlp_align: index of the train INR every INR is aligned to", check=(_nonneg, "a value >= 0")
+    )
 
     def __post_init__(self):
         check_options(self)
@@ -266,11 +301,14 @@ def run_one(
 ) -> dict:
     """Train one encoder with one seed (:func:`gmn.engine.fit`, resuming from its checkpoint) and probe it."""
     graph = data["graph"]
-    hidden, layers = metanet_size(cfg, kind)
+    metanet = SYMMETRY_BASELINES.get(kind, kind)
+    if kind == "mlp_align":
+        data = aligned_data(data, cfg.align_reference, out)
+    hidden, layers = metanet_size(cfg, metanet)
     seed_everything(seed)
-    readout = cfg.readout if kind in POOLED_READOUT else "head"
+    readout = cfg.readout if metanet in POOLED_READOUT else "head"
     encoder = build_encoder(
-        kind, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool, readout=readout
+        metanet, graph, cfg.embed_dim, hidden, layers, device=device, pool=cfg.gmn_pool, readout=readout
     )
     # BatchNorm first: a fresh GMN's mean-pooled embeddings of different INRs agree to ~1e-4 (cosine ~0.9999;
     # the pooled structure term dominates), which leaves NT-Xent at chance for many steps; standardising
@@ -287,6 +325,8 @@ def run_one(
             "flip_zero": tuple((k, -m / sd) for k, (m, sd) in data["stats"].items()),
         }
     aug = WeightAugment(cfg.noise_std, cfg.mask_prob, cfg.mask_rescale, **flips)
+    # MLP + Perm. aug: each view first gets its own random automorphism (the function is unchanged)
+    permute = AutomorphismAugment(graph) if kind == "mlp_permaug" else None
     train = data["train"]
     n = next(iter(train.values())).shape[0]
     steps = max(n // cfg.batch_size, 1)
@@ -297,8 +337,9 @@ def run_one(
         for i in range(steps):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             p = {k: v[idx] for k, v in train.items()}
-            v1 = {k: t.to(device) for k, t in (p if cfg.clean_view else aug(p, g)).items()}
-            v2 = {k: t.to(device) for k, t in aug(p, g).items()}
+            p1, p2 = (p, p) if permute is None else (permute(p, g), permute(p, g))
+            v1 = {k: t.to(device) for k, t in (p1 if cfg.clean_view else aug(p1, g)).items()}
+            v2 = {k: t.to(device) for k, t in aug(p2, g).items()}
             yield v1, v2
 
     def validate(_model: nn.Module) -> dict[str, float]:
@@ -335,6 +376,7 @@ def run_one(
         "params": sum(p.numel() for p in encoder.parameters()),
         "readout": readout,
         "embed_width": d,
+        **({"alignment": data["alignment"]} if kind == "mlp_align" else {}),
         "loss_history": [round(x, 4) for x in history.metric("train_loss")],
         **history.extra,
     }
@@ -408,6 +450,7 @@ def load_data(
     raw = {s: load_split(root, s, limit=limits[s]) for s in ("train", "val", "test")}
     stats = tensor_mean_std(raw["train"][0])
     out["stats"] = stats
+    out["raw"] = {s: params for s, (params, *_) in raw.items()}
     for s, (params, a, b, _) in raw.items():
         out[s] = standardise(params, stats)
         out[f"y_{s}"] = torch.stack([a, b], 1)
@@ -419,6 +462,68 @@ def load_data(
     return out
 
 
+def _checksum(params: dict[str, torch.Tensor]) -> list[float]:
+    return [float(v.double().sum()) for v in params.values()] + [float(v.double().abs().sum()) for v in params.values()]
+
+
+def aligned_data(data: dict, reference: int, out: Path | None = None) -> dict:
+    """``data`` with every split's INRs aligned to train INR ``reference`` (Table 3's "MLP + Alignment").
+
+    The raw INRs are aligned (:func:`gmn.inr.align.align_to_reference`, float64 weight matching over the SIREN
+    graph's automorphism group), then standardised with ``data``'s per-tensor statistics (invariant to the
+    permutations, so the same as for the original INRs). Computed once: kept in ``data`` and, with ``out``,
+    in ``out/aligned_ref{reference}.pt`` (reused when its fingerprint, the sizes and a checksum of the raw
+    INRs, matches). ``data["alignment"]`` holds the reference, the wall time and the mean objective gain.
+    """
+    cache = data.setdefault("_aligned", {})
+    if reference in cache:
+        return cache[reference]
+    n_train = data["sizes"]["train"]
+    if reference >= n_train:
+        raise ShapeMismatchError(f"--align-reference below {n_train}, the number of train INRs", str(reference))
+    splits = ("train", "val", "test")
+    fingerprint = {
+        "reference": reference,
+        "sizes": data["sizes"],
+        "checksum": {s: _checksum(data["raw"][s]) for s in splits},
+    }
+    path = None if out is None else Path(out) / f"aligned_ref{reference}.pt"
+    stored = None
+    if path is not None and path.exists():
+        stored = load_checked(path, f"delete {path} to align again")
+        if stored.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            stored = None
+    if stored is None:
+        ref = {k: v[reference] for k, v in data["raw"]["train"].items()}
+        params, info = {}, {"reference": reference, "seconds": 0.0, "max_iter": 100}
+        for split in splits:
+            res = align_to_reference(
+                data["raw"][split],
+                ref,
+                SINE_ARCH["hidden"],
+                SINE_ARCH["in_dim"],
+                SINE_ARCH["out_dim"],
+                SINE_ARCH["omega0"],
+            )
+            params[split] = res.params
+            info["seconds"] += res.seconds
+            gain = (res.objective_after - res.objective_before) / res.objective_before.abs().clamp_min(1e-30)
+            info[f"objective_gain_{split}"] = float(gain.mean())
+            info[f"identity_{split}"] = float((res.perms == torch.arange(res.perms.shape[1])).all(1).double().mean())
+        info["seconds"] = round(info["seconds"], 1)
+        info["seconds_per_inr"] = round(info["seconds"] / sum(data["sizes"].values()), 4)
+        stored = {"fingerprint": fingerprint, "params": params, "alignment": info}
+        if path is not None:
+            atomic_torch_save(stored, path)
+    new = {k: v for k, v in data.items() if k != "_aligned"}
+    new["raw"] = stored["params"]
+    for split in splits:
+        new[split] = standardise(stored["params"][split], data["stats"])
+    new["alignment"] = stored["alignment"]
+    cache[reference] = new
+    return new
+
+
 def table(results: dict) -> str:
     """Markdown table: our test MSE (mean ± std over seeds) beside the paper's Table 3.
 
@@ -428,7 +533,7 @@ def table(results: dict) -> str:
         "| Metanetwork | ours: test MSE | MSE on a | MSE on b | untrained encoder | seeds | epochs | paper Table 3 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for kind in [*ENCODERS, *_REFERENCE]:
+    for kind in [*METHODS, *_REFERENCE]:
         runs = [r for r in results["runs"].values() if r["encoder"] == kind]
         if not runs:
             continue
@@ -436,9 +541,7 @@ def table(results: dict) -> str:
         paper = PAPER_TABLE3.get(_PAPER_ROW.get(kind, ""), "—")
         keys = ("test_mse", "test_mse_a", "test_mse_b", "init_test_mse")
         cols = [format_mean_std([r[k] for r in runs if k in r]) for k in keys]
-        epochs = (
-            ", ".join(str(r.get("selected_epoch", r.get("epochs", "—"))) for r in runs) if kind in ENCODERS else "—"
-        )
+        epochs = ", ".join(str(r.get("selected_epoch", r.get("epochs", "—"))) for r in runs) if kind in METHODS else "—"
         lines.append(f"| {label} | {' | '.join(cols)} | {len(runs)} | {epochs} | {paper} |")
     shown = {_PAPER_ROW[r["encoder"]] for r in results["runs"].values() if r["encoder"] in _PAPER_ROW}
     for name, val in PAPER_TABLE3.items():
@@ -476,6 +579,12 @@ def run(
         if ref not in results["runs"]:
             z = {s: features(data[s]) for s in ("train", "val", "test")}
             results["runs"][ref] = {"encoder": ref, "seed": 0, **_probe(z, data, ridge)}
+    if "mlp_align" in encoders:
+        aligned = aligned_data(data, cfg.align_reference, out)
+        results["alignment"] = aligned["alignment"]
+        if "aligned_weights" not in results["runs"]:
+            z = {s: _flat(aligned[s]) for s in ("train", "val", "test")}
+            results["runs"]["aligned_weights"] = {"encoder": "aligned_weights", "seed": 0, **_probe(z, aligned, 1e-2)}
     for kind in encoders:
         for seed in seeds:
             key = f"{kind}/seed{seed}"
@@ -500,8 +609,8 @@ def _main(argv: list[str]) -> int:
         config=SSLConfig,
         source=SSLData,
         scales=SCALES,
-        metanets=ENCODERS,
-        default_metanets=("gmn", "dws", "npnfn", "statnn", "mlp"),
+        metanets=METHODS,
+        default_metanets=("gmn", "dws", "npnfn", "statnn", "mlp", "mlp_align", "mlp_permaug"),
         seeds=(0, 1, 2),
         out="runs/ssl_sine",
     )

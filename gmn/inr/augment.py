@@ -3,7 +3,9 @@
 Gaussian noise and masking (the paper's two) change the network's function a little; :func:`sign_flip`
 (optional, ours) does not change it at all for odd activations such as SIREN's sine: it negates a random
 subset of hidden neurons (incoming weights and bias, and outgoing weights), a symmetry of the weight space
-that permutation-invariant metanets are not invariant to.
+that permutation-invariant metanets are not invariant to. :class:`AutomorphismAugment` (Table 3's "MLP + Perm.
+aug") applies a uniformly random element of the parameter graph's exact automorphism group to each network:
+the function is unchanged, only the order of the hidden neurons moves.
 
 All act on a *batch* of networks given as stacked parameters (a dict of ``[B, ...]`` tensors, SIREN
 state_dict keys) or a flat ``[B, D]`` tensor, and draw from an explicit ``torch.Generator`` so that the same
@@ -25,7 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["gaussian_noise", "random_mask", "sign_flip", "WeightAugment"]
+import symgraph
+from symgraph.errors import ShapeMismatchError
+from symgraph.graph import NeuralGraph
+
+from .graph_batch import WeightGraphBatcher
+
+__all__ = ["gaussian_noise", "random_mask", "sign_flip", "WeightAugment", "AutomorphismAugment"]
 
 Params = dict[str, torch.Tensor] | torch.Tensor
 
@@ -126,3 +134,98 @@ class WeightAugment:
             params = sign_flip(params, self.flip_layers, generator, dict(self.flip_zero))
         out = random_mask(params, self.mask_prob, generator, self.mask_rescale) if self.mask_prob > 0 else params
         return gaussian_noise(out, self.noise_std, generator) if self.noise_std > 0 else out
+
+
+class AutomorphismAugment:
+    """Random automorphisms of one architecture's parameter graph applied to a batch of stacked parameters.
+
+    Each network of the batch gets its own uniformly random element of ``symgraph.automorphism_group``
+    (:meth:`symgraph.AutomorphismGroup.random_element`, drawn from the explicit generator): edge
+    ``(i, j, c)`` takes the value of the edge ``(phi^-1(i), phi^-1(j), c)``, as :func:`symgraph.permute_model`
+    does, so every view computes the network's function exactly. The edge permutations of the whole batch
+    are found at once (one ``searchsorted`` of the permuted edge keys); :meth:`apply` checks that every
+    permutation is an automorphism and raises :class:`~symgraph.ShapeMismatchError` otherwise.
+
+    Parameters
+    ----------
+    graph : NeuralGraph
+        The parameter graph of one network of the architecture (its weights are not used); all its
+        parameters must live on edges (as for :class:`~gmn.inr.graph_batch.WeightGraphBatcher`).
+    group : AutomorphismGroup, optional
+        The group of ``graph`` (computed when not given).
+
+    Example
+    -------
+    >>> import torch, symgraph
+    >>> from symgraph.models.siren import SIREN
+    >>> net = SIREN(1, (4, 4), 1)
+    >>> aug = AutomorphismAugment(symgraph.parameter_graph(net))
+    >>> p = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in net.state_dict().items()}
+    >>> q = aug(p, torch.Generator().manual_seed(0))
+    >>> x = torch.linspace(-1, 1, 7).unsqueeze(1)
+    >>> from gmn.inr.fit import batched_siren_forward
+    >>> torch.allclose(batched_siren_forward(q, x), batched_siren_forward(p, x), atol=1e-5)
+    True
+    """
+
+    def __init__(self, graph: NeuralGraph, group=None):
+        self.graph = graph
+        self.group = group if group is not None else symgraph.automorphism_group(graph)
+        self._batcher = WeightGraphBatcher(graph)
+        keys = graph.edge_keys()
+        self._order = torch.argsort(keys)
+        self._sorted_keys = keys[self._order]
+        if self._sorted_keys.numel() > 1 and bool((self._sorted_keys[1:] == self._sorted_keys[:-1]).any()):
+            raise ShapeMismatchError(
+                "a parameter graph without parallel edges of one colour", "duplicate edges", "AutomorphismAugment"
+            )
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` random automorphisms, LongTensor ``[n, N]`` (``perm[i]`` = image of node ``i``)."""
+        return torch.stack([self.group.random_element(generator) for _ in range(n)])
+
+    def edge_permutations(self, perms: torch.Tensor) -> torch.Tensor:
+        """``[B, E]``: edge ``e`` goes to position ``out[b, e]`` under node permutation ``perms[b]``.
+
+        Raises :class:`~symgraph.ShapeMismatchError` naming the first row that is not an automorphism
+        (not a permutation, moves a node to another colour or a fixed node, or breaks the coloured edge set).
+        """
+        g = self.graph
+        n = g.num_nodes
+        perms = torch.as_tensor(perms, dtype=torch.long)
+        if perms.dim() != 2 or perms.shape[1] != n:
+            raise ShapeMismatchError(
+                f"node permutations [B, {n}]", f"shape {tuple(perms.shape)}", "AutomorphismAugment"
+            )
+        bad = (torch.sort(perms, dim=1).values != torch.arange(n)).any(1)
+        p = perms.clamp(0, n - 1)
+        bad |= (g.node_color[p] != g.node_color).any(1)
+        fixed = g.fixed_mask
+        bad |= (perms[:, fixed] != torch.arange(n)[fixed]).any(1)
+        c = max(len(g.edge_color_keys), 1)
+        src, dst = g.edge_index
+        new_keys = (p[:, src] * n + p[:, dst]) * c + g.edge_color.long()
+        pos = torch.searchsorted(self._sorted_keys, new_keys).clamp(max=max(self._sorted_keys.numel() - 1, 0))
+        bad |= (self._sorted_keys[pos] != new_keys).any(1)
+        if bool(bad.any()):
+            j = int(torch.nonzero(bad).flatten()[0])
+            raise ShapeMismatchError(
+                "automorphisms of the parameter graph",
+                f"a permutation in row {j} that does not preserve node colours, fixed nodes or coloured edges",
+                "AutomorphismAugment",
+            )
+        return self._order[pos]
+
+    def apply(self, params: dict[str, torch.Tensor], perms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``Phi(perms[b])`` of network ``b`` of the stacked ``params`` (after checking every permutation)."""
+        ew = self._batcher.edge_weights(params)
+        eperm = self.edge_permutations(perms).to(ew.device)
+        out = torch.empty_like(ew).scatter_(1, eperm, ew)
+        return {k: v.to(params[k].dtype) for k, v in self._batcher.params_from_edges(out).items()}
+
+    def __call__(self, params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        b = next(iter(params.values())).shape[0]
+        return self.apply(params, self.sample(b, generator))
+
+    def __repr__(self) -> str:
+        return f"AutomorphismAugment(group={self.group!r})"

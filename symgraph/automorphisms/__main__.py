@@ -39,6 +39,7 @@ from ..cli_util import (
     torch_threads,
 )
 from ..models import list_models
+from ..progress import Progress
 from .group import automorphism_group
 from .report import soundness_report
 from .verify import VERIFY_RTOL, VerifyResult, verify_automorphisms
@@ -53,6 +54,8 @@ examples:
       one JSON object: order (decimal string), log10_order, num_nodes, num_edges, generators, factors, seconds
   python -m symgraph.automorphisms weights.pt --arch mlp:hidden=64 --verify 4
       a state_dict (or .safetensors, TorchScript, torch.export .pt2 file) rebuilt from a registry architecture
+  python -m symgraph.automorphisms model.pt2 --verify 4
+      a torch.export program: its ATen graph is encoded directly (no --arch, no user code imported)
   python -m symgraph.automorphisms resnet18.pt --arch torchvision:resnet18:num_classes=10
   python -m symgraph.automorphisms weights.safetensors --arch timm:resnet18
       torchvision / timm architectures, built at random init (never downloading) and given the file's weights
@@ -70,10 +73,11 @@ examples:
       save the generators (node permutations, LongTensor [k, N]) with torch.save; .json also works
 
 model files: the format is read from the content. state_dicts, checkpoints ({"state_dict": ...}),
-  safetensors, TorchScript and torch.export archives need --arch (TorchScript and ATen graphs cannot be
-  traced by torch.fx, so the architecture is rebuilt and their weights loaded into it); pickled modules
-  need --trust. Keys saved with a 'module.', 'model.' or '_orig_mod.' prefix load after it is stripped
-  (the output's notes say so).
+  safetensors and TorchScript need --arch (TorchScript cannot be traced by torch.fx, so the architecture
+  is rebuilt and its weights loaded into it); a torch.export .pt2 archive without --arch is vetted (no
+  pickles, AOTInductor libraries, non-ATen ops or unsafe shape expressions; else --trust), loaded with
+  torch.export.load and its graph encoded; pickled modules need --trust. Keys saved with a 'module.',
+  'model.' or '_orig_mod.' prefix load after it is stripped (the output's notes say so).
 
 architectures (--arch, and --example for random init):
   NAME[:k=v,...]                  symgraph's registry (see --example)
@@ -90,6 +94,10 @@ input shapes: --input-shape wins; else the model's own record is used (example_i
 verification: --verify N draws N random automorphisms, applies each to the parameters and buffers
   (permute_model) and compares outputs on random inputs in float64, in train and eval mode. It passes when
   max|f(x) - f_perm(x)| <= 1e-9 * max(1, max|f(x)|).
+
+progress and time limits: work over ~5 s prints a line per stage on stderr ('... nauty: 412 vertices, 3 layers
+  (6 s)'; --quiet silences them, --json output is unchanged); --time-limit S stops cleanly at S seconds,
+  naming the stage (nauty runs in a child process that is killed at the deadline).
 
 exit codes: 0 ok; 1 a verification (--verify or --report) failed; 2 bad input (one line on stderr
   starting with 'error: '; set SYMGRAPH_DEBUG=1 for a traceback).
@@ -144,6 +152,15 @@ def build_parser() -> OneLineArgumentParser:
     )
     p.add_argument("--report", action="store_true", help="print the soundness report (exit 1 if unsound)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds of computation (graph build, reductions, nauty, quotient, lifting, "
+        "verification; not the loading) with one 'error: time limit ...' line naming the stage, exit 2",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (they appear on work over ~5 s)")
     p.add_argument(
         "--trust",
         action="store_true",
@@ -227,7 +244,7 @@ def _save_generators(path: str, suffix: str, aut: Any, meta: dict[str, Any]) -> 
     gens = torch.as_tensor(aut.generators, dtype=torch.long)
     payload = {
         "generators": gens,
-        "order": str(aut.order),
+        "order": aut.order_decimal,
         "log10_order": float(aut.log10_order),
         "num_nodes": meta["num_nodes"],
         "factors": list(aut.factors),
@@ -261,7 +278,7 @@ def _summary_text(out: dict[str, Any]) -> str:
         *(f"note:       {n}" for n in out.get("notes", [])),
         f"input:      {shape} ({out['input_source']})",
         f"graph:      {out['graph']} graph ({out['encoding']} encoding): {out['num_nodes']} nodes, "
-        f"{out['num_edges']} edges",
+        f"{out['num_edges']} edges" + (f" (traced by {out['tracer']})" if out.get("tracer") else ""),
         f"|Aut|:      {_order_text(out['order'])}",
         f"log10|Aut|: {out['log10_order']:.4f}",
         f"generators: {out['generators']}",
@@ -291,36 +308,23 @@ def _report_ok(report: Any, as_dict: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ main
-@contextlib.contextmanager
-def _exact_big_ints():
-    # |Aut| of a real model has thousands of digits; Python refuses str(int) beyond 4300 by default
-    old = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)
-    try:
-        yield
-    finally:
-        sys.set_int_max_str_digits(old)
-
-
 def _main(argv: list[str]) -> int:
-    with _exact_big_ints():
-        return _main_exact(argv)
-
-
-def _main_exact(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.verify < 0:
         raise CLIError(f"--verify: Expected a count >= 0 (got {args.verify})")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads: Expected a count >= 1 (got {args.threads})")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise CLIError(f"--time-limit: Expected a positive number of seconds (got {args.time_limit:g})")
     suffix = _check_save_path(args.save_generators)
     device = resolve_device(args.device)
-    with _stdout_for(args), Spinner("loading the model"), held_stderr():
+    with _stdout_for(args), Spinner("loading the model", enabled=not args.quiet), held_stderr():
         loaded = _load(args)
     n_params = sum(p.numel() for p in loaded.model.parameters())
     threads = args.threads if args.threads is not None else (1 if n_params < SMALL_MODEL_PARAMS else None)
-    with torch_threads(threads):
-        return _run(args, loaded, suffix, device)
+    # progress lines go to the real stderr (held_stderr() below holds what libraries print)
+    with torch_threads(threads), Progress(args.time_limit, None if args.quiet else sys.stderr) as progress:
+        return _run(args, loaded, suffix, device, progress)
 
 
 def _stdout_for(args: Any) -> contextlib.AbstractContextManager:
@@ -328,15 +332,18 @@ def _stdout_for(args: Any) -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
 
 
-def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device) -> int:
+def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device, progress: Progress) -> int:
     with _stdout_for(args):
         input_source = _input_source(loaded.model, loaded.input_shape)
         example = _example_input(loaded.model, loaded.input_shape, required=args.graph == "computation")
 
         t0 = time.perf_counter()
-        with Spinner(f"computing the automorphism group of the {args.graph} graph"), held_stderr():
-            aut = automorphism_group(loaded.model, example_input=example, graph=args.graph, encoding=args.encoding)
-            base = dict(aut.as_dict())
+        with held_stderr():
+            aut = automorphism_group(
+                loaded.model, example_input=example, graph=args.graph, encoding=args.encoding, progress=progress
+            )
+            with progress.stage("lifting", "generators and factors to the graph's nodes"):
+                base = dict(aut.as_dict())
         seconds = time.perf_counter() - t0
         out: dict[str, Any] = dict(base)
         out.update(
@@ -344,13 +351,14 @@ def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device) -
             source=loaded.source,
             graph=args.graph,
             encoding=args.encoding,
-            order=str(aut.order),
+            order=aut.order_decimal,
             log10_order=float(aut.log10_order),
             num_nodes=int(base.get("num_nodes", 0)),
             num_edges=int(base.get("num_edges", 0)),
             generators=int(torch.as_tensor(aut.generators).shape[0]),
             factors=list(aut.factors),
             seconds=seconds,
+            tracer=(getattr(getattr(aut, "graph", None), "meta", None) or {}).get("tracer"),
         )
         if example is None:  # the input the graph was built with (remembered on the model by the trace)
             from ..trace import resolve_example_input
@@ -362,13 +370,15 @@ def _run(args: Any, loaded: _Loaded, suffix: str | None, device: torch.device) -
             out["notes"] = notes
         failed = False
         if args.verify:
-            with Spinner(f"verifying {args.verify} random automorphisms"), held_stderr():
-                res = verify_automorphisms(loaded.model, aut, args.verify, example, seed=args.seed, device=device)
+            with held_stderr():
+                res = verify_automorphisms(
+                    loaded.model, aut, args.verify, example, seed=args.seed, device=device, progress=progress
+                )
             out.update(res.as_dict())
             failed |= not res.verified
         report_text = None
         if args.report:
-            with Spinner("building the soundness report"), held_stderr():
+            with progress.stage("soundness report"), held_stderr():
                 rep = soundness_report(
                     loaded.model.cpu(), example_input=example, encoding=args.encoding, n_random=args.verify or 8
                 )

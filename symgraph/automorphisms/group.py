@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ShapeMismatchError, SymgraphError
+from ..errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
+from ..progress import Progress
 from .nauty import collapse_parallel_edges, graph_arrays, nauty_autgrp
 from .quotient import QuotientGroup, _orbits, analyse_quotient
 from .twins import TwinReduction, reduce_twins
@@ -220,10 +221,16 @@ class AutomorphismGroup:
         G._order = self.order  # Schreier-Sims on thousands of points would take minutes; we know it exactly
         return G
 
+    @cached_property
+    def order_decimal(self) -> str:
+        """Every digit of the exact order (real models' orders have tens of thousands of digits, beyond
+        Python's default ``str(int)`` limit of 4300)."""
+        return exact_decimal(self.order)
+
     def as_dict(self) -> dict:
-        """JSON-ready summary (order as a decimal string)."""
+        """JSON-ready summary: ``order`` as an exact decimal string (any length), ``log10_order`` a float."""
         return {
-            "order": str(self.order),
+            "order": self.order_decimal,
             "log10_order": self.log10_order,
             "num_nodes": int(self.graph.num_nodes),
             "num_edges": int(self.graph.num_edges),
@@ -242,8 +249,42 @@ class AutomorphismGroup:
 
 
 def _log10_big(x: int) -> float:
-    s = str(x)
-    return len(s) - 1 + math.log10(int(s[:17]) / 10**16)
+    """log10 of a positive int of any size (no decimal conversion: Python refuses str() beyond 4300 digits)."""
+    shift = max(0, x.bit_length() - 60)
+    return math.log10(x >> shift) + shift * math.log10(2)
+
+
+#: Python refuses ``str(int)`` beyond this many digits by default (CVE-2020-10735); stay well below it.
+_DIGITS_PER_PIECE = 2048
+
+
+def exact_decimal(x: int) -> str:
+    """Every decimal digit of a non-negative int, however long, without touching the interpreter's global
+    ``sys.set_int_max_str_digits`` limit: split by powers of ten into pieces short enough for ``str``.
+
+    >>> import math
+    >>> s = exact_decimal(math.factorial(2048))   # 5895 digits: str() alone raises ValueError
+    >>> len(s), s[:6]
+    (5895, '167269')
+    """
+    if x < 0:
+        return "-" + exact_decimal(-x)
+    if x.bit_length() <= 3 * _DIGITS_PER_PIECE:  # < 10**(0.9 * 2048): a plain str() is safe
+        return str(x)
+    # the smallest k with 10**(_DIGITS_PER_PIECE * 2**k) > x: pieces split in halves down to safe sizes
+    digits = _DIGITS_PER_PIECE
+    while 10 ** (2 * digits) <= x:
+        digits *= 2
+    return _decimal_split(x, digits)
+
+
+def _decimal_split(x: int, digits: int) -> str:
+    """Digits of ``0 <= x < 10**(2 * digits)``, recursively (``digits`` a power-of-two multiple of a piece)."""
+    if digits < _DIGITS_PER_PIECE:
+        return str(x)
+    hi, lo = divmod(x, 10**digits)
+    low = _decimal_split(lo, digits // 2).rjust(digits, "0")
+    return (_decimal_split(hi, digits // 2) + low) if hi else low.lstrip("0") or "0"
 
 
 def _is_automorphism(graph, perm) -> bool:
@@ -257,21 +298,40 @@ def _is_automorphism(graph, perm) -> bool:
     return bool(np.array_equal(a, b))
 
 
-def compute_group(graph, reduce: bool = True) -> AutomorphismGroup:
-    """The automorphism group of an already built graph (see :func:`automorphism_group`)."""
+def _vcol(graph) -> np.ndarray:
+    """Node colours with every fixed node a colour of its own (as :func:`graph_arrays`, without the edges)."""
+    vcol = np.asarray(graph.node_color.numpy(), dtype=np.int64).copy()
+    fixed = np.asarray(graph.fixed_mask.numpy(), dtype=bool)
+    base = int(vcol.max()) + 1 if vcol.size else 0
+    vcol[fixed] = base + np.nonzero(fixed)[0]
+    return vcol
+
+
+def compute_group(graph, reduce: bool = True, progress: Progress | None = None) -> AutomorphismGroup:
+    """The automorphism group of an already built graph (see :func:`automorphism_group`).
+
+    ``progress`` (a :class:`~symgraph.progress.Progress`) names the stages (``reductions``, ``nauty``,
+    ``quotient``) and enforces its time limit: :class:`~symgraph.errors.TimeLimitError` names the stage.
+    """
+    progress = progress if progress is not None else Progress()
     t0 = time.perf_counter()
-    n, src, dst, ecol, vcol = graph_arrays(graph)
-    t1 = time.perf_counter()
-    if reduce:
-        red = reduce_twins(n, src, dst, ecol, vcol, fixed=graph.fixed_mask.numpy())
-    else:
-        red = TwinReduction([], (n, src, dst, ecol, vcol), n)
+    with progress.stage("reductions", f"{graph.num_nodes} nodes, {graph.num_edges} edges"):
+        if reduce:  # views of the graph's tensors: the reduction reads the edge list in chunks, never copying it
+            n, ei, ecol, vcol = graph.num_nodes, graph.edge_index.numpy(), graph.edge_color.numpy(), _vcol(graph)
+            t1 = time.perf_counter()
+            red = reduce_twins(n, ei[0], ei[1], ecol, vcol, fixed=graph.fixed_mask.numpy(), progress=progress)
+        else:
+            n, src, dst, ecol, vcol = graph_arrays(graph)
+            t1 = time.perf_counter()
+            red = TwinReduction([], (n, src, dst, ecol, vcol), n)
+        del ecol, vcol
     t2 = time.perf_counter()
     qn, qs, qd, qc, qv = red.quotient
-    res = nauty_autgrp(qn, qs, qd, qc, qv)
+    res = nauty_autgrp(qn, qs, qd, qc, qv, progress=progress)
     t3 = time.perf_counter()
-    u, v, lab, _ = collapse_parallel_edges(qn, qs, qd, qc)
-    quot = analyse_quotient(qn, u, v, lab, res.generators)
+    with progress.stage("quotient", f"{qn} vertices, {res.generators.shape[0]} generators"):
+        u, v, lab, _ = collapse_parallel_edges(qn, qs, qd, qc)
+        quot = analyse_quotient(qn, u, v, lab, res.generators)
     t4 = time.perf_counter()
     aut = AutomorphismGroup(
         graph,
@@ -296,6 +356,8 @@ def automorphism_group(
     graph: str = "parameter",
     reduce_twins: bool = True,
     encoding: str = "sound",
+    time_limit: float | None = None,
+    progress: Progress | None = None,
 ) -> AutomorphismGroup:
     """The exact neural DAG automorphism group of a model's parameter (or computation) graph.
 
@@ -314,6 +376,13 @@ def automorphism_group(
         Collapse twin nodes before nauty (exact either way; much faster on wide layers).
     encoding : {"sound", "paper"}
         Parameter-graph encoding (see :func:`symgraph.parameter_graph`).
+    time_limit : float, optional
+        Seconds for the whole computation (graph build included); past it a
+        :class:`~symgraph.errors.TimeLimitError` is raised whose ``stage`` says where (``build``,
+        ``reductions``, ``nauty``, ``quotient``). nauty then runs in a forked child process that is killed at
+        the deadline, so the bound holds even inside its C search; the Python stages check it between steps.
+    progress : Progress, optional
+        Stage tracker with progress lines (the CLI's); give the time limit to it, not here.
 
     Example
     -------
@@ -322,14 +391,18 @@ def automorphism_group(
     >>> symgraph.automorphism_group(mlp).order == 120 * 720   # Prop. 5: prod of hidden widths factorial
     True
     """
+    if progress is not None and time_limit is not None:
+        raise ValueError("Expected time_limit or progress, not both (give the limit to Progress(time_limit=...))")
+    progress = progress if progress is not None else Progress(time_limit)
     if hasattr(model_or_graph, "edge_index") and hasattr(model_or_graph, "node_color"):
-        return compute_group(model_or_graph, reduce_twins)
+        return compute_group(model_or_graph, reduce_twins, progress)
     if not isinstance(model_or_graph, nn.Module):
         raise ShapeMismatchError("an nn.Module or a NeuralGraph", type(model_or_graph).__name__)
     if graph == "parameter":
         from ..build import parameter_graph
 
-        g = parameter_graph(model_or_graph, example_input=example_input, input_shape=input_shape, encoding=encoding)
+        with progress.stage("build", "parameter graph"):
+            g = parameter_graph(model_or_graph, example_input=example_input, input_shape=input_shape, encoding=encoding)
     elif graph == "computation":
         from .. import computation as _computation
 
@@ -337,13 +410,27 @@ def automorphism_group(
             if input_shape is None:
                 raise ShapeMismatchError("example_input or input_shape for a computation graph", "neither")
             example_input = torch.randn(*input_shape)
-        cg = _computation.computation_graph(model_or_graph, example_input)
-        # weight sharing (C.2, property 3) is a structure nauty cannot see on the computation graph itself;
-        # its sharing graph (shared edges subdivided and tied to class nodes) has exactly the neural DAG
-        # automorphisms on its first N nodes (faithfully: the extra nodes follow the originals)
-        aut = compute_group(cg.sharing_graph(), reduce_twins)
+        with progress.stage("build", "computation graph"):
+            cg = _computation.computation_graph(model_or_graph, example_input)
+            # weight sharing (C.2, property 3) is a structure nauty cannot see on the computation graph itself;
+            # its sharing graph (shared edges subdivided and tied to class nodes) has exactly the neural DAG
+            # automorphisms on its first N nodes (faithfully: the extra nodes follow the originals)
+            sharing = cg.sharing_graph()
+        aut = compute_group(sharing, reduce_twins, progress)
         aut.computation_graph = cg
         return aut
     else:
         raise ShapeMismatchError("graph='parameter' or 'computation'", repr(graph))
-    return compute_group(g, reduce_twins)
+    aut = compute_group(g, reduce_twins, progress)
+    from .tied import sharing_violations, tied_parameters
+
+    tied = tied_parameters(model_or_graph)
+    if tied:  # one tensor under several names: every generator must keep its copies equal (C.2)
+        broken = sharing_violations(g, aut.generators, tied)
+        if broken:
+            raise UnsupportedModuleError(
+                "tied parameters",
+                broken[0],
+                "Untie them (clone one copy) or register an encoder that encodes the shared tensor once.",
+            )
+    return aut

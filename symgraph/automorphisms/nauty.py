@@ -18,20 +18,28 @@ the copies of a vertex together (vertical paths), and therefore induces on copy 
 every label bit: exactly the automorphisms of the edge-labelled multigraph. Direction: vertices are
 coloured by their depth (longest path from a source), an automorphism invariant that orients every edge of
 a DAG (from smaller to larger depth), so the undirected layered graph has the same automorphisms and nauty
-can use its strong undirected refinement; graphs with cycles use pynauty's ``directed=True`` mode (checked
-on a directed 3-cycle in the tests).
+can use its strong undirected refinement; graphs with cycles are first turned into an undirected graph with
+the same automorphisms (:func:`undirected_form`, checked on a directed 3-cycle in the tests). What reaches
+nauty is checked for well-formedness first (:func:`check_nauty_input`); with a time limit the search runs in
+a forked child process that is killed at the deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import pickle
+import select
+import signal
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, SymgraphError
+from ..progress import Progress
 
 __all__ = [
     "NautyResult",
@@ -43,8 +51,11 @@ __all__ = [
     "refine_colors",
     "undirected_form",
     "naive_autgrp",
+    "check_nauty_input",
+    "MalformedNautyInputError",
     "multiset_hash",
     "unique_int",
+    "argsort_int",
 ]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -66,21 +77,40 @@ def multiset_hash(keys: np.ndarray, groups: np.ndarray, num_groups: int, salt: i
 
     Used only to *propose* equal multisets; every caller verifies a proposal exactly.
     """
-    h = _mix(np.asarray(keys, dtype=np.uint64) ^ np.uint64(salt)).view(np.int64)
+    keys = np.asarray(keys)
     out = torch.zeros(num_groups, dtype=torch.int64)
-    # int64 scatter_add wraps around like uint64 addition: same bits, so the sum is a multiset hash
-    out.scatter_add_(0, torch.from_numpy(np.ascontiguousarray(groups, dtype=np.int64)), torch.from_numpy(h))
+    step = 1 << 20  # in chunks: the mixing temporaries stay small next to the tens of millions of edges
+    for lo in range(0, keys.size, step):
+        h = _mix(keys[lo : lo + step].astype(np.uint64) ^ np.uint64(salt)).view(np.int64)
+        g = torch.from_numpy(np.ascontiguousarray(groups[lo : lo + step], dtype=np.int64))
+        # int64 scatter_add wraps around like uint64 addition: same bits, so the sum is a multiset hash
+        out.scatter_add_(0, g, torch.from_numpy(h))
     return out.numpy()
 
 
-def unique_int(x: np.ndarray, return_counts: bool = False):
-    """Sorted unique int64 values (and counts) by sorting in torch: numpy's hash-based unique is far slower
-    on the tens of millions of edge keys of a ResNet."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
-    if return_counts:
-        u, c = torch.unique(t, sorted=True, return_counts=True)
-        return u.numpy(), c.numpy()
-    return torch.unique(t, sorted=True).numpy()
+def unique_int(x: np.ndarray, return_counts: bool = False, return_inverse: bool = False):
+    """Sorted unique int64 values (and inverse, counts) by sorting in torch: numpy's hash-based unique is far
+    slower on the tens of millions of edge keys of a ResNet; keys that fit are sorted as int32 (about twice as
+    fast again)."""
+    t = _as_sort_tensor(x)
+    out = torch.unique(t, sorted=True, return_inverse=return_inverse, return_counts=return_counts)
+    if not (return_counts or return_inverse):
+        return out.numpy().astype(np.int64, copy=False)
+    vals = [out[0].numpy().astype(np.int64, copy=False)]
+    vals += [o.numpy().astype(np.int64, copy=False) for o in out[1:]]
+    return tuple(vals)
+
+
+def argsort_int(x: np.ndarray) -> np.ndarray:
+    """Stable argsort of integer keys (torch's sort; int32 keys where they fit)."""
+    return torch.sort(_as_sort_tensor(x), stable=True).indices.numpy()
+
+
+def _as_sort_tensor(x: np.ndarray) -> torch.Tensor:
+    x = np.ascontiguousarray(x)
+    if x.size and x.dtype != np.int32 and int(x.min()) >= -(2**31) and int(x.max()) < 2**31:
+        return torch.from_numpy(x.astype(np.int32))
+    return torch.from_numpy(x.astype(np.int64, copy=False))
 
 
 @dataclass(frozen=True)
@@ -170,7 +200,7 @@ def dag_depth(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     if src.size > 1 and not bool(np.all(src[1:] >= src[:-1])):  # quotient edge lists come sorted already
-        order = np.argsort(src, kind="stable")
+        order = argsort_int(src)
         s_sorted, d_sorted = src[order], dst[order]
     else:
         s_sorted, d_sorted = src, dst
@@ -194,23 +224,131 @@ def dag_depth(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     return depth if seen == n else None
 
 
+class MalformedNautyInputError(SymgraphError):
+    """Internal: what was about to reach nauty is not a well-formed coloured graph (a bug upstream, never
+    the user's input): a vertex in no colour cell or in two, an asymmetric adjacency, or layered sizes that
+    do not add up."""
+
+
+def check_nauty_input(
+    num_vertices: int, src: np.ndarray, dst: np.ndarray, cells: list[np.ndarray], n: int, layers: int
+) -> None:
+    """Cheap well-formedness checks of a layered graph before nauty sees it (raise
+    :class:`MalformedNautyInputError`).
+
+    * every vertex ``0 .. num_vertices - 1`` lies in exactly one colour cell, and each cell in one layer;
+    * the adjacency ``src -> dst`` is symmetric (nauty searches it as an undirected graph), without loops,
+      with every vertex in range;
+    * ``num_vertices == n * layers`` and every edge stays inside one layer or joins copy ``t`` of a vertex
+      to copy ``t + 1`` (the vertical paths).
+
+    Example
+    -------
+    >>> check_nauty_input(2, np.array([0, 1]), np.array([1, 0]), [np.array([0, 1])], 2, 1)   # fine
+    >>> check_nauty_input(2, np.array([0, 1]), np.array([1, 0]), [np.array([0])], 2, 1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    symgraph.automorphisms.nauty.MalformedNautyInputError: internal: ... in exactly one colour cell ...
+    """
+
+    def bad(expected: str, got: str) -> MalformedNautyInputError:
+        return MalformedNautyInputError(f"internal: Expected {expected} (got {got})")
+
+    if num_vertices != n * layers:
+        raise bad(f"{n} vertices x {layers} layers = {n * layers} vertices", str(num_vertices))
+    flat = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
+    if flat.size != num_vertices or not np.array_equal(np.sort(flat), np.arange(num_vertices)):
+        raise bad(
+            "every vertex of the graph for nauty in exactly one colour cell",
+            f"{flat.size} cell entries for {num_vertices} vertices",
+        )
+    if any(c.size and c.min() // max(n, 1) != c.max() // max(n, 1) for c in cells):
+        raise bad("each colour cell inside one layer", "a cell spanning layers")
+    if src.size:
+        if min(int(src.min()), int(dst.min())) < 0 or max(int(src.max()), int(dst.max())) >= num_vertices:
+            raise bad(f"edge ends in 0 .. {num_vertices - 1}", "an edge end out of range")
+        if bool(np.any(src == dst)):
+            raise bad("no self-loops in the graph for nauty", f"{int(np.count_nonzero(src == dst))}")
+        fwd = np.sort(src * num_vertices + dst)
+        back = np.sort(dst * num_vertices + src)
+        if not np.array_equal(fwd, back):
+            raise bad("a symmetric adjacency for nauty's undirected search", "an edge without its reverse")
+        ls, ld = src // n, dst // n
+        vertical = (np.abs(ld - ls) == 1) & (src % n == dst % n)
+        if not bool(np.all((ls == ld) | vertical)):
+            raise bad("edges inside one layer or along the vertical paths", "an edge across layers")
+
+
+def _autgrp_bounded(g, progress: Progress | None):
+    """``pynauty.autgrp(g)``, in a forked child process when a time limit is set (nauty is one C call that
+    cannot be interrupted; the child is killed at the deadline and :class:`TimeLimitError` raised)."""
+    import pynauty
+
+    remaining = None if progress is None else progress.remaining()
+    if remaining is None:
+        return pynauty.autgrp(g)
+    if remaining <= 0:
+        raise progress.expired()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: compute, send, exit without running the parent's cleanup handlers
+        code = 1
+        try:
+            os.close(rfd)
+            data = pickle.dumps(pynauty.autgrp(g), protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(wfd, "wb") as f:
+                f.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + remaining
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                raise progress.expired()
+            ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
+            if ready:
+                data = os.read(rfd, 1 << 20)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        raise SymgraphError(f"internal: Expected the nauty child process to exit cleanly (got status {status})")
+    return pickle.loads(b"".join(chunks))
+
+
 def layered_autgrp(
-    n: int, u, v, label, vertex_color, num_labels: int | None = None, directed: bool = True
+    n: int,
+    u,
+    v,
+    label,
+    vertex_color,
+    num_labels: int | None = None,
+    progress: Progress | None = None,
 ) -> NautyResult:
-    """Automorphisms of a digraph with integer edge labels ``>= 1`` and vertex colours (layered encoding).
+    """Automorphisms of a graph with integer edge labels ``>= 1`` and vertex colours (layered encoding).
+
+    nauty only ever searches undirected graphs here (its digraph refinement only looks at out-neighbourhoods
+    and searched for minutes on graphs of a few dozen vertices): the caller orients the edges first (depth
+    colours, or :func:`undirected_form`), and ``u -> v`` is the same edge as ``v -> u``.
 
     Parameters
     ----------
     n : int
         Number of vertices.
     u, v, label : array-like
-        One edge per ordered pair (collapse parallel edges first), label in ``1 .. num_labels``.
+        One edge per pair (collapse parallel edges first), label in ``1 .. num_labels``.
     vertex_color : array-like of int
         Colour classes every automorphism preserves.
-    directed : bool
-        pynauty's digraph mode. Its refinement only looks at out-neighbourhoods and can take exponential
-        time on wide layers (minutes on a 40-node residual MLP); :func:`nauty_autgrp` therefore passes
-        ``False`` whenever depth colours already orient every edge.
+    progress : Progress, optional
+        Stage ``"nauty"``; with a time limit the search runs in a forked child killed at the deadline.
 
     Example
     -------
@@ -238,20 +376,25 @@ def layered_autgrp(
         if t + 1 < b:  # vertical path joining the copies of every vertex
             srcs.append(np.arange(n, dtype=np.int64) + t * n)
             dsts.append(np.arange(n, dtype=np.int64) + (t + 1) * n)
-    S = np.concatenate(srcs)
-    D = np.concatenate(dsts)
+    S0 = np.concatenate(srcs)
+    D0 = np.concatenate(dsts)
+    S = np.concatenate([S0, D0])  # both directions: the adjacency nauty searches, symmetric by construction
+    D = np.concatenate([D0, S0])
     order = np.argsort(S, kind="stable")
     S, D = S[order], D[order]
-    keys, starts = np.unique(S, return_index=True)
-    adj = dict(zip(keys.tolist(), (a.tolist() for a in np.split(D, starts[1:])), strict=True)) if S.size else {}
     ncol = int(vc.max()) + 1
     cell = (np.arange(b, dtype=np.int64).reshape(b, 1) * ncol + vc.reshape(1, n)).reshape(-1)
     cell_order = np.argsort(cell, kind="stable")
     cuts = np.nonzero(np.diff(cell[cell_order]))[0] + 1
-    partition = [set(p.tolist()) for p in np.split(cell_order, cuts)]
-    g = pynauty.Graph(n * b, directed=directed, adjacency_dict=adj, vertex_coloring=partition)
+    cells = np.split(cell_order, cuts)
+    check_nauty_input(n * b, S, D, cells, n, b)
+    keys, starts = np.unique(S, return_index=True)
+    adj = dict(zip(keys.tolist(), (a.tolist() for a in np.split(D, starts[1:])), strict=True)) if S.size else {}
+    g = pynauty.Graph(n * b, directed=False, adjacency_dict=adj, vertex_coloring=[set(p.tolist()) for p in cells])
     t0 = time.perf_counter()
-    gens, size1, size2, orbits, _ = pynauty.autgrp(g)
+    stage = progress.stage("nauty", f"{n * b} vertices, {b} layers") if progress else contextlib.nullcontext()
+    with stage:
+        gens, size1, size2, orbits, _ = _autgrp_bounded(g, progress)
     secs = time.perf_counter() - t0
     gens_arr = np.asarray(gens, dtype=np.int64).reshape(-1, n * b)[:, :n] if gens else np.zeros((0, n), np.int64)
     return NautyResult(gens_arr, np.asarray(orbits, dtype=np.int64)[:n], (float(size1), int(size2)), secs, L, b)
@@ -367,7 +510,9 @@ def undirected_form(n: int, u, v, label, vertex_color) -> tuple[int, np.ndarray,
     return n + k, a, b, _compact(codes) + 1, _compact(colour)
 
 
-def nauty_autgrp(n: int, src, dst, color, vertex_color, use_depth: bool = True) -> NautyResult:
+def nauty_autgrp(
+    n: int, src, dst, color, vertex_color, use_depth: bool = True, progress: Progress | None = None
+) -> NautyResult:
     """Exact automorphism group of a vertex- and edge-coloured directed multigraph (no twin reduction).
 
     nauty always searches an undirected graph: a DAG with its depth in the vertex colours (every edge goes
@@ -389,9 +534,9 @@ def nauty_autgrp(n: int, src, dst, color, vertex_color, use_depth: bool = True) 
     depth = dag_depth(n, u, v) if use_depth else None
     if depth is not None:
         vc = _compact(vc * (int(depth.max()) + 1) + depth)
-        return layered_autgrp(n, u, v, lab, vc, L, directed=False)
+        return layered_autgrp(n, u, v, lab, vc, L, progress=progress)
     n2, a, b, lab2, vc2 = undirected_form(n, u, v, lab, vc)
-    res = layered_autgrp(n2, a, b, lab2, vc2, directed=False)
+    res = layered_autgrp(n2, a, b, lab2, vc2, progress=progress)
     if n2 == n:
         return res
     return NautyResult(res.generators[:, :n], res.orbits[:n], res.grpsize, res.seconds, res.num_labels, res.num_layers)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..permute import check_function_preservation
-from .group import AutomorphismGroup, automorphism_group
+from .group import AutomorphismGroup, _log10_big, automorphism_group, exact_decimal
 
 __all__ = ["Report", "ReportRow", "soundness_report"]
 
@@ -72,8 +72,8 @@ class Report:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["computed_order"] = str(self.computed_order)
-        d["declared_order"] = None if self.declared_order is None else str(self.declared_order)
+        d["computed_order"] = exact_decimal(int(self.computed_order))
+        d["declared_order"] = None if self.declared_order is None else exact_decimal(int(self.declared_order))
         d.update(sound=self.sound, complete=self.complete, ok=self.ok)
         for r, row in zip(d["rows"], self.rows, strict=True):
             r["verdict"] = row.verdict
@@ -106,8 +106,7 @@ class Report:
 
 
 def _log10(x: int) -> float:
-    s = str(x)
-    return len(s) - 1 + math.log10(int(s[:17]) / 10 ** (min(len(s), 17) - 1))
+    return _log10_big(int(x))
 
 
 def _declared(graph):
@@ -186,8 +185,8 @@ def soundness_report(
         rows.append(
             ReportRow(
                 "; ".join(rec["names"]),
-                str(rec["order"]),
-                None if declared is None else str(declared),
+                exact_decimal(rec["order"]),
+                None if declared is None else exact_decimal(declared),
                 len(diffs),
                 worst,
                 worst <= TOL,

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .nauty import _mix, dag_depth, multiset_hash, refine_colors, unique_int
+from ..progress import Progress
+from .nauty import _mix, argsort_int, dag_depth, multiset_hash, refine_colors, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
 
@@ -208,14 +209,26 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     bad = np.zeros(sizes.size, dtype=bool)
     # exact check: each member has at most one edge per (neighbour, colour), the members have equal degrees,
     # so equal neighbourhoods <=> every (class, neighbour, colour) triple occurs |class| times
+    big = sizes > 1
+    # classes of two or more numbered 0 .. R-1: the keys below then often fit int32 (a sort twice as fast)
+    big_id = np.cumsum(big) - 1
+    big_size = sizes[big]
     for a, b in ((dst, src), (src, dst)):
-        sel = sizes[cand[a]] > 1
-        if not sel.any():
+        sel = np.nonzero(big[cand[a]])[0]
+        if not sel.size:
             continue
-        key = (cand[a[sel]] * n + b[sel]) * C + color[sel]
+        key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
+        key *= n
+        key += b[sel]
+        key *= C
+        key += color[sel]
+        del sel
         uniq, counts = unique_int(key, return_counts=True)
+        del key
         cls_of = uniq // (n * C)
-        bad[cls_of[counts != sizes[cls_of]]] = True
+        wrong = np.zeros(big_size.size, dtype=bool)
+        wrong[cls_of[counts != big_size[cls_of]]] = True
+        bad[np.nonzero(big)[0][wrong]] = True
     if bad.any():  # split unverified classes (hash collision or an illegal self-loop): exactness first
         hit = bad[cand]
         cand = cand.copy()
@@ -324,16 +337,32 @@ def fold_fixed(n: int, src, dst, color, vertex_color, fixed) -> tuple[tuple, np.
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     color = np.asarray(color, dtype=np.int64)
-    vc = np.asarray(vertex_color, dtype=np.int64)
     fixed = np.asarray(fixed, dtype=bool)
     keep = np.nonzero(~fixed)[0]
     new_id = np.full(n, -1, dtype=np.int64)
     new_id[keep] = np.arange(keep.size)
     C = int(color.max()) + 1 if color.size else 1
+    node, key = _fixed_keys(src, dst, color, fixed, C)
+    sel = ~fixed[src] & ~fixed[dst]
+    m = int(keep.size)
+    vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
+    return (m, new_id[src[sel]], new_id[dst[sel]], color[sel], vc), keep
+
+
+def _fixed_keys(src, dst, color, fixed, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """The edges between a non-fixed node and a fixed one: ``(non-fixed end, (fixed end, colour, direction))``."""
     out_f = ~fixed[src] & fixed[dst]
     in_f = fixed[src] & ~fixed[dst]
     node = np.concatenate([src[out_f], dst[in_f]])
     key = np.concatenate([(dst[out_f] * C + color[out_f]) * 2, (src[in_f] * C + color[in_f]) * 2 + 1])
+    return node, key
+
+
+def _fixed_colours(n: int, vertex_color, fixed, keep, node, key, C: int) -> np.ndarray:
+    """New colours of the kept nodes: old colour and the exact set of keys (:func:`fold_fixed`)."""
+    vc = np.asarray(vertex_color, dtype=np.int64)
+    new_id = np.full(n, -1, dtype=np.int64)
+    new_id[keep] = np.arange(keep.size)
     h = multiset_hash(key, node, n, salt=0xF1DE)
     deg = np.bincount(node, minlength=n)
     cand = np.unique(np.stack([vc, h, deg], axis=1)[keep], axis=0, return_inverse=True)[1].reshape(-1)
@@ -350,9 +379,113 @@ def fold_fixed(n: int, src, dst, color, vertex_color, fixed) -> tuple[tuple, np.
             for i in hit.tolist():
                 sig = (int(cand[i]), tuple(sorted(key[node == keep[i]].tolist())))
                 cand[i] = int(cand.max()) + 1 + table.setdefault(sig, len(table))
-    sel = ~fixed[src] & ~fixed[dst]
+    return _dense(cand)
+
+
+#: Edges per chunk of the first pass over a graph (fixed nodes folded, parallel edges merged): the raw edge
+#: list of a 100M-parameter model is never copied whole.
+CHUNK_EDGES = 1 << 20
+
+
+def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int = CHUNK_EDGES):
+    """:func:`fold_fixed` then :func:`_collapse`, in one pass over chunks of the raw edge list.
+
+    A pair's parallel edges usually come as one run (the builders emit them so); pairs met in several runs
+    are merged at the end (:func:`_merge_runs`, a sort of the collapsed edges only). ``src, dst, color`` may be any
+    integer arrays (views of the graph's tensors: nothing is copied whole). Returns
+    ``((m, u, v, lab, table, vc), keep)`` like :func:`_collapse` after :func:`fold_fixed`.
+    """
+    E = int(src.size)
+    fixed = np.zeros(n, dtype=bool) if fixed is None else np.asarray(fixed, dtype=bool)
+    keep = np.nonzero(~fixed)[0]
     m = int(keep.size)
-    return (m, new_id[src[sel]], new_id[dst[sel]], color[sel], _dense(cand)), keep
+    new_id = np.full(n, -1, dtype=np.int64)
+    new_id[keep] = np.arange(m)
+    C = int(color.max()) + 1 if E else 1
+    if E and int(color.min()) < 0:
+        raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
+    nodes, keys, us, vs, labs = [], [], [], [], []
+    table: dict[tuple, int] = {}
+    a = 0
+    while a < E:
+        b = min(E, a + chunk)
+        while b < E and src[b] == src[b - 1] and dst[b] == dst[b - 1]:  # never split a pair's run
+            b += 1
+        s = np.asarray(src[a:b], dtype=np.int64)
+        d = np.asarray(dst[a:b], dtype=np.int64)
+        c = np.asarray(color[a:b], dtype=np.int64)
+        a = b
+        fs, fd = fixed[s], fixed[d]
+        if fs.any() or fd.any():
+            node, key = _fixed_keys(s, d, c, fixed, C)
+            nodes.append(node)
+            keys.append(key)
+            sel = ~fs & ~fd
+            s, d, c = s[sel], d[sel], c[sel]
+        del fs, fd
+        if not s.size:
+            continue
+        s, d = new_id[s], new_id[d]
+        first, counts = _runs(s * m + d)
+        if counts.max() > 1:
+            inner = np.ones(c.size, dtype=bool)
+            inner[first] = False
+            if not bool(np.all(c[1:][inner[1:]] >= c[:-1][inner[1:]])):  # colours sorted inside each run
+                run = np.repeat(np.arange(first.size, dtype=np.int64), counts)
+                c = c[np.lexsort((c, run))]
+        ids, rep = _run_ids(c, first, counts)
+        gid = np.array(
+            [table.setdefault(tuple(c[first[r] : first[r] + counts[r]].tolist()), len(table)) for r in rep.tolist()],
+            dtype=np.int64,
+        )
+        small = np.int32 if m < 2**31 else np.int64  # the parts in int32 until the last concatenation
+        us.append(s[first].astype(small))
+        vs.append(d[first].astype(small))
+        labs.append(gid[ids].astype(np.int32))
+        del s, d, c, first, counts, ids
+    node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
+    key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
+    u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
+    del us, vs, labs
+    if not _distinct(u, v, m):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
+        u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
+        node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
+        return (m, u, v, lab, table, vc), keep
+    lab, sorted_table = _canonical(lab, list(table))
+    return (m, u, v, lab, sorted_table, vc), keep
+
+
+def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
+    """One edge per pair from runs of one pair met more than once: the pair's label is the multiset union of
+    its runs' colour tuples (with multiplicity). Pairs are grouped by a sort of the collapsed edges; equal
+    sequences of run labels share one union, computed once per distinct sequence."""
+    key = u * m + v
+    NL = max(len(tuples), 1)
+    order = argsort_int(key * NL + lab) if key.size and int(key.max()) < 2**62 // NL else np.lexsort((lab, key))
+    ks, ls = key[order], lab[order]
+    del key, order
+    first, counts = _runs(ks)
+    ids, rep = _segment_ids(ls, first, counts)
+    merged = [
+        tuple(sorted(c for x in ls[first[r] : first[r] + counts[r]].tolist() for c in tuples[x])) for r in rep.tolist()
+    ]
+    lab2, table = _canonical(ids, merged)
+    pairs = ks[first]
+    return pairs // m, pairs % m, lab2, table
+
+
+def _concat64(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate int32/int64 parts into one int64 array, freeing each part once copied."""
+    out = np.empty(sum(p.size for p in parts), dtype=np.int64)
+    at = 0
+    while parts:
+        p = parts.pop(0)
+        out[at : at + p.size] = p
+        at += p.size
+    return out
 
 
 def _dense(x: np.ndarray) -> np.ndarray:
@@ -369,7 +502,9 @@ def _dense(x: np.ndarray) -> np.ndarray:
     return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_000, fixed=None) -> TwinReduction:
+def reduce_twins(
+    n: int, src, dst, color, vertex_color, max_levels: int = 100_000, fixed=None, progress: Progress | None = None
+) -> TwinReduction:
     """Iterated exact reduction of a coloured directed multigraph (module docstring).
 
     The parallel edges of each ordered pair are merged once, up front, into one edge labelled by the
@@ -383,21 +518,30 @@ def reduce_twins(n: int, src, dst, color, vertex_color, max_levels: int = 100_00
     >>> r = reduce_twins(4, [0, 0, 1, 2], [1, 2, 3, 3], [0, 0, 0, 0], [0, 1, 1, 2])
     >>> r.quotient[0], r.twin_order   # {1, 2} are twins; the path 0 -> {1,2} -> 3 is then one chain
     (1, 2)
+
+    ``progress`` (a :class:`~symgraph.progress.Progress`) is told the graph's size after every step and
+    enforces its time limit between steps.
     """
-    src = np.asarray(src, dtype=np.int64)
-    dst = np.asarray(dst, dtype=np.int64)
-    color = np.asarray(color, dtype=np.int64)
-    vc = np.asarray(vertex_color, dtype=np.int64)
-    keep = None
-    m = int(n)
-    if fixed is not None:
-        (m, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
-    if color.size and int(color.min()) < 0:
-        raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
-    u, v, lab, table = _collapse(m, src, dst, color)
-    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels)
-    if not levels:  # nothing contracted: the graph as it came, with its refined colours
-        return TwinReduction(levels, (m, src, dst, color, vc), int(n), keep)
+    progress = progress if progress is not None else Progress()
+    src, dst, color = (np.asarray(x) for x in (src, dst, color))  # views; chunks are made int64 one by one
+    found = _fold_and_collapse(int(n), src, dst, color, vertex_color, fixed)
+    if found is not None:
+        (m, u, v, lab, table, vc), keep = found
+        keep = None if fixed is None else keep
+    else:  # edges in no order the chunked pass can use: two whole-graph passes
+        src, dst, color = (np.asarray(x, dtype=np.int64) for x in (src, dst, color))
+        vc = np.asarray(vertex_color, dtype=np.int64)
+        keep = None
+        m = int(n)
+        if fixed is not None:
+            (m, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
+        if color.size and int(color.min()) < 0:
+            raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
+        u, v, lab, table = _collapse(m, src, dst, color)
+        del src, dst, color
+    progress.note(f"fixed nodes folded, parallel edges merged: {m} vertices, {u.size} edges")
+    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels, progress)
+    # the last level's graph (the input itself, fixed nodes folded, when nothing was contracted)
     return TwinReduction(levels, _expand(m, u, v, lab, table, vc), int(n), keep)
 
 
@@ -486,46 +630,96 @@ def _collapse(m: int, src, dst, color):
 
 
 def _run_ids(color: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_segment_ids` for runs of non-negative colours, exactly and without hashing where it can: runs
-    of one length ``L`` with ``C ** L < 2 ** 62`` are numbers in base ``C`` (a 3x3 kernel: 9 digits)."""
-    C = int(color.max()) + 1
+    """:func:`_segment_ids` for runs of non-negative colours, exactly and in one pass: runs of one length
+    ``L`` are rows of an ``[k, L]`` table; consecutive equal rows (a layer's kernel, pair after pair) share an
+    id, so only the rows where the sequence changes are compared with each other."""
     ids = np.empty(first.size, dtype=np.int64)
     rep_parts = []
     total = 0
-    for L in np.unique(counts).tolist():
-        sel = np.nonzero(counts == L)[0]
-        idx = first[sel].reshape(-1, 1) + np.arange(L, dtype=np.int64)
-        if L * math.log2(max(C, 2)) < 62:
-            key = np.zeros(sel.size, dtype=np.int64)
-            for j in range(L):
-                key = key * C + color[idx[:, j]]
-            local = _dense(key)
-            rep_local = np.empty(int(local.max()) + 1, dtype=np.int64)
-            rep_local[local[::-1]] = np.arange(sel.size - 1, -1, -1, dtype=np.int64)  # first run of each id
-        else:
-            local, rep_local = _segment_ids(
-                color[idx].reshape(-1), np.arange(sel.size, dtype=np.int64) * L, np.full(sel.size, L, dtype=np.int64)
-            )
+    lengths = np.nonzero(np.bincount(counts))[0].tolist()
+    for L in lengths:
+        sel = np.nonzero(counts == L)[0] if len(lengths) > 1 else np.arange(first.size)
+        rows = color[first[sel].reshape(-1, 1) + np.arange(L, dtype=np.int64)]
+        change = np.ones(sel.size, dtype=bool)
+        change[1:] = np.any(rows[1:] != rows[:-1], axis=1)
+        heads = np.nonzero(change)[0]  # a run that differs from the run before it
+        _, first_of, inv = np.unique(rows[heads], axis=0, return_index=True, return_inverse=True)
+        local = inv.reshape(-1)[np.cumsum(change) - 1]
         ids[sel] = local + total
-        rep_parts.append(sel[rep_local])
-        total += int(rep_local.size)
+        rep_parts.append(sel[heads[first_of]])
+        total += int(first_of.size)
     return ids, np.concatenate(rep_parts)
 
 
 def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
-    """No ordered pair occurs twice? Free when the pairs come sorted by source or by target (builders emit
-    them so), a sort otherwise."""
-    for key in (src * m + dst, dst * m + src):
-        if bool(np.all(key[1:] > key[:-1])):
+    """No ordered pair occurs twice?
+
+    Builders emit layer after layer, each in increasing order by target (or by source): the pairs fall into
+    a few increasing segments. Pairs inside a segment are distinct; segments whose bounding boxes (source
+    range x target range) are disjoint share no pair. Only the keys of segments whose boxes meet are
+    sorted (all of them, in the worst case).
+    """
+    if src.size < 2:
+        return True
+    best = None
+    for a, b in ((src, dst), (dst, src)):
+        key = a * m + b
+        br = np.nonzero(key[1:] <= key[:-1])[0] + 1
+        if best is None or br.size < best[1].size:
+            best = (key, br)
+        if br.size == 0:
             return True
-    return unique_int(src * m + dst).size == src.size
+        del key
+    key, br = best
+    if br.size > 4096:
+        return unique_int(key).size == key.size
+    starts = np.concatenate([[0], br])
+    ends = np.concatenate([br, [key.size]])
+    lo_s, hi_s = np.minimum.reduceat(src, starts), np.maximum.reduceat(src, starts)
+    lo_d, hi_d = np.minimum.reduceat(dst, starts), np.maximum.reduceat(dst, starts)
+    meet = (
+        (lo_s[:, None] <= hi_s[None, :])
+        & (lo_s[None, :] <= hi_s[:, None])
+        & (lo_d[:, None] <= hi_d[None, :])
+        & (lo_d[None, :] <= hi_d[:, None])
+    )
+    ii, jj = np.nonzero(np.triu(meet, 1))
+    if ii.size > 4096:
+        return unique_int(key).size == key.size
+    for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
+        # only pairs inside both boxes can be shared: compare those of the two segments
+        s0, s1 = max(lo_s[i], lo_s[j]), min(hi_s[i], hi_s[j])
+        d0, d1 = max(lo_d[i], lo_d[j]), min(hi_d[i], hi_d[j])
+        parts = []
+        for t in (i, j):
+            a, b = starts[t], ends[t]
+            ss, dd = src[a:b], dst[a:b]
+            inside = (ss >= s0) & (ss <= s1) & (dd >= d0) & (dd <= d1)
+            parts.append(key[a:b][inside])
+        both = np.concatenate(parts)
+        if both.size and unique_int(both).size != both.size:
+            return False
+    return True
 
 
-def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple]):
+def _merge(k: int, pair: np.ndarray, item: np.ndarray, tuples: list[tuple], alone: np.ndarray | None = None):
     """Quotient edges: one per distinct ``pair`` (``A * k + B``). Equal labels of one pair are counted once
     (the complete blocks between two twin classes); different ones add up as multisets (the side-tagged
-    edges between two contracted pairs: their tags make them distinct). Returns ``(u, v, label, table)``
-    sorted by pair."""
+    edges between two contracted pairs: their tags make them distinct). ``alone`` marks edges known to be
+    the only one of their pair (they skip the sort). Returns ``(u, v, label, table)``."""
+    if alone is not None and alone.any():
+        rest = ~alone
+        u, v, lab, table = _merge(k, pair[rest], item[rest], tuples)
+        a_item = item[alone]
+        a_used = np.nonzero(np.bincount(a_item, minlength=len(tuples)))[0]
+        full = sorted(set(table) | {tuples[i] for i in a_used.tolist()})
+        rank = {t: i for i, t in enumerate(full)}
+        remap_rest = np.array([rank[t] for t in table], dtype=np.int64)
+        remap_item = np.zeros(len(tuples), dtype=np.int64)
+        remap_item[a_used] = [rank[tuples[i]] for i in a_used.tolist()]
+        a_pair = pair[alone]
+        lab_all = np.concatenate([remap_rest[lab] if lab.size else lab, remap_item[a_item]])
+        return np.concatenate([u, a_pair // k]), np.concatenate([v, a_pair % k]), lab_all, full
     T = max(len(tuples), 1)
     uk = unique_int(pair * T + item)
     p, it = uk // T, uk % T
@@ -553,22 +747,32 @@ def _expand(k: int, u, v, lab, table, vc):
     return k, np.repeat(u, reps), np.repeat(v, reps), col, vc
 
 
-def _reduce(m: int, u, v, lab, table, vc, max_levels: int):
+def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
     """Apply the steps in turn until a full round changes nothing; returns ``(levels, final state)``."""
+    # cheapest and most shrinking first, and back to the start after every change: the twin step removes most
+    # edges (a layer's channels collapse to one vertex), so the costlier steps mostly see small graphs
     steps = (_twin_step, _chain_step, _matching_step, _closed_twin_step, _refine_step)
     state = (m, u, v, lab, table, vc)
     levels: list[TwinLevel] = []
-    idle = i = 0
-    while idle < len(steps) and len(levels) < max_levels and state[0] > 0:
-        out = steps[i % len(steps)](*state)
-        i += 1
+    # chains first, once: a channel with the norm node hanging on it is no twin of its neighbours until the
+    # two are one vertex (a ResNet's first twin step would find nothing in its largest graph)
+    first = _chain_step(*state) if m else None
+    if first is not None:
+        levels.append(first[0])
+        state = first[1]
+        progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
+    i = 0
+    while i < len(steps) and len(levels) < max_levels and state[0] > 0:
+        out = steps[i](*state)
         if out is None:
-            idle += 1
+            i += 1
+            progress.check()
             continue
         level, state = out
         if level is not None:
             levels.append(level)
-        idle = 0
+        i = 0 if i else 1  # after twins, try the others; after any other change, twins again
+        progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
     return levels, state
 
 
@@ -581,7 +785,12 @@ def _twin_step(m, u, v, lab, table, vc):
     lv = _make_level(cls)
     rep = lv.members[lv.start]
     qv = np.unique(np.stack([vc[rep], lv.sizes]), axis=1, return_inverse=True)[1].reshape(-1)
-    return lv, (k, *_merge(k, cls[u] * k + cls[v], lab, table), qv)
+    # verified twin classes are joined by complete blocks of one label: the edges between the classes'
+    # first members are the quotient's edges, no sort or merge needed
+    is_rep = np.zeros(m, dtype=bool)
+    is_rep[rep] = True
+    sel = is_rep[u] & is_rep[v]
+    return lv, (k, cls[u[sel]], cls[v[sel]], lab[sel], table, qv)
 
 
 def _chain_step(m, u, v, lab, table, vc):
@@ -591,7 +800,9 @@ def _chain_step(m, u, v, lab, table, vc):
     cls, pos, qv = found
     k = int(cls.max()) + 1
     ext = cls[u] != cls[v]  # chain-internal edges live in the vertex colour now
-    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], lab[ext], table), qv)
+    # no two outside edges meet in one quotient pair: a chain is entered only at its head and left only at
+    # its tail, so the edges keep their labels as they are
+    return _make_level(cls, pos), (k, cls[u[ext]], cls[v[ext]], lab[ext], table, qv)
 
 
 def _matching_step(m, u, v, lab, table, vc):
@@ -600,7 +811,10 @@ def _matching_step(m, u, v, lab, table, vc):
         return None
     cls, pos, qv, ext, item, tuples = found
     k = int(cls.max()) + 1
-    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples), qv)
+    # an edge between two uncontracted vertices is alone in its quotient pair (cls is injective there)
+    single = np.bincount(cls, minlength=k)[cls] == 1
+    alone = single[u[ext]] & single[v[ext]]
+    return _make_level(cls, pos), (k, *_merge(k, cls[u[ext]] * k + cls[v[ext]], item, tuples, alone), qv)
 
 
 def _closed_twin_step(m, u, v, lab, table, vc):
@@ -659,7 +873,7 @@ def closed_twin_classes(n: int, src, dst, label, vertex_color) -> tuple[np.ndarr
         return None
     L = int(lab.max()) + 1
     fwd = u * n + v
-    order = np.argsort(fwd, kind="stable")
+    order = argsort_int(fwd)
     sk = fwd[order]
     back = v * n + u
     pos = np.minimum(np.searchsorted(sk, back), sk.size - 1)
@@ -759,11 +973,15 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     tstart = np.cumsum(lens) - lens
     C = int(flat.max()) + 1
     size = np.bincount(vc, minlength=V)
-    ab = vc[u] * V + vc[v]
-    comb, inv, ccnt = (
-        x.numpy()
-        for x in torch.unique(torch.from_numpy(ab * NL + lab), sorted=True, return_inverse=True, return_counts=True)
-    )
+    cu, cv = vc[u], vc[v]
+    # only edges between two different classes of one size can be in a perfect matching between them (the
+    # dense layers between two streams of different widths, most of the edges, drop out here)
+    pre = np.nonzero((cu != cv) & (size[cu] == size[cv]) & (size[cu] > 1))[0]
+    if pre.size == 0:
+        return None
+    ab = cu[pre] * V + cv[pre]
+    del cu, cv
+    comb, inv, ccnt = unique_int(ab * NL + lab[pre], return_inverse=True, return_counts=True)
     cl, cab = comb % NL, comb // NL
     # one entry per (combination, distinct colour of its label): a repeated colour is one matching candidate
     rep = lens[cl]
@@ -789,7 +1007,7 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     off = np.cumsum(ncand) - ncand
     cand_list = ent_cand[hit]  # grouped by combination (entries are)
     erep = ncand[inv]
-    e_idx = np.repeat(np.arange(u.size, dtype=np.int64), erep)
+    e_idx = np.repeat(pre, erep)
     cand_of = cand_list[np.repeat(off[inv], erep) + _ragged_arange(erep)]
     cs = np.bincount(unique_int(cand_of * n + u[e_idx]) // n, minlength=cands.size)
     cd = np.bincount(unique_int(cand_of * n + v[e_idx]) // n, minlength=cands.size)
@@ -805,7 +1023,8 @@ def _matching(n: int, u, v, lab, table, vertex_color):
         return None
     chosen_arr = np.asarray(chosen, dtype=np.int64)
     sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
-    sel = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
+    sel = np.zeros(u.size, dtype=bool)
+    sel[pre] = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
     partner = np.full(n, -1, dtype=np.int64)
     partner[u[sel]] = v[sel]
     is_y = np.zeros(n, dtype=bool)

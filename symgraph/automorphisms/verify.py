@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..cli_util import one_line
 from ..errors import SymgraphError
 from ..permute import check_function_preservation
+from ..progress import Progress
 
 __all__ = ["verify_automorphisms", "VerifyResult", "VERIFY_RTOL"]
 
@@ -86,6 +87,7 @@ def verify_automorphisms(
     seed: int = 0,
     device: torch.device | str = "cpu",
     rtol: float = VERIFY_RTOL,
+    progress: Progress | None = None,
 ) -> VerifyResult:
     """Apply ``n`` random elements of ``aut`` to ``model`` and measure the largest output change.
 
@@ -93,6 +95,8 @@ def verify_automorphisms(
     more than ``rtol * max(1, max|f(x)|)`` (float64; train and eval mode, dropout off, buffers compared too).
     Works for groups of parameter graphs (through :func:`symgraph.check_function_preservation`) and of
     computation graphs (Phi applied to the computation graph's edges, read back as a state_dict).
+    ``progress`` (a :class:`~symgraph.progress.Progress`) shows stage ``verification`` and enforces its
+    time limit between automorphisms.
 
     Example
     -------
@@ -105,6 +109,12 @@ def verify_automorphisms(
     >>> res.verified
     True
     """
+    progress = progress if progress is not None else Progress()
+    with progress.stage("verification", f"0 of {n} random automorphisms"):
+        return _verify(model, aut, n, example_input, seed, device, rtol, progress)
+
+
+def _verify(model, aut, n, example_input, seed, device, rtol, progress: Progress) -> VerifyResult:
     gen = torch.Generator().manual_seed(int(seed))
     dev = torch.device(device)
     model = model.to(dev)
@@ -125,6 +135,7 @@ def verify_automorphisms(
     worst = 0.0
     failures: list[str] = []
     for i in range(n):
+        progress.note(f"{i} of {n} random automorphisms")
         perm = aut.random_element(generator=gen)
         if not bool(aut.contains(perm)):
             failures.append(f"#{i}: the permutation drawn is not an automorphism of the graph")

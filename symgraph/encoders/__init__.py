@@ -4,6 +4,7 @@ Where an encoder extends another one's targets (attention and embedding handle t
 to the shape/activation encoders), it imports the module it extends first, so import order does not matter.
 """
 
+from ..graph import declare_vocabulary
 from . import (  # noqa: F401
     activation,
     attention,
@@ -18,6 +19,10 @@ from . import (  # noqa: F401
     residual,
     shape,
 )
+
+# what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
+# module declares its own
+declare_vocabulary(edges={"identity": ("elementwise",)}, node_kinds=("act",))
 
 __all__ = [
     "activation",

@@ -49,12 +49,18 @@ import torch.nn.functional as F
 
 from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import declare_vocabulary
 from ..registry import encoder_for_function, register_encoder, register_function
 from ..trace import split_kwargs
 from . import shape as _shape  # noqa: F401  (registered first: the encoders below extend its targets)
 from .activation import apply_elementwise
 from .linear import encode_dense
 from .norm import layernorm_features
+
+declare_vocabulary(
+    edges={"attention": ("q", "k", "v", "head", "in_proj", "bias_k", "bias_v"), "bias": ("attention",)},
+    node_kinds=("qk", "attention", "attention_v", "attention_kv"),
+)
 
 __all__ = [
     "SplitFeatures",

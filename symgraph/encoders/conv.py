@@ -17,16 +17,18 @@ import itertools
 import torch
 import torch.nn as nn
 
-from ..builder import Features, SymmetryDecl, with_ops
+from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import ConvSettings, EdgeKey, declare_vocabulary
 from ..registry import register_encoder
 from .linear import add_bias
 
+declare_vocabulary(edges={"conv": ("conv1d", "conv2d", "conv3d")}, node_kinds=("conv1d", "conv2d", "conv3d"))
 
-def _conv_key(module: nn.Module, ndim: int) -> tuple:
+
+def _conv_settings(module: nn.Module) -> ConvSettings:
     pad = module.padding if isinstance(module.padding, str) else tuple(module.padding)
-    return (
-        f"conv{ndim}d",
+    return ConvSettings(
         tuple(module.kernel_size),
         tuple(module.stride),
         pad,
@@ -58,9 +60,10 @@ def encode_conv(ctx, op, module, args):
         raise ShapeMismatchError(f"{c_in_g * groups} input channels", f"{x.size}", ctx.where())
     kind = f"conv{ndim}d"
     out = ctx.new_hidden(c_out, kind, f"{op.target} output channels", x.nodes)
-    key = _conv_key(module, ndim)
+    st = _conv_settings(module)
     kpos = list(itertools.product(*[range(k) for k in module.kernel_size]))
-    lut = b.edge_colors([with_ops(("conv", *key, k), x.ops) for k in kpos])
+    keys = [EdgeKey("conv", kind, st, kernel=(st.kernel_size, k), after=x.ops) for k in kpos]
+    lut = b.edge_colors(keys)
     K = len(kpos)
     out_per_g = c_out // groups
     # flat order of W: (o, i, k)

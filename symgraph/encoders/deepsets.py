@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError
+from ..graph import declare_vocabulary
 from ..models.deepsets import DeepSetsLayer
 from ..registry import register_encoder
 from .linear import add_bias
+
+declare_vocabulary(edges={"deepsets": ("identity", "pool")}, node_kinds=("deepsets",))
 
 __all__ = ["encode_deepsets_layer"]
 

@@ -34,9 +34,15 @@ import torch.nn as nn
 
 from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import declare_vocabulary
 from ..registry import encoder_for_function, register_encoder, register_function
 from ..trace import LazyInput, ParamRef, split_kwargs
 from . import shape as _shape  # noqa: F401  (registered first: the concatenation below extends its encoder)
+
+declare_vocabulary(
+    edges={"embedding": ("token", "add"), "residual": ("embedding",), "token_cat": ()},
+    node_kinds=("embedding", "token", "tokens", "add", "constant"),
+)
 
 __all__ = ["encode_embedding", "add_parameter", "encode_cat_tokens"]
 

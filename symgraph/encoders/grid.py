@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError
+from ..graph import declare_vocabulary
 from ..models.grid import GridLookup
 from ..registry import register_encoder
+
+declare_vocabulary(edges={"grid": ("entry", "coord")}, node_kinds=("grid",))
 
 __all__ = ["encode_grid_lookup"]
 

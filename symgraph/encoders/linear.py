@@ -14,10 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..builder import Features, SymmetryDecl, with_ops
+from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError
+from ..graph import EdgeKey, declare_vocabulary
 from ..registry import register_encoder, register_function
 from ..trace import ParamRef, split_kwargs
+
+declare_vocabulary(edges={"linear": ("flat",), "bias": ()}, node_kinds=("linear",))
 
 
 def add_bias(ctx, out_nodes: torch.Tensor, bias: torch.Tensor, name: str, kind: str) -> None:
@@ -36,9 +39,10 @@ def encode_dense(
         raise ShapeMismatchError(f"{n_in} input features", f"{x.size}", ctx.where())
     out = ctx.new_hidden(n_out, kind, f"{ctx.module_path() or wname} outputs", x.nodes)
     if x.num_pos == 1:
-        color = b.edge_color(with_ops(("linear",), x.ops))
+        color = b.edge_color(EdgeKey("linear", after=x.ops))
     else:
-        lut = b.edge_colors([with_ops(("linear", "flat", x.num_pos, p), x.ops) for p in range(x.num_pos)])
+        P = x.num_pos
+        lut = b.edge_colors([EdgeKey("linear", "flat", position=(P, p), after=x.ops) for p in range(P)])
         color = lut[x.pos]
     b.add_dense(x.nodes, out, color, weight, wname)
     if bias is not None:

@@ -33,7 +33,13 @@ import torch.nn as nn
 
 from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import declare_vocabulary
 from ..registry import register_encoder
+
+declare_vocabulary(
+    edges={"norm": ("batchnorm", "instancenorm", "layernorm", "groupnorm")},
+    node_kinds=("batchnorm", "instancenorm", "layernorm", "groupnorm"),
+)
 
 __all__ = ["encode_batchnorm", "encode_layernorm", "encode_groupnorm", "norm_nodes"]
 

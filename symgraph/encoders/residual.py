@@ -22,9 +22,12 @@ import torch
 from ..activations import constant_op_key
 from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import declare_vocabulary
 from ..registry import register_function
 from ..trace import LazyInput, ParamRef, split_kwargs
 from .activation import apply_elementwise
+
+declare_vocabulary(edges={"residual": ("sub",)}, node_kinds=("sum",))
 
 
 @register_function(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub", reads_ops=True)

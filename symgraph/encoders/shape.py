@@ -35,8 +35,12 @@ import torch.nn.functional as F
 
 from ..builder import Features, structural_op
 from ..errors import ShapeMismatchError, UnsupportedModuleError
+from ..graph import declare_vocabulary
 from ..registry import register_encoder, register_function
 from ..trace import LazyInput, split_kwargs
+
+# values on nodes of their own after structural ops (EncodeContext.materialize), model inputs and outputs
+declare_vocabulary(edges={"structural": (), "identity": ("output",)}, node_kinds=("structural", "input", "output"))
 
 
 def op_name(op) -> str:
