@@ -175,6 +175,10 @@ def child(spec: dict) -> dict:
             with torch.inference_mode():
                 model(batch)
 
+    base_rss = _rss_bytes()  # before any step: with --retain-memory freed blocks stay resident
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base_gpu = torch.cuda.memory_allocated(device)
     flops = None
     if spec.get("count_flops"):
         from torch.utils.flop_counter import FlopCounterMode
@@ -183,10 +187,6 @@ def child(spec: dict) -> dict:
         with counter:
             step()
         flops = int(counter.get_total_flops())
-    base_rss = _rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base_gpu = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     step()  # warm-up (compilation, allocator)
     _sync(device)

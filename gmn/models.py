@@ -279,13 +279,14 @@ class GMN(nn.Module):
             return self.layers[k](v, edge_index, e, u, node_batch, edge_batch, chunk_size=chunk_size, inplace=True)
         if self.compile:
             try:
-                return fn(v, edge_index, e, u, node_batch, edge_batch)
+                return fn(v, edge_index, e, u, node_batch, edge_batch, incidence=inc)
             except Exception as exc:  # inductor needs a working C++ toolchain; the eager layer is the same function
                 import warnings
 
                 warnings.warn(f"torch.compile of the GMN layers failed, running eager: {exc}", stacklevel=3)
                 self.compile, self._compiled = False, None
-                fn = self.layers[k]
+        if not self.compile:  # (also the layers after a failed compilation)
+            fn = self.layers[k]
         if self.checkpoint and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
