@@ -291,16 +291,21 @@ def _export_dtype_table() -> dict[int, torch.dtype]:
     return {int(k.value if hasattr(k, "value") else k): v for k, v in _SERIALIZE_TO_TORCH_DTYPE.items()}
 
 
+def _open_archive(p) -> zipfile.ZipFile:
+    """The zip archive at ``p`` (a torch.export ``.pt2``), or one ModelLoadError for a damaged one."""
+    try:
+        return zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive ({exc})") from None
+
+
 def _read_export_weights(p: Path) -> tuple[dict[str, torch.Tensor] | None, tuple[int, ...] | None]:
     """Read the weights of a torch.export archive as plain data, without unpickling anything.
 
     Returns ``(None, shape)`` when some payload is pickled (then only ``torch.export.load`` with trust
     can read it). ``shape`` is the first sample input's shape when it is readable as weights only.
     """
-    try:
-        z = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive ({exc})") from None
+    z = _open_archive(p)
     with z:
         names = z.namelist()
         configs = [n for n in names if n.endswith("_weights_config.json") and "/data/weights/" in n]
@@ -436,10 +441,7 @@ def vet_export_archive(path: str | Path) -> list[str]:
     """
     p = _check_path(path)
     problems: list[str] = []
-    try:
-        z = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(f"{str(p)!r} is a damaged torch.export archive ({exc})") from None
+    z = _open_archive(p)
     with z:
         names = z.namelist()
         if any("/data/aotinductor/" in n or n.startswith("data/aotinductor/") for n in names):
