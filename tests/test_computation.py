@@ -534,7 +534,9 @@ def test_sharing_graph_sizes():
     n_shared_edges = int(sizes[sizes > 1].sum())
     assert sg.num_nodes == cg.num_nodes + n_shared_edges + int((sizes > 1).sum())
     assert sg.num_edges == cg.num_edges + 2 * n_shared_edges
-    assert sg.meta["num_original_nodes"] == cg.num_nodes
+    assert sg.num_original_nodes == cg.num_nodes and sg.edge_node.numel() == cg.num_edges
+    with pytest.raises(AttributeError):  # frozen like a parameter graph
+        sg.num_original_nodes = 0
     # the identity and a channel swap lift; a swap of two output units (fixed nodes) does not
     assert sg.is_automorphism(cg.lift_to_sharing_graph(torch.arange(cg.num_nodes)))
 

@@ -9,7 +9,7 @@ from .conjecture import ConjectureResult, check_conjecture_c5, lift_to_computati
 from .group import AutomorphismGroup, automorphism_group, compute_group
 from .nauty import NautyResult, naive_autgrp, nauty_autgrp
 from .report import Report, ReportRow, soundness_report
-from .sharing import lift_to_sharing_graph, sharing_graph
+from .sharing import SharingGraph, lift_to_sharing_graph, sharing_graph
 from .twins import TwinReduction, reduce_twins
 from .verify import VERIFY_RTOL, VerifyResult, verify_automorphisms
 
@@ -28,6 +28,7 @@ __all__ = [
     "ConjectureResult",
     "check_conjecture_c5",
     "lift_to_computation_graph",
+    "SharingGraph",
     "sharing_graph",
     "lift_to_sharing_graph",
     "verify_automorphisms",

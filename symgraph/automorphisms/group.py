@@ -54,11 +54,9 @@ class AutomorphismGroup:
 
     def restricted_generators(self) -> torch.Tensor:
         """Generators on the neurons of the computation graph (all nodes for parameter graphs)."""
-        n = (
-            int(self.graph.meta.get("num_original_nodes", self.graph.num_nodes))
-            if hasattr(self.graph, "meta")
-            else self.graph.num_nodes
-        )
+        from .sharing import SharingGraph
+
+        n = self.graph.num_original_nodes if isinstance(self.graph, SharingGraph) else self.graph.num_nodes
         return self.generators[:, :n]
 
     # ------------------------------------------------------------------ invariants

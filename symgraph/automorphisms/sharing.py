@@ -9,6 +9,7 @@ plain coloured-graph automorphisms, restricted to the original nodes, are exactl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,19 +19,33 @@ from ..graph import NeuralGraph, NodeGroup
 if TYPE_CHECKING:
     from ..computation import ComputationGraph
 
-__all__ = ["sharing_graph", "lift_to_sharing_graph"]
+__all__ = ["SharingGraph", "sharing_graph", "lift_to_sharing_graph"]
 
 
-def sharing_graph(cg: ComputationGraph) -> NeuralGraph:
+@dataclass
+class SharingGraph(NeuralGraph):
+    """A :class:`~symgraph.graph.NeuralGraph` whose first ``num_original_nodes`` nodes are a computation
+    graph's neurons, followed by the subdivision node of every shared edge (``edge_node[e]``, -1 for a direct
+    edge) and one node per weight-sharing class (``class_node[k]`` for parameter scalar ``k``, -1 if unshared)."""
+
+    num_original_nodes: int = 0
+    edge_node: torch.Tensor | None = None
+    class_node: torch.Tensor | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "_built", True)  # frozen like a parameter graph
+
+
+def sharing_graph(cg: ComputationGraph) -> SharingGraph:
     """A plain coloured graph whose automorphisms, restricted to the first ``num_nodes`` nodes, are the
     neural DAG automorphisms of the computation graph ``cg`` (weight sharing included), for nauty.
 
     Every edge of a class used more than once becomes a path ``src -> m_e -> dst`` through a new node
     ``m_e`` (role hidden, colour from the edge colour), and a class node (role ``group``, coloured by its
     parameter) points to the ``m_e`` of its edges: an automorphism must then map classes to classes.
-    Edges of singleton classes and constant edges stay direct. ``meta["num_original_nodes"]`` is ``N``,
-    ``meta["edge_node"]`` [E] the subdivision node of each edge (-1 if direct), ``meta["class_node"]``
-    [num_parameters] the class node of each parameter scalar (-1 if none).
+    Edges of singleton classes and constant edges stay direct. The result's ``num_original_nodes`` is ``N``,
+    ``edge_node`` [E] the subdivision node of each edge (-1 if direct), ``class_node`` [num_parameters] the
+    class node of each parameter scalar (-1 if none).
 
     Example
     -------
@@ -96,7 +111,7 @@ def sharing_graph(cg: ComputationGraph) -> NeuralGraph:
     if n_class:
         groups += (NodeGroup("weight-sharing classes", "group", N + n_edge_nodes, n_class, "", "weight class"),)
     total = N + n_edge_nodes + n_class
-    sg = NeuralGraph(
+    sg = SharingGraph(
         edge_index=edge_index,
         edge_weight=edge_weight,
         edge_color=edge_color,
@@ -109,7 +124,9 @@ def sharing_graph(cg: ComputationGraph) -> NeuralGraph:
         slots=(),
         state_keys=(),
         kind="computation-sharing",
-        meta={"num_original_nodes": N, "edge_node": edge_node, "class_node": class_node},
+        num_original_nodes=N,
+        edge_node=edge_node,
+        class_node=class_node,
     )
     return sg
 
@@ -122,8 +139,8 @@ def lift_to_sharing_graph(cg: ComputationGraph, perm: torch.Tensor) -> torch.Ten
     perm = torch.as_tensor(perm, dtype=torch.long)
     if not cg.is_automorphism(perm):
         raise ValueError("not a neural DAG automorphism of this computation graph")
-    sg_meta = cg.sharing_graph().meta
-    edge_node, class_node = sg_meta["edge_node"], sg_meta["class_node"]
+    sg = cg.sharing_graph()
+    edge_node, class_node = sg.edge_node, sg.class_node
     eperm = cg.edge_permutation(perm)
     total = cg.num_nodes + int((edge_node >= 0).sum()) + int((class_node >= 0).sum())
     out = torch.arange(total)
