@@ -80,6 +80,9 @@ TIMM_MODELS = (
 )
 
 _TEXT = {"vocab_size": 100, "max_position_embeddings": 64}
+_VISION = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+)
 #: name -> (configuration class, model class, configuration keywords): small, never downloaded.
 HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bert": (
@@ -137,26 +140,12 @@ HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "vit": (
         "ViTConfig",
         "ViTModel",
-        dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=8,
-        ),
+        _VISION,
     ),
     "clip-vision": (
         "CLIPVisionConfig",
         "CLIPVisionModel",
-        dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=8,
-        ),
+        _VISION,
     ),
     "whisper-encoder": (
         "WhisperConfig",
