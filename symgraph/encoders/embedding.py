@@ -105,16 +105,24 @@ def _feature_axis_of_param(ctx, p: ParamRef, out_rank: int, x_axis: int, size: i
     return fa
 
 
-def add_parameter(ctx, op, x, p: ParamRef) -> Features:
-    """``x + p`` for a learned parameter ``p`` (e.g. a positional embedding): see the module docstring."""
+def parameter_operand(ctx, op, x, p: ParamRef, constant_what: str, flattened_what: str):
+    """``(x's features, x's feature axis in the output, p's feature axis)`` for an elementwise op of a value
+    ``x`` with a learned parameter ``p``; refuses constants outside the state_dict and flattened values."""
     if p.name not in ctx.spec.state_keys:
-        raise UnsupportedModuleError(op.name, f"adding the constant tensor '{p.name}' (not in the state_dict)")
+        raise UnsupportedModuleError(op.name, f"{constant_what} (not in the state_dict)")
     x = ctx.features(x, axis=-1)
     if x.num_pos != 1:
-        raise UnsupportedModuleError(op.name, "adding a parameter to a flattened value")
+        raise UnsupportedModuleError(op.name, flattened_what)
     rank = len(op.shape)
     ax = x.axis % len(x.shape) + (rank - len(x.shape))
-    fa = _feature_axis_of_param(ctx, p, rank, ax, x.size)
+    return x, ax, _feature_axis_of_param(ctx, p, rank, ax, x.size)
+
+
+def add_parameter(ctx, op, x, p: ParamRef) -> Features:
+    """``x + p`` for a learned parameter ``p`` (e.g. a positional embedding): see the module docstring."""
+    x, ax, fa = parameter_operand(
+        ctx, op, x, p, f"adding the constant tensor '{p.name}'", "adding a parameter to a flattened value"
+    )
     out = ctx.new_hidden(x.size, "sum", f"{op.name} (+ {p.name})", x.nodes)
     ctx.identity_edges(x.nodes, out, with_ops(("residual", "embedding"), x.ops))
     _param_edges(ctx, p, fa, out, "add")

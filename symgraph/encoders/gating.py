@@ -44,7 +44,7 @@ from ..builder import Features, SymmetryDecl
 from ..errors import UnsupportedModuleError
 from ..registry import register_encoder_by_name
 from ..trace import LazyInput, ParamRef
-from .embedding import _feature_axis_of_param, _param_layout
+from .embedding import _param_layout, parameter_operand
 from .shape import _passthrough
 
 __all__ = ["encode_product", "scale_by_parameter"]
@@ -98,14 +98,9 @@ def encode_product(ctx, op, a, b) -> Features:
 
 def scale_by_parameter(ctx, op, x, p: ParamRef) -> Features:
     """``x * gamma`` for a learned per-feature ``gamma``: one edge per entry (see the module docstring)."""
-    if p.name not in ctx.spec.state_keys:
-        raise UnsupportedModuleError(op.name, f"product with the constant tensor '{p.name}' (not in the state_dict)")
-    x = ctx.features(x, axis=-1)
-    if x.num_pos != 1:
-        raise UnsupportedModuleError(op.name, "scaling a flattened value by a parameter")
-    rank = len(op.shape)
-    ax = _aligned_axis(x, rank)
-    fa = _feature_axis_of_param(ctx, p, rank, ax, x.size)
+    x, ax, fa = parameter_operand(
+        ctx, op, x, p, f"product with the constant tensor '{p.name}'", "scaling a flattened value by a parameter"
+    )
     positions, flat = _param_layout(p.tensor, fa, ctx.where())
     if positions != 1:
         raise UnsupportedModuleError(
