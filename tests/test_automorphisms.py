@@ -496,6 +496,40 @@ def test_chain_contraction_and_fixed_folding_keep_the_group():
     assert compute_group(g2).order == vf2_count(g2) == 1
 
 
+def _stream(internal_colours, twist=False):
+    """Classes a (0-2), b (3-5), c (6-8): matchings a_i -> b_i -> c_i (colour 0), a_i -> c_i with
+    ``internal_colours[i]``, and with ``twist`` a third matching a_i -> c_{i+1} (colour 4) closing a cycle of
+    classes; a source s (9) feeds every a_i (colour 1)."""
+    src, dst, col = [], [], []
+    for i in range(3):
+        src += [i, 3 + i, 9]
+        dst += [3 + i, 6 + i, i]
+        col += [0, 0, 1]
+        if internal_colours[i] is not None:
+            src.append(i), dst.append(6 + i), col.append(internal_colours[i])
+        if twist:
+            src.append(i), dst.append(6 + (i + 1) % 3), col.append(4)
+    return raw_graph(10, src, dst, col, [1, 1, 1, 2, 2, 2, 3, 3, 3, 0])
+
+
+def test_matching_step_contracts_a_whole_stream_at_once_and_keeps_the_group(monkeypatch):
+    from symgraph.automorphisms import twins
+
+    g = _stream([5, 5, 6])
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    # one step: a, b, c become one tuple each (three positions), not pair after pair
+    cls, pos, *_ = twins._matching(n, src, dst, ecol, [(c,) for c in range(7)], vcol)
+    assert cls[:9].tolist() == [0, 1, 2] * 3 and pos[:9].tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    assert compute_group(g).order == vf2_count(g) == 2  # the tuple with colour 6 inside is fixed
+    assert compute_group(_stream([5, 5, 5])).order == 6
+    # a cycle of matchings whose composition is a 3-cycle: only a spanning tree is contracted
+    twisted = _stream([None] * 3, twist=True)
+    assert compute_group(twisted).order == vf2_count(twisted) == 3
+    # negative control: forgetting the tuples' own edges (every tuple the same colour) overcounts
+    monkeypatch.setattr(twins, "_segment_ids", lambda v, f, c: (np.zeros(f.size, np.int64), np.zeros(1, np.int64)))
+    assert compute_group(g).order == 6 != vf2_count(g)
+
+
 # ---------------------------------------------------------------------------------------------- elements
 def test_random_element_is_uniform_on_a_small_group():
     model = ResMLP(2, 3, 2, 1, 1)  # S_3 (stream) x S_2 (block hidden): order 12

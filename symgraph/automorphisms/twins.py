@@ -945,13 +945,18 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     channel to its own sum node; a depthwise convolution: each channel to its own output channel).
 
     Every automorphism maps class ``a`` onto itself and ``b`` onto itself and preserves those edges, so it
-    maps matched pairs to matched pairs; conversely a permutation of the pairs lifts uniquely (``x`` first,
-    ``y = mu(x)`` second). Edges to the outside keep which end of a pair they touch (``side`` in their new
-    colours) and the pair's own edges (``x -> y`` with all its colours, and ``y -> x`` if present) go into
-    its vertex colour, so the contracted graph loses nothing. Each class takes part in one matching per step.
+    maps matched pairs to matched pairs. The matchings found are contracted along a spanning forest of the
+    classes they join (a whole residual stream ``channel -> sum -> sum -> ...`` in one step): each tree's
+    matchings compose into one bijection between its classes, so its vertices fall into tuples (one member
+    per class, ``pos`` the class's rank in the tree), and a permutation of the tuples lifts uniquely (member
+    at ``pos`` to member at ``pos``). Edges to the outside keep the positions of the members they touch (in
+    their new colours) and a tuple's own edges (every ``(position, position, label)``, exactly, by
+    :func:`_segment_ids`) go into its vertex colour, so the contracted graph loses nothing. A matching that
+    would close a cycle of classes is left as edges (its composition around the cycle may be a non-trivial
+    permutation).
 
     Returns ``(cls, pos, qv, ext, item, tuples)``: the edges ``ext`` between different classes keep the
-    colour multiset ``tuples[item]`` (side-tagged colours, densely renumbered), or None.
+    colour multiset ``tuples[item]`` (position-tagged colours, densely renumbered), or None.
 
     Example
     -------
@@ -1012,48 +1017,73 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     cs = np.bincount(unique_int(cand_of * n + u[e_idx]) // n, minlength=cands.size)
     cd = np.bincount(unique_int(cand_of * n + v[e_idx]) // n, minlength=cands.size)
     good = cands[(cs == counts[ok]) & (cd == counts[ok])]
-    used: set[int] = set()
+    # every good candidate is an invariant perfect matching between two classes (each class is fixed setwise):
+    # keep a spanning forest of them (Kruskal in key order, deterministic in the invariant class ids), so that
+    # a whole residual stream (channel -> sum -> sum -> ...) is contracted in one step; a matching that would
+    # close a cycle of classes stays an edge (inside one tuple it goes into the colour)
+    root = np.arange(V, dtype=np.int64)
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            root[x] = root[root[x]]
+            x = int(root[x])
+        return x
+
     chosen = []
     for kk in good.tolist():
-        a, b = kk // C // V, kk // C % V
-        if a not in used and b not in used:
-            used.update((a, b))
+        ra, rb = find(kk // C // V), find(kk // C % V)
+        if ra != rb:
+            root[max(ra, rb)] = min(ra, rb)
             chosen.append(kk)
     if not chosen:
         return None
+    comp = np.array([find(x) for x in range(V)], dtype=np.int64)  # the smallest class of each tree
     chosen_arr = np.asarray(chosen, dtype=np.int64)
     sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
     sel = np.zeros(u.size, dtype=bool)
     sel[pre] = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
-    partner = np.full(n, -1, dtype=np.int64)
-    partner[u[sel]] = v[sel]
-    is_y = np.zeros(n, dtype=bool)
-    is_y[v[sel]] = True
-    head = np.nonzero(~is_y)[0]  # x ends and uncontracted vertices
-    cls = np.full(n, -1, dtype=np.int64)
-    cls[head] = np.arange(head.size)
-    pos = np.zeros(n, dtype=np.int64)
-    xs = np.nonzero(partner >= 0)[0]
-    cls[partner[xs]] = cls[xs]
-    pos[partner[xs]] = 1
+    mu, mv = u[sel], v[sel]
+    # tuple of each vertex: the member of its tree's root class it is matched to along the tree's path
+    # (unique: the matchings of a tree compose without cycles)
+    tup = np.full(n, -1, dtype=np.int64)
+    own = comp[vc] == vc
+    tup[own] = np.nonzero(own)[0]
+    while True:
+        fw = (tup[mu] >= 0) & (tup[mv] < 0)
+        bw = (tup[mv] >= 0) & (tup[mu] < 0)
+        if not (fw.any() or bw.any()):
+            break
+        tup[mv[fw]] = tup[mu[fw]]
+        tup[mu[bw]] = tup[mv[bw]]
+    cls = _dense(tup)
+    # position: rank of the vertex's class among the classes of its tree (all invariant)
+    in_tree = np.bincount(comp, minlength=V)[comp] > 1
+    corder = np.lexsort((np.arange(V), comp))
+    crank = np.empty(V, dtype=np.int64)
+    cstart = np.searchsorted(comp[corder], comp[corder])
+    crank[corder] = np.arange(V) - cstart
+    pos = np.where(in_tree[vc], crank[vc], 0)
+    P = int(pos.max()) + 1
     internal = cls[u] == cls[v]
-    # the pair's own edges: x -> y (always there) and y -> x (maybe), by label, into the colour
-    lab_xy = np.full(n, -1, dtype=np.int64)
-    lab_yx = np.full(n, -1, dtype=np.int64)
-    forward = internal & (partner[u] == v)
-    lab_xy[u[forward]] = lab[forward]
-    backward = internal & ~forward
-    lab_yx[v[backward]] = lab[backward]
-    side = np.where(partner >= 0, 0, np.where(is_y, 1, 2))
-    qv_sig = np.stack(
-        [vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1), lab_xy[head], lab_yx[head]],
-        axis=1,
-    )
-    qv = np.unique(qv_sig, axis=0, return_inverse=True)[1].reshape(-1)
+    # a tuple's own edges (between its positions, with their labels) go into its colour, exactly: equal
+    # sorted sequences of (position, position, label) <=> equal ids
+    k = int(cls.max()) + 1
+    inner = np.full(k, -1, dtype=np.int64)
+    if internal.any():
+        ikey = (pos[u[internal]] * P + pos[v[internal]]) * NL + lab[internal]
+        icls = cls[u[internal]]
+        order = np.lexsort((ikey, icls))
+        ikey, icls = ikey[order], icls[order]
+        first, counts = _runs(icls)
+        ids, _ = _segment_ids(ikey, first, counts)
+        inner[icls[first]] = ids
+    head = np.empty(k, dtype=np.int64)
+    head[cls] = np.arange(n)
+    qv = np.unique(np.stack([comp[vc[head]], inner]), axis=1, return_inverse=True)[1].reshape(-1)
     ext = ~internal
-    t = (lab[ext] * 3 + side[u[ext]]) * 3 + side[v[ext]]
+    t = (lab[ext] * P + pos[u[ext]]) * P + pos[v[ext]]
     ut, item = np.unique(t, return_inverse=True)
-    raw = [tuple((c * 3 + x // 3 % 3) * 3 + x % 3 for c in table[x // 9]) for x in ut.tolist()]
+    raw = [tuple((c * P + x // P % P) * P + x % P for c in table[x // (P * P)]) for x in ut.tolist()]
     values = sorted({c for r in raw for c in r})
     rank = {c: i for i, c in enumerate(values)}
     return cls, pos, qv, ext, item.reshape(-1).astype(np.int64), [tuple(rank[c] for c in r) for r in raw]
