@@ -530,6 +530,24 @@ def test_matching_step_contracts_a_whole_stream_at_once_and_keeps_the_group(monk
     assert compute_group(g).order == 6 != vf2_count(g)
 
 
+def test_tabled_twin_check_rejects_hash_collisions_negative_control(monkeypatch):
+    from symgraph.automorphisms import twins
+
+    # 0 -> 1, 3 -> 2, {1, 2} -> 4, and 5, 6 both -> 4: only {5, 6} are twins; 0/3 and 1/2 only look alike
+    src, dst = np.array([0, 3, 1, 2, 5, 6]), np.array([1, 2, 4, 4, 4, 4])
+    lab, vc = np.array([0, 0, 0, 0, 1, 1]), np.array([0, 1, 1, 0, 2, 3, 3])
+    expect = [0, 1, 2, 3, 4, 5, 5]
+    for simple in (False, True):
+        assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
+    # every multiset hash colliding: the exact check (table or counting) still splits the look-alikes
+    monkeypatch.setattr(twins, "multiset_hash", lambda k, g, n, salt=0: np.zeros(n, dtype=np.int64))
+    for simple in (False, True):
+        assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
+    # one label differing on a true pair's edge: no longer twins
+    lab2 = np.array([0, 0, 0, 0, 1, 2])
+    assert twins.twin_classes(7, src, dst, lab2, vc, simple=True).tolist() == list(range(7))
+
+
 # ---------------------------------------------------------------------------------------------- elements
 def test_random_element_is_uniform_on_a_small_group():
     model = ResMLP(2, 3, 2, 1, 1)  # S_3 (stream) x S_2 (block hidden): order 12

@@ -185,8 +185,11 @@ class TwinReduction:
         return mem if self.keep is None else self.keep[mem]
 
 
-def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
+def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) -> np.ndarray:
     """Class id of every vertex (ids ``0 .. m-1`` in order of first member); singletons where no twin.
+
+    ``simple=True`` promises one edge per ordered pair (the labelled graph of :func:`reduce_twins`): the
+    candidates are then verified against their first member's neighbourhood in a table, without sorting.
 
     Example
     -------
@@ -213,9 +216,25 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     # classes of two or more numbered 0 .. R-1: the keys below then often fit int32 (a sort twice as fast)
     big_id = np.cumsum(big) - 1
     big_size = sizes[big]
+    # simple graph, few classes: a class's members have equal degrees, so their neighbourhoods are equal iff
+    # every member's (neighbour, label) is one of the first member's, looked up in a [classes, n] table
+    tabled = simple and big_size.size * n <= max(2 * color.size, 1 << 24) and (color.size == 0 or color.max() < 2**31)
+    first_of = np.full(sizes.size, n, dtype=np.int64)
+    if tabled:
+        _first_member(cand, first_of)
     for a, b in ((dst, src), (src, dst)):
         sel = np.nonzero(big[cand[a]])[0]
         if not sel.size:
+            continue
+        if tabled:
+            ca = cand[a[sel]]
+            key = big_id[ca] * n + b[sel]
+            table = np.full(big_size.size * n, -1, dtype=np.int32)
+            is_first = a[sel] == first_of[ca]
+            table[key[is_first]] = color[sel[is_first]]
+            miss = table[key] != color[sel]
+            bad[ca[miss]] = True
+            del ca, key, table, is_first, miss, sel
             continue
         key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
         key *= n
@@ -238,6 +257,12 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     rank_of = np.empty(first.size, dtype=np.int64)
     rank_of[np.argsort(first)] = np.arange(first.size)
     return rank_of[inv.reshape(-1)]
+
+
+def _first_member(cand: np.ndarray, out: np.ndarray) -> None:
+    """``out[c]`` = the smallest vertex of candidate class ``c`` (``cand`` numbered densely)."""
+    idx = np.arange(cand.size, dtype=np.int64)[::-1]
+    out[cand[::-1]] = idx  # the last write wins: the smallest index of each class
 
 
 def _make_level(cls: np.ndarray, position: np.ndarray | None = None) -> TwinLevel:
@@ -778,7 +803,7 @@ def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
 
 def _twin_step(m, u, v, lab, table, vc):
     # exact twins of the labelled graph = those of the multigraph (a label is the pair's colour multiset)
-    cls = twin_classes(m, u, v, lab, vc)
+    cls = twin_classes(m, u, v, lab, vc, simple=True)
     k = int(cls.max()) + 1 if m else 0
     if k == m:
         return None
