@@ -18,7 +18,7 @@ until no twins remain; nauty then only sees the final quotient. A hidden layer o
 vertex. More exact steps make twins appear where structure hides them (each lifts uniquely, see its
 docstring): :func:`fold_fixed` (fixed nodes become colours of their neighbours), :func:`chain_classes`
 (a channel and the norm node hanging on it become one vertex; an expansion channel and its own depthwise
-channel), :func:`_matching` (a residual stream: each channel contracted with its own sum node),
+channel), :func:`_matching` (a residual stream: each channel contracted with all its sum nodes at once),
 :func:`closed_twin_classes` (pairwise-joined interchangeable vertices, which contracted streams produce) and
 colour refinement (:func:`~symgraph.automorphisms.nauty.refine_colors`, which splits classes that only look
 alike). The steps take turns until none applies; a ResNet-18 parameter graph (12,524 nodes) ends as a
