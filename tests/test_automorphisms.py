@@ -812,3 +812,20 @@ def test_chunked_first_pass_equals_the_whole_graph_passes():
         node_groups=(),
     )
     assert compute_group(shuffled).order == compute_group(g).order == analytic_order(g)
+
+
+def test_chunked_segment_breaks_find_a_pair_repeated_across_a_chunk_border():
+    from symgraph.automorphisms.twins import _distinct, _fold_and_collapse
+
+    # pair (0, 2) in two runs, [0->2, 1->2, 0->2]: with chunks of one edge every run is its own chunk, and the
+    # repeat is only visible across the chunk borders
+    src, dst, col = np.array([0, 1, 0]), np.array([2, 2, 2]), np.array([0, 1, 2])
+    for chunk in (1, 2, 8):
+        (m, u, v, lab, table, _), _ = _fold_and_collapse(3, src, dst, col, np.zeros(3, np.int64), None, chunk=chunk)
+        assert sorted(zip(u.tolist(), v.tolist(), (table[x] for x in lab.tolist()), strict=True)) == [
+            (0, 2, (0, 2)),
+            (1, 2, (1,)),
+        ]
+    # negative control: the same edges with the breaks left out look distinct (so the breaks do the work)
+    no_breaks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert _distinct(src, dst, 3) is False and _distinct(src, dst, 3, no_breaks) is True

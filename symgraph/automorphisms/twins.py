@@ -431,6 +431,9 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
         raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
     nodes, keys, us, vs, labs = [], [], [], [], []
     table: dict[tuple, int] = {}
+    breaks: tuple[list, list] = ([], [])
+    last: list[int | None] = [None, None]
+    offset = 0
     a = 0
     while a < E:
         b = min(E, a + chunk)
@@ -464,8 +467,18 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
             dtype=np.int64,
         )
         small = np.int32 if m < 2**31 else np.int64  # the parts in int32 until the last concatenation
-        us.append(s[first].astype(small))
-        vs.append(d[first].astype(small))
+        s1, d1 = s[first], d[first]
+        for o, (x, y) in enumerate(((s1, d1), (d1, s1))):  # where the pair keys stop increasing, both ways
+            k = x * m + y
+            if last[o] is not None and k[0] <= last[o]:
+                breaks[o].append(np.array([offset], dtype=np.int64))
+            breaks[o].append(np.nonzero(k[1:] <= k[:-1])[0] + 1 + offset)
+            last[o] = int(k[-1])
+            del k
+        offset += s1.size
+        us.append(s1.astype(small))
+        vs.append(d1.astype(small))
+        del s1, d1
         labs.append(gid[ids].astype(np.int32))
         del s, d, c, first, counts, ids
     node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
@@ -473,7 +486,9 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
     u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
     del us, vs, labs
-    if not _distinct(u, v, m):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
+    brk = tuple(np.concatenate(b) if b else np.zeros(0, dtype=np.int64) for b in breaks)
+    del breaks
+    if not _distinct(u, v, m, brk):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
         u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
         node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
         key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
@@ -676,30 +691,34 @@ def _run_ids(color: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple[
     return ids, np.concatenate(rep_parts)
 
 
-def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
+def _distinct(src: np.ndarray, dst: np.ndarray, m: int, breaks: tuple | None = None) -> bool:
     """No ordered pair occurs twice?
 
     Builders emit layer after layer, each in increasing order by target (or by source): the pairs fall into
     a few increasing segments. Pairs inside a segment are distinct; segments whose bounding boxes (source
     range x target range) are disjoint share no pair. Only the keys of segments whose boxes meet are
-    sorted (all of them, in the worst case).
+    sorted (all of them, in the worst case). ``breaks`` (the segment starts of the source-major and the
+    target-major keys, as computed here) may be given by a caller that met the edges chunk by chunk.
     """
     if src.size < 2:
         return True
-    best = None
-    for a, b in ((src, dst), (dst, src)):
-        key = a * m + b
-        br = np.nonzero(key[1:] <= key[:-1])[0] + 1
-        if best is None or br.size < best[1].size:
-            best = (key, br)
-        if br.size == 0:
-            return True
-        del key
-    key, br = best
+    if breaks is None:
+        breaks = tuple(
+            np.nonzero((a[1:] * m + b[1:]) <= (a[:-1] * m + b[:-1]))[0] + 1 for a, b in ((src, dst), (dst, src))
+        )
+    o = 0 if breaks[0].size <= breaks[1].size else 1
+    br = breaks[o]
+    if br.size == 0:
+        return True
+    first, second = (src, dst) if o == 0 else (dst, src)
+
+    def keys(a: int = 0, b: int | None = None) -> np.ndarray:
+        return first[a:b] * m + second[a:b]
+
     if br.size > 4096:
-        return unique_int(key).size == key.size
+        return unique_int(keys()).size == src.size
     starts = np.concatenate([[0], br])
-    ends = np.concatenate([br, [key.size]])
+    ends = np.concatenate([br, [src.size]])
     lo_s, hi_s = np.minimum.reduceat(src, starts), np.maximum.reduceat(src, starts)
     lo_d, hi_d = np.minimum.reduceat(dst, starts), np.maximum.reduceat(dst, starts)
     meet = (
@@ -710,7 +729,7 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
     )
     ii, jj = np.nonzero(np.triu(meet, 1))
     if ii.size > 4096:
-        return unique_int(key).size == key.size
+        return unique_int(keys()).size == src.size
     for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
         # only pairs inside both boxes can be shared: compare those of the two segments
         s0, s1 = max(lo_s[i], lo_s[j]), min(hi_s[i], hi_s[j])
@@ -720,7 +739,7 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
             a, b = starts[t], ends[t]
             ss, dd = src[a:b], dst[a:b]
             inside = (ss >= s0) & (ss <= s1) & (dd >= d0) & (dd <= d1)
-            parts.append(key[a:b][inside])
+            parts.append(keys(a, b)[inside])
         both = np.concatenate(parts)
         if both.size and unique_int(both).size != both.size:
             return False
