@@ -189,7 +189,7 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     """Class id of every vertex (ids ``0 .. m-1`` in order of first member); singletons where no twin.
 
     ``simple=True`` promises one edge per ordered pair (the labelled graph of :func:`reduce_twins`): the
-    candidates are then verified against their first member's neighbourhood in a table, without sorting.
+    candidates are then verified against one member's neighbourhood in a table, without sorting.
 
     Example
     -------
@@ -217,11 +217,11 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     big_id = np.cumsum(big) - 1
     big_size = sizes[big]
     # simple graph, few classes: a class's members have equal degrees, so their neighbourhoods are equal iff
-    # every member's (neighbour, label) is one of the first member's, looked up in a [classes, n] table
+    # every member's (neighbour, label) is one of a reference member's, looked up in a [classes, n] table
     tabled = simple and big_size.size * n <= max(2 * color.size, 1 << 24) and (color.size == 0 or color.max() < 2**31)
-    first_of = np.full(sizes.size, n, dtype=np.int64)
+    ref = np.full(sizes.size, n, dtype=np.int64)
     if tabled:
-        _first_member(cand, first_of)
+        _a_member(cand, ref)
     for a, b in ((dst, src), (src, dst)):
         sel = np.nonzero(big[cand[a]])[0]
         if not sel.size:
@@ -230,11 +230,11 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
             ca = cand[a[sel]]
             key = big_id[ca] * n + b[sel]
             table = np.full(big_size.size * n, -1, dtype=np.int32)
-            is_first = a[sel] == first_of[ca]
-            table[key[is_first]] = color[sel[is_first]]
+            is_ref = a[sel] == ref[ca]
+            table[key[is_ref]] = color[sel[is_ref]]
             miss = table[key] != color[sel]
             bad[ca[miss]] = True
-            del ca, key, table, is_first, miss, sel
+            del ca, key, table, is_ref, miss, sel
             continue
         key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
         key *= n
@@ -259,10 +259,10 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     return rank_of[inv.reshape(-1)]
 
 
-def _first_member(cand: np.ndarray, out: np.ndarray) -> None:
-    """``out[c]`` = the smallest vertex of candidate class ``c`` (``cand`` numbered densely)."""
-    idx = np.arange(cand.size, dtype=np.int64)[::-1]
-    out[cand[::-1]] = idx  # the last write wins: the smallest index of each class
+def _a_member(cand: np.ndarray, out: np.ndarray) -> None:
+    """``out[c]`` = a member of candidate class ``c`` (which one does not matter: the check of
+    :func:`twin_classes` compares every member with it, and equal neighbourhoods are equal to any member's)."""
+    out[cand] = np.arange(cand.size, dtype=np.int64)
 
 
 def _make_level(cls: np.ndarray, position: np.ndarray | None = None) -> TwinLevel:
