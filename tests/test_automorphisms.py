@@ -496,6 +496,58 @@ def test_chain_contraction_and_fixed_folding_keep_the_group():
     assert compute_group(g2).order == vf2_count(g2) == 1
 
 
+def _stream(internal_colours, twist=False):
+    """Classes a (0-2), b (3-5), c (6-8): matchings a_i -> b_i -> c_i (colour 0), a_i -> c_i with
+    ``internal_colours[i]``, and with ``twist`` a third matching a_i -> c_{i+1} (colour 4) closing a cycle of
+    classes; a source s (9) feeds every a_i (colour 1)."""
+    src, dst, col = [], [], []
+    for i in range(3):
+        src += [i, 3 + i, 9]
+        dst += [3 + i, 6 + i, i]
+        col += [0, 0, 1]
+        if internal_colours[i] is not None:
+            src.append(i), dst.append(6 + i), col.append(internal_colours[i])
+        if twist:
+            src.append(i), dst.append(6 + (i + 1) % 3), col.append(4)
+    return raw_graph(10, src, dst, col, [1, 1, 1, 2, 2, 2, 3, 3, 3, 0])
+
+
+def test_matching_step_contracts_a_whole_stream_at_once_and_keeps_the_group(monkeypatch):
+    from symgraph.automorphisms import twins
+
+    g = _stream([5, 5, 6])
+    n, src, dst, ecol, vcol = graph_arrays(g)
+    # one step: a, b, c become one tuple each (three positions), not pair after pair
+    cls, pos, *_ = twins._matching(n, src, dst, ecol, [(c,) for c in range(7)], vcol)
+    assert cls[:9].tolist() == [0, 1, 2] * 3 and pos[:9].tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    assert compute_group(g).order == vf2_count(g) == 2  # the tuple with colour 6 inside is fixed
+    assert compute_group(_stream([5, 5, 5])).order == 6
+    # a cycle of matchings whose composition is a 3-cycle: only a spanning tree is contracted
+    twisted = _stream([None] * 3, twist=True)
+    assert compute_group(twisted).order == vf2_count(twisted) == 3
+    # negative control: forgetting the tuples' own edges (every tuple the same colour) overcounts
+    monkeypatch.setattr(twins, "_segment_ids", lambda v, f, c: (np.zeros(f.size, np.int64), np.zeros(1, np.int64)))
+    assert compute_group(g).order == 6 != vf2_count(g)
+
+
+def test_tabled_twin_check_rejects_hash_collisions_negative_control(monkeypatch):
+    from symgraph.automorphisms import twins
+
+    # 0 -> 1, 3 -> 2, {1, 2} -> 4, and 5, 6 both -> 4: only {5, 6} are twins; 0/3 and 1/2 only look alike
+    src, dst = np.array([0, 3, 1, 2, 5, 6]), np.array([1, 2, 4, 4, 4, 4])
+    lab, vc = np.array([0, 0, 0, 0, 1, 1]), np.array([0, 1, 1, 0, 2, 3, 3])
+    expect = [0, 1, 2, 3, 4, 5, 5]
+    for simple in (False, True):
+        assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
+    # every multiset hash colliding: the exact check (table or counting) still splits the look-alikes
+    monkeypatch.setattr(twins, "multiset_hash", lambda k, g, n, salt=0: np.zeros(n, dtype=np.int64))
+    for simple in (False, True):
+        assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
+    # one label differing on a true pair's edge: no longer twins
+    lab2 = np.array([0, 0, 0, 0, 1, 2])
+    assert twins.twin_classes(7, src, dst, lab2, vc, simple=True).tolist() == list(range(7))
+
+
 # ---------------------------------------------------------------------------------------------- elements
 def test_random_element_is_uniform_on_a_small_group():
     model = ResMLP(2, 3, 2, 1, 1)  # S_3 (stream) x S_2 (block hidden): order 12
@@ -760,3 +812,20 @@ def test_chunked_first_pass_equals_the_whole_graph_passes():
         node_groups=(),
     )
     assert compute_group(shuffled).order == compute_group(g).order == analytic_order(g)
+
+
+def test_chunked_segment_breaks_find_a_pair_repeated_across_a_chunk_border():
+    from symgraph.automorphisms.twins import _distinct, _fold_and_collapse
+
+    # pair (0, 2) in two runs, [0->2, 1->2, 0->2]: with chunks of one edge every run is its own chunk, and the
+    # repeat is only visible across the chunk borders
+    src, dst, col = np.array([0, 1, 0]), np.array([2, 2, 2]), np.array([0, 1, 2])
+    for chunk in (1, 2, 8):
+        (m, u, v, lab, table, _), _ = _fold_and_collapse(3, src, dst, col, np.zeros(3, np.int64), None, chunk=chunk)
+        assert sorted(zip(u.tolist(), v.tolist(), (table[x] for x in lab.tolist()), strict=True)) == [
+            (0, 2, (0, 2)),
+            (1, 2, (1,)),
+        ]
+    # negative control: the same edges with the breaks left out look distinct (so the breaks do the work)
+    no_breaks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert _distinct(src, dst, 3) is False and _distinct(src, dst, 3, no_breaks) is True

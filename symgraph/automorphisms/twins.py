@@ -18,7 +18,7 @@ until no twins remain; nauty then only sees the final quotient. A hidden layer o
 vertex. More exact steps make twins appear where structure hides them (each lifts uniquely, see its
 docstring): :func:`fold_fixed` (fixed nodes become colours of their neighbours), :func:`chain_classes`
 (a channel and the norm node hanging on it become one vertex; an expansion channel and its own depthwise
-channel), :func:`_matching` (a residual stream: each channel contracted with its own sum node),
+channel), :func:`_matching` (a residual stream: each channel contracted with all its sum nodes at once),
 :func:`closed_twin_classes` (pairwise-joined interchangeable vertices, which contracted streams produce) and
 colour refinement (:func:`~symgraph.automorphisms.nauty.refine_colors`, which splits classes that only look
 alike). The steps take turns until none applies; a ResNet-18 parameter graph (12,524 nodes) ends as a
@@ -185,8 +185,11 @@ class TwinReduction:
         return mem if self.keep is None else self.keep[mem]
 
 
-def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
+def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) -> np.ndarray:
     """Class id of every vertex (ids ``0 .. m-1`` in order of first member); singletons where no twin.
+
+    ``simple=True`` promises one edge per ordered pair (the labelled graph of :func:`reduce_twins`): the
+    candidates are then verified against one member's neighbourhood in a table, without sorting.
 
     Example
     -------
@@ -213,9 +216,25 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     # classes of two or more numbered 0 .. R-1: the keys below then often fit int32 (a sort twice as fast)
     big_id = np.cumsum(big) - 1
     big_size = sizes[big]
+    # simple graph, few classes: a class's members have equal degrees, so their neighbourhoods are equal iff
+    # every member's (neighbour, label) is one of a reference member's, looked up in a [classes, n] table
+    tabled = simple and big_size.size * n <= max(2 * color.size, 1 << 24) and (color.size == 0 or color.max() < 2**31)
+    ref = np.full(sizes.size, n, dtype=np.int64)
+    if tabled:
+        _a_member(cand, ref)
     for a, b in ((dst, src), (src, dst)):
         sel = np.nonzero(big[cand[a]])[0]
         if not sel.size:
+            continue
+        if tabled:
+            ca = cand[a[sel]]
+            key = big_id[ca] * n + b[sel]
+            table = np.full(big_size.size * n, -1, dtype=np.int32)
+            is_ref = a[sel] == ref[ca]
+            table[key[is_ref]] = color[sel[is_ref]]
+            miss = table[key] != color[sel]
+            bad[ca[miss]] = True
+            del ca, key, table, is_ref, miss, sel
             continue
         key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
         key *= n
@@ -238,6 +257,12 @@ def twin_classes(n: int, src, dst, color, vertex_color) -> np.ndarray:
     rank_of = np.empty(first.size, dtype=np.int64)
     rank_of[np.argsort(first)] = np.arange(first.size)
     return rank_of[inv.reshape(-1)]
+
+
+def _a_member(cand: np.ndarray, out: np.ndarray) -> None:
+    """``out[c]`` = a member of candidate class ``c`` (which one does not matter: the check of
+    :func:`twin_classes` compares every member with it, and equal neighbourhoods are equal to any member's)."""
+    out[cand] = np.arange(cand.size, dtype=np.int64)
 
 
 def _make_level(cls: np.ndarray, position: np.ndarray | None = None) -> TwinLevel:
@@ -406,6 +431,9 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
         raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
     nodes, keys, us, vs, labs = [], [], [], [], []
     table: dict[tuple, int] = {}
+    breaks: tuple[list, list] = ([], [])
+    last: list[int | None] = [None, None]
+    offset = 0
     a = 0
     while a < E:
         b = min(E, a + chunk)
@@ -439,8 +467,18 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
             dtype=np.int64,
         )
         small = np.int32 if m < 2**31 else np.int64  # the parts in int32 until the last concatenation
-        us.append(s[first].astype(small))
-        vs.append(d[first].astype(small))
+        s1, d1 = s[first], d[first]
+        for o, (x, y) in enumerate(((s1, d1), (d1, s1))):  # where the pair keys stop increasing, both ways
+            k = x * m + y
+            if last[o] is not None and k[0] <= last[o]:
+                breaks[o].append(np.array([offset], dtype=np.int64))
+            breaks[o].append(np.nonzero(k[1:] <= k[:-1])[0] + 1 + offset)
+            last[o] = int(k[-1])
+            del k
+        offset += s1.size
+        us.append(s1.astype(small))
+        vs.append(d1.astype(small))
+        del s1, d1
         labs.append(gid[ids].astype(np.int32))
         del s, d, c, first, counts, ids
     node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
@@ -448,7 +486,9 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
     u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
     del us, vs, labs
-    if not _distinct(u, v, m):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
+    brk = tuple(np.concatenate(b) if b else np.zeros(0, dtype=np.int64) for b in breaks)
+    del breaks
+    if not _distinct(u, v, m, brk):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
         u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
         node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
         key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
@@ -651,30 +691,34 @@ def _run_ids(color: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple[
     return ids, np.concatenate(rep_parts)
 
 
-def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
+def _distinct(src: np.ndarray, dst: np.ndarray, m: int, breaks: tuple | None = None) -> bool:
     """No ordered pair occurs twice?
 
     Builders emit layer after layer, each in increasing order by target (or by source): the pairs fall into
     a few increasing segments. Pairs inside a segment are distinct; segments whose bounding boxes (source
     range x target range) are disjoint share no pair. Only the keys of segments whose boxes meet are
-    sorted (all of them, in the worst case).
+    sorted (all of them, in the worst case). ``breaks`` (the segment starts of the source-major and the
+    target-major keys, as computed here) may be given by a caller that met the edges chunk by chunk.
     """
     if src.size < 2:
         return True
-    best = None
-    for a, b in ((src, dst), (dst, src)):
-        key = a * m + b
-        br = np.nonzero(key[1:] <= key[:-1])[0] + 1
-        if best is None or br.size < best[1].size:
-            best = (key, br)
-        if br.size == 0:
-            return True
-        del key
-    key, br = best
+    if breaks is None:
+        breaks = tuple(
+            np.nonzero((a[1:] * m + b[1:]) <= (a[:-1] * m + b[:-1]))[0] + 1 for a, b in ((src, dst), (dst, src))
+        )
+    o = 0 if breaks[0].size <= breaks[1].size else 1
+    br = breaks[o]
+    if br.size == 0:
+        return True
+    first, second = (src, dst) if o == 0 else (dst, src)
+
+    def keys(a: int = 0, b: int | None = None) -> np.ndarray:
+        return first[a:b] * m + second[a:b]
+
     if br.size > 4096:
-        return unique_int(key).size == key.size
+        return unique_int(keys()).size == src.size
     starts = np.concatenate([[0], br])
-    ends = np.concatenate([br, [key.size]])
+    ends = np.concatenate([br, [src.size]])
     lo_s, hi_s = np.minimum.reduceat(src, starts), np.maximum.reduceat(src, starts)
     lo_d, hi_d = np.minimum.reduceat(dst, starts), np.maximum.reduceat(dst, starts)
     meet = (
@@ -685,7 +729,7 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
     )
     ii, jj = np.nonzero(np.triu(meet, 1))
     if ii.size > 4096:
-        return unique_int(key).size == key.size
+        return unique_int(keys()).size == src.size
     for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
         # only pairs inside both boxes can be shared: compare those of the two segments
         s0, s1 = max(lo_s[i], lo_s[j]), min(hi_s[i], hi_s[j])
@@ -695,7 +739,7 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int) -> bool:
             a, b = starts[t], ends[t]
             ss, dd = src[a:b], dst[a:b]
             inside = (ss >= s0) & (ss <= s1) & (dd >= d0) & (dd <= d1)
-            parts.append(key[a:b][inside])
+            parts.append(keys(a, b)[inside])
         both = np.concatenate(parts)
         if both.size and unique_int(both).size != both.size:
             return False
@@ -778,7 +822,7 @@ def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
 
 def _twin_step(m, u, v, lab, table, vc):
     # exact twins of the labelled graph = those of the multigraph (a label is the pair's colour multiset)
-    cls = twin_classes(m, u, v, lab, vc)
+    cls = twin_classes(m, u, v, lab, vc, simple=True)
     k = int(cls.max()) + 1 if m else 0
     if k == m:
         return None
@@ -945,13 +989,18 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     channel to its own sum node; a depthwise convolution: each channel to its own output channel).
 
     Every automorphism maps class ``a`` onto itself and ``b`` onto itself and preserves those edges, so it
-    maps matched pairs to matched pairs; conversely a permutation of the pairs lifts uniquely (``x`` first,
-    ``y = mu(x)`` second). Edges to the outside keep which end of a pair they touch (``side`` in their new
-    colours) and the pair's own edges (``x -> y`` with all its colours, and ``y -> x`` if present) go into
-    its vertex colour, so the contracted graph loses nothing. Each class takes part in one matching per step.
+    maps matched pairs to matched pairs. The matchings found are contracted along a spanning forest of the
+    classes they join (a whole residual stream ``channel -> sum -> sum -> ...`` in one step): each tree's
+    matchings compose into one bijection between its classes, so its vertices fall into tuples (one member
+    per class, ``pos`` the class's rank in the tree), and a permutation of the tuples lifts uniquely (member
+    at ``pos`` to member at ``pos``). Edges to the outside keep the positions of the members they touch (in
+    their new colours) and a tuple's own edges (every ``(position, position, label)``, exactly, by
+    :func:`_segment_ids`) go into its vertex colour, so the contracted graph loses nothing. A matching that
+    would close a cycle of classes is left as edges (its composition around the cycle may be a non-trivial
+    permutation).
 
     Returns ``(cls, pos, qv, ext, item, tuples)``: the edges ``ext`` between different classes keep the
-    colour multiset ``tuples[item]`` (side-tagged colours, densely renumbered), or None.
+    colour multiset ``tuples[item]`` (position-tagged colours, densely renumbered), or None.
 
     Example
     -------
@@ -1012,48 +1061,73 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     cs = np.bincount(unique_int(cand_of * n + u[e_idx]) // n, minlength=cands.size)
     cd = np.bincount(unique_int(cand_of * n + v[e_idx]) // n, minlength=cands.size)
     good = cands[(cs == counts[ok]) & (cd == counts[ok])]
-    used: set[int] = set()
+    # every good candidate is an invariant perfect matching between two classes (each class is fixed setwise):
+    # keep a spanning forest of them (Kruskal in key order, deterministic in the invariant class ids), so that
+    # a whole residual stream (channel -> sum -> sum -> ...) is contracted in one step; a matching that would
+    # close a cycle of classes stays an edge (inside one tuple it goes into the colour)
+    root = np.arange(V, dtype=np.int64)
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            root[x] = root[root[x]]
+            x = int(root[x])
+        return x
+
     chosen = []
     for kk in good.tolist():
-        a, b = kk // C // V, kk // C % V
-        if a not in used and b not in used:
-            used.update((a, b))
+        ra, rb = find(kk // C // V), find(kk // C % V)
+        if ra != rb:
+            root[max(ra, rb)] = min(ra, rb)
             chosen.append(kk)
     if not chosen:
         return None
+    comp = np.array([find(x) for x in range(V)], dtype=np.int64)  # the smallest class of each tree
     chosen_arr = np.asarray(chosen, dtype=np.int64)
     sel_comb = np.bincount(ent_comb[np.isin(ent_key, chosen_arr)], minlength=comb.size) > 0
     sel = np.zeros(u.size, dtype=bool)
     sel[pre] = sel_comb[inv]  # the edge carries the chosen colour of its (class, class)
-    partner = np.full(n, -1, dtype=np.int64)
-    partner[u[sel]] = v[sel]
-    is_y = np.zeros(n, dtype=bool)
-    is_y[v[sel]] = True
-    head = np.nonzero(~is_y)[0]  # x ends and uncontracted vertices
-    cls = np.full(n, -1, dtype=np.int64)
-    cls[head] = np.arange(head.size)
-    pos = np.zeros(n, dtype=np.int64)
-    xs = np.nonzero(partner >= 0)[0]
-    cls[partner[xs]] = cls[xs]
-    pos[partner[xs]] = 1
+    mu, mv = u[sel], v[sel]
+    # tuple of each vertex: the member of its tree's root class it is matched to along the tree's path
+    # (unique: the matchings of a tree compose without cycles)
+    tup = np.full(n, -1, dtype=np.int64)
+    own = comp[vc] == vc
+    tup[own] = np.nonzero(own)[0]
+    while True:
+        fw = (tup[mu] >= 0) & (tup[mv] < 0)
+        bw = (tup[mv] >= 0) & (tup[mu] < 0)
+        if not (fw.any() or bw.any()):
+            break
+        tup[mv[fw]] = tup[mu[fw]]
+        tup[mu[bw]] = tup[mv[bw]]
+    cls = _dense(tup)
+    # position: rank of the vertex's class among the classes of its tree (all invariant)
+    in_tree = np.bincount(comp, minlength=V)[comp] > 1
+    corder = np.lexsort((np.arange(V), comp))
+    crank = np.empty(V, dtype=np.int64)
+    cstart = np.searchsorted(comp[corder], comp[corder])
+    crank[corder] = np.arange(V) - cstart
+    pos = np.where(in_tree[vc], crank[vc], 0)
+    P = int(pos.max()) + 1
     internal = cls[u] == cls[v]
-    # the pair's own edges: x -> y (always there) and y -> x (maybe), by label, into the colour
-    lab_xy = np.full(n, -1, dtype=np.int64)
-    lab_yx = np.full(n, -1, dtype=np.int64)
-    forward = internal & (partner[u] == v)
-    lab_xy[u[forward]] = lab[forward]
-    backward = internal & ~forward
-    lab_yx[v[backward]] = lab[backward]
-    side = np.where(partner >= 0, 0, np.where(is_y, 1, 2))
-    qv_sig = np.stack(
-        [vc[head], np.where(partner[head] >= 0, vc[np.maximum(partner[head], 0)], -1), lab_xy[head], lab_yx[head]],
-        axis=1,
-    )
-    qv = np.unique(qv_sig, axis=0, return_inverse=True)[1].reshape(-1)
+    # a tuple's own edges (between its positions, with their labels) go into its colour, exactly: equal
+    # sorted sequences of (position, position, label) <=> equal ids
+    k = int(cls.max()) + 1
+    inner = np.full(k, -1, dtype=np.int64)
+    if internal.any():
+        ikey = (pos[u[internal]] * P + pos[v[internal]]) * NL + lab[internal]
+        icls = cls[u[internal]]
+        order = np.lexsort((ikey, icls))
+        ikey, icls = ikey[order], icls[order]
+        first, counts = _runs(icls)
+        ids, _ = _segment_ids(ikey, first, counts)
+        inner[icls[first]] = ids
+    head = np.empty(k, dtype=np.int64)
+    head[cls] = np.arange(n)
+    qv = np.unique(np.stack([comp[vc[head]], inner]), axis=1, return_inverse=True)[1].reshape(-1)
     ext = ~internal
-    t = (lab[ext] * 3 + side[u[ext]]) * 3 + side[v[ext]]
+    t = (lab[ext] * P + pos[u[ext]]) * P + pos[v[ext]]
     ut, item = np.unique(t, return_inverse=True)
-    raw = [tuple((c * 3 + x // 3 % 3) * 3 + x % 3 for c in table[x // 9]) for x in ut.tolist()]
+    raw = [tuple((c * P + x // P % P) * P + x % P for c in table[x // (P * P)]) for x in ut.tolist()]
     values = sorted({c for r in raw for c in r})
     rank = {c: i for i, c in enumerate(values)}
     return cls, pos, qv, ext, item.reshape(-1).astype(np.int64), [tuple(rank[c] for c in r) for r in raw]
