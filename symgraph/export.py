@@ -604,7 +604,8 @@ def _leaf_paths(model: nn.Module) -> list[str]:
         if not path or any(path.startswith(p + ".") for p in out):
             continue
         fn = encoder_for_module(m)
-        if fn is not None and getattr(fn, "leaf", True):
+        leaf = getattr(fn, "leaf", True)  # a bool, or a predicate of the module (as in trace._Tracer)
+        if fn is not None and (leaf(m) if callable(leaf) else leaf):
             out.append(path)
     return out
 
@@ -727,6 +728,37 @@ class _Converter:
         self.group_of: dict[str, str] = {}  # node name -> call id of its collapsed leaf module
         self.groups_done: set[str] = set()
         self._find_groups()
+        self.fused: dict[str, tuple] = {}  # node name -> (target, args, kwargs) of a decomposed functional
+        self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
+        self._fuse_normalize()
+
+    # -------------------------------------------------------------------------- decomposed functionals
+    def _fuse_normalize(self) -> None:
+        """``F.normalize(x, p, dim, eps)``, which export decomposes into ``x / linalg_vector_norm(x, p, [dim],
+        keepdim=True).clamp_min(eps).expand_as(x)``, back into one op (each inner value read only by the next)."""
+
+        def only(n, packet):
+            return isinstance(n, fx.Node) and _packet(n.target) == packet and len(n.users) == 1
+
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "div" or len(n.args) != 2 or n.kwargs:
+                continue
+            x, d = n.args
+            inner = []
+            if only(d, "expand_as") and d.args[1] is x:
+                inner.append(d)
+                d = d.args[0]
+            if not (only(d, "clamp_min") and len(d.args) == 2 and isinstance(d.args[1], int | float)):
+                continue
+            eps, norm = d.args[1], d.args[0]
+            if not (only(norm, "linalg_vector_norm") and norm.args[0] is x and not norm.kwargs):
+                continue
+            p, dims, keep = (list(norm.args[1:]) + [2, None, False])[:3]
+            if not (keep and isinstance(dims, list | tuple) and len(dims) == 1):
+                continue
+            inner += [d, norm]
+            self.fused[n.name] = (F.normalize, (x,), {"p": float(p), "dim": int(dims[0]), "eps": float(eps)})
+            self.absorbed.update(m.name for m in inner)
 
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:
@@ -915,6 +947,8 @@ class _Converter:
                 if n.users:
                     raise UnsupportedModuleError(str(n.target), "a module call inside an ATen graph")
                 continue
+            if n.name in self.absorbed:
+                continue
             if n.name in self.group_of:
                 cid = self.group_of[n.name]
                 if cid not in self.groups_done:
@@ -941,6 +975,12 @@ class _Converter:
     def _convert(self, n: fx.Node) -> None:
         target = n.target
         name = _packet(target)
+        if n.name in self.fused:
+            fn, args, kwargs = self.fused[n.name]
+            shape, dtype = _meta(n)
+            refs = self._ref(args), tuple(sorted(kwargs.items()))
+            self._add(OpSpec(n.name, "call_function", fn, *refs, shape, dtype, len(n.users)))
+            return
         if target is operator.getitem:
             src = n.args[0]
             src_name = self.alias.get(src.name, src.name) if isinstance(src, fx.Node) else None

@@ -116,7 +116,9 @@ class _Tracer(fx.Tracer):
             raise
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if encoder_for_module(m) is not None and getattr(encoder_for_module(m), "leaf", True):
+        fn = encoder_for_module(m)
+        leaf = getattr(fn, "leaf", True)  # a bool, or a predicate of the module (traced through when False)
+        if fn is not None and (leaf(m) if callable(leaf) else leaf):
             return True
         return super().is_leaf_module(m, qualname)
 
