@@ -162,13 +162,22 @@ _FUNCTIONAL_DROPOUTS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha
 @contextlib.contextmanager
 def _functional_dropout_off() -> Iterator[None]:
     """``F.dropout`` and friends as the identity inside the block (dropout called as a function, e.g. in
-    torchvision's Inception auxiliary heads, for the same reason as the modules in :func:`_set_mode`)."""
+    torchvision's Inception auxiliary heads, for the same reason as the modules in :func:`_set_mode`), and
+    ``F.scaled_dot_product_attention`` with ``dropout_p=0`` (its dropout of the attention probabilities draws
+    per-head masks, which differ between permuted heads)."""
     import torch.nn.functional as F
 
-    saved = {name: getattr(F, name) for name in _FUNCTIONAL_DROPOUTS}
+    saved = {name: getattr(F, name) for name in (*_FUNCTIONAL_DROPOUTS, "scaled_dot_product_attention")}
+    sdpa = saved["scaled_dot_product_attention"]
+
+    def sdpa_without_dropout(query, key, value, attn_mask=None, dropout_p=0.0, *args, **kwargs):
+        # the attention-probability dropout inside SDPA (Hugging Face models pass dropout_p in train mode)
+        return sdpa(query, key, value, attn_mask, 0.0, *args, **kwargs)
+
     try:
         for name in _FUNCTIONAL_DROPOUTS:
             setattr(F, name, lambda input, *args, **kwargs: input)
+        F.scaled_dot_product_attention = sdpa_without_dropout
         yield
     finally:
         for name, fn in saved.items():
@@ -190,7 +199,8 @@ def check_function_preservation(
     Both models are deep copies converted to float64. In ``"train"`` mode the comparison also covers the
     buffers the forward pass updates (BatchNorm running statistics): those of the permuted model must equal
     the original's updated buffers permuted by the same Phi. The RNG is seeded identically before each
-    forward; dropout (modules and ``F.dropout`` calls) is switched off in train mode (see ``_set_mode``).
+    forward; dropout (modules, ``F.dropout`` calls and SDPA's ``dropout_p``) is switched off in train mode
+    (see ``_set_mode``).
     ``perm`` need not be an automorphism (this is a checker): a permutation that moves fixed nodes but maps
     the coloured edge set onto itself is applied as it is; one that does not even map the edge set onto
     itself has no Phi, and the result is ``inf``. ``graph`` may be the model's parameter graph or the group
