@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from symgraph.cli_util import run_cli
+from symgraph.cli_util import CLIError, run_cli
 
 from ..engine import seed_everything
 from ..metanets import build, names, unsupported
@@ -129,7 +129,8 @@ class Scale:
 
 @dataclass(frozen=True)
 class ZooOptions:
-    """Which zoo the experiment reads (not part of a scale)."""
+    """Which zoo the experiment reads, and which protocol (the table's splits or ``--scaling``; not part of a
+    scale)."""
 
     dataset: str = option(
         "diverse",
@@ -143,6 +144,14 @@ class ZooOptions:
     data: str = option("digits", "'digits' (bundled) or 'cifar10:/path/to/cifar-10-batches-py'")
     zoo: str | None = option(None, "zoo directory (default runs/zoo-DATASET-SCALE)")
     seed: int = option(0, "seed of the zoo's configurations and of the splits")
+    scaling: tuple[int, ...] | None = option(
+        None,
+        "data-scaling study instead of the table: train every metanet on nested training sets of these sizes "
+        "(of the 50% split's training networks; same validation and test sets), e.g. 50,150,450; writes "
+        "scaling.json and scaling.png",
+        parse=lambda t: parse_sizes(t),
+        metavar="SIZES",
+    )
 
 
 SCALES = {
@@ -320,24 +329,28 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_experiment(
-    dataset="diverse",
-    splits=("50", "5", "ood"),
-    scale: Scale | str = "cpu",
-    data="digits",
-    zoo_dir=None,
-    out_dir=None,
-    metanets=METANETS,
-    device="auto",
-    seed=0,
-    progress=True,
-    log=print,
-    unterthiner=None,
-    resume: bool = True,
-) -> dict:
-    """The whole pipeline (module docstring); ``results.json`` and ``runs.json`` under ``out_dir``."""
+@dataclass
+class _Zoo:
+    """A loaded zoo and the run's context (what :func:`run_experiment` and :func:`run_scaling` share)."""
+
+    scale: Scale
+    scale_name: str
+    ctx: object
+    device: str
+    log: object
+    out_dir: Path
+    t0: float
+    dataset: str
+    data: str
+    records: list
+    pyg: list
+    zoo_seconds: float
+
+
+def _prepare(dataset, scale, data, zoo_dir, out_dir, device, seed, progress, log, unterthiner, prefix) -> _Zoo:
+    """The zoo (generated if needed, resumable; or Unterthiner et al.'s), its parameter graphs, the context."""
     from gmn.distributed import each_then_wait, init_distributed, main_first
-    from gmn.zoo import generate_zoo, load_zoo, make_split
+    from gmn.zoo import generate_zoo, load_zoo
 
     sc = SCALES[scale] if isinstance(scale, str) else scale
     scale_name = scale if isinstance(scale, str) else "custom"
@@ -346,7 +359,7 @@ def run_experiment(
     if not ctx.is_main:  # one log for the whole run
         log, progress = (lambda *a, **k: None), False
     zoo_dir = Path(zoo_dir or f"runs/zoo-{dataset}-{scale_name}")
-    out_dir = Path(out_dir or f"runs/accpred-{dataset}-{scale_name}")
+    out_dir = Path(out_dir or f"runs/{prefix}-{dataset}-{scale_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if unterthiner is not None:  # the published small-CNN zoo (Table 6), read from a local directory
@@ -368,6 +381,31 @@ def run_experiment(
     t_zoo = time.perf_counter() - t0
     log(f"[2/3] parameter graphs of {len(records)} networks")
     pyg = zoo_data(records)
+    return _Zoo(sc, scale_name, ctx, dev, log, out_dir, t0, dataset, data, records, pyg, t_zoo)
+
+
+def run_experiment(
+    dataset="diverse",
+    splits=("50", "5", "ood"),
+    scale: Scale | str = "cpu",
+    data="digits",
+    zoo_dir=None,
+    out_dir=None,
+    metanets=METANETS,
+    device="auto",
+    seed=0,
+    progress=True,
+    log=print,
+    unterthiner=None,
+    resume: bool = True,
+) -> dict:
+    """The whole pipeline (module docstring); ``results.json`` and ``runs.json`` under ``out_dir``."""
+    from gmn.zoo import make_split
+
+    z = _prepare(dataset, scale, data, zoo_dir, out_dir, device, seed, progress, log, unterthiner, "accpred")
+    sc, ctx, dev, log, out_dir, t0 = z.scale, z.ctx, z.device, z.log, z.out_dir, z.t0
+    dataset, data, records, pyg, t_zoo = z.dataset, z.data, z.records, z.pyg, z.zoo_seconds
+    scale_name = z.scale_name
     results = {
         "dataset": dataset,
         "data": data,
@@ -430,6 +468,189 @@ def _plot_runs(results: dict) -> dict:
     return {"dataset": results["dataset"], "runs": runs}
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``--scaling``: training-set sizes, distinct positive integers such as ``50,150,450`` (sorted).
+
+    >>> parse_sizes("150, 50,450")
+    (50, 150, 450)
+    """
+    try:
+        sizes = tuple(int(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(k <= 0 for k in sizes) or len(set(sizes)) != len(sizes):
+        raise CLIError(
+            f"--scaling: Expected distinct positive integers (numbers of training networks), e.g. 50,150,450 "
+            f"(got {text!r})"
+        )
+    return tuple(sorted(sizes))
+
+
+def scaling_split(records, sizes, seed: int = 0) -> dict:
+    """The data-scaling protocol: the 50% split's validation and test sets, and for each size ``k`` the first
+    ``k`` networks of one seeded permutation of its training set, so that every smaller training set is
+    contained in every larger one. ``{"val", "test", "pool", "train": {k: indices}}``; ``ValueError`` if a size
+    exceeds the training networks available.
+    """
+    import torch
+
+    from gmn.zoo import make_split
+
+    base = make_split(records, "50", seed=seed)
+    pool = base["train"]
+    too_big = [k for k in sizes if k > len(pool)]
+    if too_big:
+        raise ValueError(
+            f"--scaling: Expected sizes of at most {len(pool)}, the training networks of this zoo's 50% split "
+            f"({len(records)} networks; a larger zoo: --n) (got {','.join(map(str, too_big))})"
+        )
+    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    order = [pool[j] for j in torch.randperm(len(pool), generator=gen).tolist()]
+    train = {int(k): sorted(order[:k]) for k in sizes}
+    return {"val": base["val"], "test": base["test"], "pool": len(pool), "train": train}
+
+
+def run_scaling(
+    sizes,
+    dataset="diverse",
+    scale: Scale | str = "cpu",
+    data="digits",
+    zoo_dir=None,
+    out_dir=None,
+    metanets=METANETS,
+    device="auto",
+    seed=0,
+    progress=True,
+    log=print,
+    unterthiner=None,
+    resume: bool = True,
+    command: str | None = None,
+) -> dict:
+    """The data-scaling study: every metanet (:func:`run_metanet`, the experiment's protocol: learning-rate
+    search, then the scale's seeds) on nested training sets of ``sizes`` networks (:func:`scaling_split`),
+    with the same validation and test sets. Writes ``scaling.json`` and ``scaling.png`` (test R^2 and tau
+    against the number of training networks, mean ± std over seeds) under ``out_dir``, atomically.
+    """
+    sizes = tuple(sorted(int(k) for k in sizes))
+    z = _prepare(dataset, scale, data, zoo_dir, out_dir, device, seed, progress, log, unterthiner, "accpred-scaling")
+    split = scaling_split(z.records, sizes, seed=seed)
+    log(
+        f"[3/3] scaling: train sizes {','.join(map(str, sizes))} (nested, of {split['pool']}), "
+        f"val {len(split['val'])}, test {len(split['test'])}"
+    )
+    res = {
+        "dataset": z.dataset,
+        "data": z.data,
+        "scale": z.scale_name,
+        "n": len(z.records),
+        "device": z.device,
+        "command": command,
+        "settings": {k: getattr(z.scale, k) for k in ("epochs", "search_epochs", "seeds", "budget", "lrs")},
+        "sizes": list(sizes),
+        "pool": split["pool"],
+        "val": split["val"],
+        "test": split["test"],
+        "train": {str(k): v for k, v in split["train"].items()},
+        "zoo_seconds": round(z.zoo_seconds, 1),
+        "rows": {},
+    }
+    for k in sizes:
+        idx = {"train": split["train"][k], "val": split["val"], "test": split["test"]}
+        rows = []
+        for name in metanets:
+            r = run_metanet(
+                name,
+                z.pyg,
+                idx,
+                z.scale,
+                z.device,
+                progress=False,
+                log=lambda msg, k=k: z.log(f"[size {k}] {msg.strip()}"),
+                checkpoints=z.out_dir / "checkpoints",
+                resume=resume,
+                tag=f"{z.dataset}-scaling{k}-",
+                run_info={"dataset": z.dataset, "data": z.data, "zoo_seed": seed, "split": f"scaling{k}"},
+            )
+            rows.append({key: v for key, v in r.items() if key != "runs"} | _seed_scores(r))
+            if r["supported"]:
+                z.log(
+                    f"[size {k}] {name}: R2 {r['r2'][0]:.3f}±{r['r2'][1]:.3f} "
+                    f"tau {r['tau'][0]:.3f}±{r['tau'][1]:.3f} ({r['seconds']} s)"
+                )
+        res["rows"][str(k)] = rows
+        res["seconds"] = round(time.perf_counter() - z.t0, 1)
+        if z.ctx.is_main:  # after every size: a killed study keeps what it finished
+            _write_scaling(res, z.out_dir)
+    res["seconds"] = round(time.perf_counter() - z.t0, 1)
+    if z.ctx.is_main:
+        _write_scaling(res, z.out_dir)
+    return res
+
+
+def _seed_scores(r: dict) -> dict:
+    if not r.get("supported"):
+        return {}
+    return {
+        "seeds": [x["seed"] for x in r["runs"]],
+        "test_r2": [x["test_r2"] for x in r["runs"]],
+        "test_tau": [x["test_tau"] for x in r["runs"]],
+    }
+
+
+def format_scaling(res: dict) -> str:
+    """The study as a table: one line per (size, metanet) with test R^2 and tau (mean ± std) and seconds."""
+    lines = [f"{'train':>6} {'metanet':<9} {'params':>8} {'test R2':>15} {'tau':>15} {'seconds':>8}"]
+    for k, rows in res["rows"].items():
+        for r in rows:
+            if not r["supported"]:
+                lines.append(f"{k:>6} {r['metanet']:<9} {'':>8} {'n/a':>15} {'n/a':>15}")
+                continue
+            lines.append(
+                f"{k:>6} {r['metanet']:<9} {r['params']:>8} {r['r2'][0]:>8.3f}±{r['r2'][1]:.3f} "
+                f"{r['tau'][0]:>8.3f}±{r['tau'][1]:.3f} {r['seconds']:>8}"
+            )
+    return "\n".join(lines)
+
+
+def _write_scaling(res: dict, out_dir: Path) -> None:
+    """``scaling.json`` and ``scaling.png`` (two panels: test R^2 and tau against training networks, log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from symgraph.cli_util import atomic_open, atomic_write
+
+    res = dict(res, table=format_scaling(res))
+    atomic_write(out_dir / "scaling.json", json.dumps(res, indent=1))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names_seen = [r["metanet"] for rows in res["rows"].values() for r in rows if r["supported"]]
+    for name in dict.fromkeys(names_seen):
+        pts = [(int(k), r) for k, rows in res["rows"].items() for r in rows if r["metanet"] == name and r["supported"]]
+        xs = [k for k, _ in pts]
+        for ax, key in zip(axes, ("r2", "tau")):
+            ax.errorbar(
+                xs, [r[key][0] for _, r in pts], yerr=[r[key][1] for _, r in pts], marker="o", capsize=3, label=name
+            )
+    for ax, label in zip(axes, ("test $R^2$", "test Kendall $\\tau$")):
+        ax.set_xscale("log")
+        ax.set_xticks(res["sizes"], [str(k) for k in res["sizes"]])
+        ax.minorticks_off()
+        ax.set_xlabel("training networks")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    seeds = len(res["settings"]["seeds"])
+    fig.suptitle(
+        f"accuracy prediction, {res['dataset']} zoo on {res['data']} ({res['n']} networks; "
+        f"val {len(res['val'])}, test {len(res['test'])}); mean ± std over {seeds} seeds"
+    )
+    fig.tight_layout()
+    with atomic_open(out_dir / "scaling.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     """The CLI; bad input is one ``error:`` line and exit code 2 (:func:`symgraph.cli_util.run_cli`)."""
     from gmn.distributed import shutdown
@@ -461,6 +682,8 @@ def _main(argv: list[str]) -> int:
         sc = replace(sc, seeds=run.seeds)
     splits = ("50", "5", "ood") if zoo.split == "all" else (zoo.split,)
     log = (lambda *a, **k: None) if run.json else (lambda *a, **k: print(*a, **k, flush=True))
+    if zoo.scaling is not None:
+        return _scaling_cli(argv, ex, sc, log)
     with running(run):
         res = run_experiment(
             zoo.dataset,
@@ -487,6 +710,45 @@ def _main(argv: list[str]) -> int:
         print(json.dumps(slim))
     else:
         print(format_table(res))
+        print(f"total {res['seconds']} s (zoo {res['zoo_seconds']} s) on {res['device']}")
+    return 0
+
+
+def _scaling_cli(argv, ex, sc: Scale, log) -> int:
+    """``--scaling SIZES``: the data-scaling study (:func:`run_scaling`); sizes checked before the zoo is made."""
+    import shlex
+
+    from gmn.distributed import active_context
+
+    run, zoo = ex.run, ex.source
+    if zoo.split not in ("all", "50"):
+        raise CLIError(f"--scaling: Expected no --split (the study uses the 50% split's sets) (got {zoo.split!r})")
+    command = "python -m gmn.experiments.accuracy_prediction " + shlex.join(argv)
+    with running(run):
+        if zoo.unterthiner is None:  # the zoo's size is known before it is made: refuse too-large sizes now
+            scaling_split([{}] * sc.n, zoo.scaling, seed=zoo.seed)
+        res = run_scaling(
+            zoo.scaling,
+            zoo.dataset,
+            sc if sc != SCALES[ex.scale] else ex.scale,
+            zoo.data,
+            zoo.zoo,
+            run.out or None,
+            run.metanets,
+            run.device,
+            zoo.seed,
+            progress=run.progress and not run.json,
+            log=log,
+            unterthiner=zoo.unterthiner,
+            resume=run.resume,
+            command=command,
+        )
+    if not active_context(run.device).is_main:
+        return 0
+    if run.json:
+        print(json.dumps(res))
+    else:
+        print(format_scaling(res))
         print(f"total {res['seconds']} s (zoo {res['zoo_seconds']} s) on {res['device']}")
     return 0
 
