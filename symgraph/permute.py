@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -104,7 +105,11 @@ def permute_model(
     """
     graph = _parameter_graph_of(model, graph, example_input, input_shape)
     g = graph_with_model_weights(graph, model)
-    new_state = _state_like(g.permute(torch.as_tensor(perm, dtype=torch.long), check=check), model.state_dict())
+    state = model.state_dict()
+    new_state = OrderedDict(_state_like(g.permute(torch.as_tensor(perm, dtype=torch.long), check=check), state))
+    # the modules' state versions: some modules' loaders need them (torchvision's MNASNet refuses a state
+    # without its version)
+    new_state._metadata = getattr(state, "_metadata", None)
     out = copy.deepcopy(model)
     out.load_state_dict(new_state)
     return out

@@ -266,3 +266,29 @@ def test_functional_dropout_is_switched_off_in_train_mode_comparisons(monkeypatc
     # negative control: with F.dropout left on, the same seed gives the permuted units other masks
     monkeypatch.setattr(permute, "_functional_dropout_off", contextlib.nullcontext)
     assert symgraph.check_function_preservation(m, perm, x, modes=("train",), graph=aut) > 1e-3
+
+
+class _Versioned(nn.Module):
+    """A module whose loader needs its state version (as torchvision's MNASNet does)."""
+
+    _version = 2
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if local_metadata.get("version") != 2:
+            raise ValueError("version should be 2")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+def test_permuted_state_keeps_the_modules_state_versions():
+    # without the state dict's metadata such a module refuses the permuted state (and the check said "inf")
+    m = _Versioned().double()
+    aut = symgraph.automorphism_group(m)
+    perm = aut.random_element(generator=torch.Generator().manual_seed(0))
+    assert symgraph.check_function_preservation(m, perm, torch.randn(4, 2, dtype=torch.float64), graph=aut) < 1e-12

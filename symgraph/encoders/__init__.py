@@ -18,6 +18,7 @@ from . import (  # noqa: F401
     pooling,
     residual,
     shape,
+    shuffle,
 )
 
 # what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
@@ -37,4 +38,5 @@ __all__ = [
     "pooling",
     "residual",
     "shape",
+    "shuffle",
 ]

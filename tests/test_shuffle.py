@@ -1,0 +1,211 @@
+"""Channel shuffle (ShuffleNet) and channel splits: random elements of the computed group keep the function
+(float64, train and eval), nauty's order equals the declared one and an exact count, and negative controls
+show that an encoding ignoring the shuffle, or the splits' declarations, is caught."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import symgraph
+from symgraph.encoders.shuffle import GroupedChannels, shuffle_permutation
+from symgraph.errors import UnsupportedModuleError
+from symgraph.symmetry import analytic_order
+from tests.strategies import randomize_buffers
+
+F64 = torch.float64
+
+
+def channel_shuffle(x, groups: int):
+    """torchvision's ``shufflenetv2.channel_shuffle``."""
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(b, c, h, w)
+
+
+class ShuffleBlocks(nn.Module):
+    """A stem, then ShuffleNetV2 stride-1 blocks: chunk, a 1x1 / depthwise 3x3 / 1x1 branch on one half, concat,
+    shuffle; a 1x1 conv head."""
+
+    def __init__(self, c=4, blocks=2, groups=2, shuffle=True):
+        super().__init__()
+        self.stem = nn.Conv2d(2, c, 3, padding=1)
+        self.groups, self.shuffle = groups, shuffle
+        h = c // 2
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(h, h, 1, bias=False),
+                nn.BatchNorm2d(h),
+                nn.ReLU(),
+                nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False),
+                nn.BatchNorm2d(h),
+                nn.Conv2d(h, h, 1, bias=False),
+                nn.BatchNorm2d(h),
+                nn.ReLU(),
+            )
+            for _ in range(blocks)
+        )
+        self.head = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for br in self.branches:
+            x1, x2 = x.chunk(2, dim=1)
+            x = torch.cat((x1, br(x2)), dim=1)
+            if self.shuffle:
+                x = channel_shuffle(x, self.groups)
+        return self.head(x).mean((2, 3))
+
+
+class Routed(nn.Module):
+    """conv -> shuffle -> chunk: each half feeds a conv of its own (channels 0, 2 vs 1, 3 of the first conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = channel_shuffle(torch.tanh(self.a(x)), 2)
+        p, q = y.chunk(2, dim=1)
+        return torch.cat((self.b(p), torch.tanh(self.c(q))), dim=1).mean((2, 3))
+
+
+class ShuffleTokens(nn.Module):
+    """A channels-last shuffle of token features: (B, T, D) -> (B, T, g, D/g) -> transpose -> (B, T, D)."""
+
+    def __init__(self, d=6, groups=2):
+        super().__init__()
+        self.a, self.b, self.groups = nn.Linear(3, d), nn.Linear(d // groups, 2), groups
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        b, t, d = y.shape
+        y = y.view(b, t, self.groups, d // self.groups).transpose(2, 3).reshape(b, t, d)
+        return self.b(y.chunk(self.groups, dim=-1)[0])
+
+
+def _prep(model, seed=0):
+    torch.manual_seed(seed)
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return randomize_buffers(model, torch.Generator().manual_seed(seed))
+
+
+def _worst(model, aut, x, n=6):
+    gen = torch.Generator().manual_seed(0)
+    return max(
+        symgraph.check_function_preservation(model, aut.random_element(generator=gen), x, graph=aut) for _ in range(n)
+    )
+
+
+def test_shuffle_permutation_is_torchvisions_channel_shuffle():
+    x = torch.randn(2, 12, 3, 3)
+    for g in (2, 3, 4):
+        assert torch.equal(channel_shuffle(x, g), x[:, shuffle_permutation(12, g)])
+
+
+def _routed_order() -> int:
+    # a's outputs 0, 2 (to b) and 1, 3 (to c): S_2 x S_2; b's and c's outputs are model outputs
+    return math.factorial(2) ** 2
+
+
+# (model, input shape, exact order). ShuffleBlocks(c=4, blocks=2): stem outputs [s0..s3]; block 1 keeps s0, s1
+# and maps s2, s3 through its branch (hidden h1 = 2 channels, the 1x1 and depthwise tied: S_2; outputs o1 = 2);
+# after the shuffle the stream is [s0, o1_0, s1, o1_1]; block 2 keeps s0, o1_0 and branches s1, o1_1 (S_2 on its
+# hidden, outputs o2); the head reads [s0, o2_0, o1_0, o2_1]. Free: s0 alone, s1 alone, s2 <-> s3 (both into
+# block 1's first 1x1: S_2), o1_0 alone, o1_1 alone, two hidden S_2, o2 S_2.
+CASES = {
+    "routed": (Routed, (3, 2, 4, 4), _routed_order()),
+    "shuffle_blocks": (lambda: ShuffleBlocks(), (3, 2, 4, 4), 2**4),
+    "shuffle_blocks_c8_g4": (lambda: ShuffleBlocks(c=8, blocks=2, groups=4), (2, 2, 3, 3), None),
+    "shuffle_tokens": (ShuffleTokens, (3, 4, 3), math.factorial(3) * math.factorial(3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_random_automorphisms_of_shuffled_channels_keep_the_function_and_the_order_is_analytic(name):
+    build, shape, expected = CASES[name]
+    model = _prep(build())
+    x = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    aut = symgraph.automorphism_group(model, example_input=x[:1])
+    assert _worst(model, aut, x) < 1e-10
+    assert aut.order == analytic_order(aut.graph)
+    if expected is not None:
+        assert aut.order == expected
+
+
+def test_the_shuffle_reindexes_nodes_without_new_ones():
+    # the shuffle has no parameters and no nodes: the unshuffled model has the same node count
+    model = _prep(ShuffleBlocks())
+    a = symgraph.parameter_graph(model, input_shape=(1, 2, 4, 4))
+    b = symgraph.parameter_graph(_prep(ShuffleBlocks(shuffle=False)), input_shape=(1, 2, 4, 4))
+    assert a.num_nodes == b.num_nodes and a.num_edges == b.num_edges
+    sd = a.to_state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+
+
+def test_negative_control_ignoring_the_shuffle_is_caught(monkeypatch):
+    # merge the split axes back in the unshuffled order: the graph is then that of the model without a shuffle,
+    # and its automorphisms move channels the real routing keeps apart
+    def naive(self, op, out):
+        return symgraph.builder.Features(self.nodes.reshape(-1), tuple(out), self.first, None, 1)
+
+    monkeypatch.setattr(GroupedChannels, "merged", naive)
+    model = _prep(Routed())
+    x = torch.randn(3, 2, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    aut = symgraph.automorphism_group(model, example_input=x[:1])
+    assert _worst(model, aut, x) > 1e-6
+
+
+def test_negative_control_chunks_without_their_declarations_overstate_the_order(monkeypatch):
+    # without the pieces' "perm" declarations the first conv's S_4 stays whole: above nauty's exact order
+    from symgraph import builder
+
+    orig = builder.GraphBuilder.declare
+
+    def declare(self, decl):
+        if decl.label.startswith("piece "):
+            return
+        return orig(self, decl)
+
+    monkeypatch.setattr(builder.GraphBuilder, "declare", declare)
+    model = _prep(Routed())
+    aut = symgraph.automorphism_group(model, input_shape=(1, 2, 4, 4))
+    assert analytic_order(aut.graph) > aut.order == _routed_order()
+
+
+class BadMerge(nn.Module):
+    """Split channels, then transpose a split axis with a position axis before merging: not a channel shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x).view(1, 2, 2, 2, 2).transpose(2, 3).reshape(1, 4, 2, 2)
+        return self.b(y)
+
+
+class SwappedPositions(nn.Module):
+    """A shuffle whose transposes also swap H and W (equal sizes): the other axes are out of order."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 1, (1, 2))
+
+    def forward(self, x):
+        y = self.a(x).view(1, 2, 2, 3, 3).permute(0, 2, 1, 4, 3).reshape(1, 4, 3, 3)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("cls", [BadMerge, SwappedPositions])
+def test_other_reshapes_of_a_split_channel_axis_are_refused(cls):
+    shape = (1, 2, 2, 2) if cls is BadMerge else (1, 2, 3, 3)
+    with pytest.raises(UnsupportedModuleError, match="split channel axis"):
+        symgraph.parameter_graph(cls(), input_shape=shape)
