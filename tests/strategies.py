@@ -271,6 +271,17 @@ def randomize_buffers(model: nn.Module, generator: torch.Generator) -> nn.Module
     return model
 
 
+def perturbed_double(model: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    """``model`` in float64 with seeded noise of size ``scale`` added to every parameter (so that no two units
+    are equal by accident)."""
+    torch.manual_seed(seed)
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def build_arch(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
     """Build a drawn architecture in float64 with seeded weights and non-trivial norm buffers."""
     torch.manual_seed(seed)

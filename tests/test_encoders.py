@@ -19,18 +19,14 @@ from symgraph.errors import ShapeMismatchError, TraceError, UnsupportedModuleErr
 from symgraph.models import DeepSetsLayer, GridINR, PreNormBlock, SelfAttention
 from symgraph.models.resnet import BasicBlock, Bottleneck
 from symgraph.symmetry import analytic_order, analytic_symmetry, random_analytic_permutation
-from tests.strategies import max_output_diff, permuted_model, randomize_buffers
+from tests.strategies import max_output_diff, permuted_model, perturbed_double, randomize_buffers
 
 F64 = torch.float64
 
 
 def _prep(model: nn.Module, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = model.double()
-    for p in model.parameters():  # non-trivial values everywhere (e.g. zero-initialised biases)
-        with torch.no_grad():
-            p.add_(0.1 * torch.randn_like(p))
-    return randomize_buffers(model, torch.Generator().manual_seed(seed))
+    # non-trivial values everywhere (e.g. zero-initialised biases)
+    return randomize_buffers(perturbed_double(model, seed, scale=0.1), torch.Generator().manual_seed(seed))
 
 
 def _assert_symmetry_preserves_function(model, x, tol, encoding="sound", seeds=(0, 1, 2), modes=(True, False)):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import symgraph
 from symgraph.errors import UnsupportedModuleError
 from symgraph.symmetry import analytic_order
-from tests.strategies import randomize_buffers
+from tests.strategies import perturbed_double, randomize_buffers
 
 F64 = torch.float64
 
@@ -94,12 +94,7 @@ class GatedResidual(nn.Module):
 
 
 def _prep(model, seed=0):
-    torch.manual_seed(seed)
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return randomize_buffers(model, torch.Generator().manual_seed(seed))
+    return randomize_buffers(perturbed_double(model, seed), torch.Generator().manual_seed(seed))
 
 
 CASES = {

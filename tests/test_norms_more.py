@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import symgraph
 from symgraph.errors import UnsupportedModuleError
 from symgraph.symmetry import analytic_order
+from tests.strategies import perturbed_double
 
 F64 = torch.float64
 
@@ -46,12 +47,7 @@ class Tokens(nn.Module):
 
 
 def _prep(model, seed=0):
-    torch.manual_seed(seed)
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model
+    return perturbed_double(model, seed, scale=0.3)
 
 
 def _llama():
