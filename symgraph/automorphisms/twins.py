@@ -226,7 +226,7 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     if tabled:
         _a_member(cand, ref)
         gid = np.where(big, big_id, -1)
-        per_pass = max(1, max(2 * color.size, 1 << 24) // max(n, 1))  # classes per pass
+        per_pass = max(1, max(2 * color.size, TABLE_ENTRIES) // max(n, 1))  # classes per pass
     for a, b in ((dst, src), (src, dst)):
         if tabled:
             for g0 in range(0, R, per_pass):
@@ -427,6 +427,9 @@ def _fixed_colours(n: int, vertex_color, fixed, keep, node, key, C: int) -> np.n
     return _dense(cand)
 
 
+#: Entries of the twin check's table made in one pass at least (more where the graph has more edges).
+TABLE_ENTRIES = 1 << 24
+
 #: Edges per chunk of the first pass over a graph (fixed nodes folded, parallel edges merged): the raw edge
 #: list of a 100M-parameter model is never copied whole.
 CHUNK_EDGES = 1 << 18
@@ -523,16 +526,118 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
     del u_buf, v_buf, lab_buf
     brk = tuple(np.concatenate(b) if b else np.zeros(0, dtype=np.int64) for b in breaks)
     del breaks
+    tuples = list(table)
+    del table
+    used = None
     if not _distinct(u, v, m, brk):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
-        u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
-        node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
-        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
-        return (m, u, v, lab, table, vc), keep
-    remap, sorted_table = _canonical_map(list(table))
+        u, v, lab, tuples = _merge_overlaps(m, u, v, lab, tuples, brk, chunk)
+        used = np.zeros(len(tuples), dtype=bool)  # a run's own multiset may now be no pair's label
+        for a in range(0, lab.size, chunk):
+            used[lab[a : a + chunk]] = True
+    remap, sorted_table = _canonical_map(tuples, used)
     for a in range(0, lab.size, chunk):  # relabelled in place: no second label array
         lab[a : a + chunk] = remap[lab[a : a + chunk]]
     return (m, u, v, lab, sorted_table, vc), keep
+
+
+def _merge_overlaps(m: int, u, v, lab, tuples: list[tuple], breaks: tuple, chunk: int = CHUNK_EDGES):
+    """:func:`_merge_runs` restricted to the edges whose pairs can repeat, in place.
+
+    The edge list falls into increasing segments (``breaks`` as in :func:`_distinct`). A pair met twice lies
+    in two segments, hence inside the intersection of their bounding boxes (source range x target range);
+    only the edges of two meeting segments inside their intersection are merged (an attention layer's Q and
+    K blocks, which join the same pairs), intersections that overlap each other together, one group at a
+    time. Every other edge's pair occurs once and stays as it is. Returns ``(u, v, lab, tuples)`` with labels
+    into ``tuples`` (the given tuples first, then the merged multisets), the edges written over the heads of
+    the given arrays (which must belong to the caller alone)."""
+    o = 0 if breaks[0].size <= breaks[1].size else 1
+    br = breaks[o]
+    if br.size > 4096:  # too many segments for their pairwise boxes: one sort of everything
+        return _merge_runs(m, u, v, lab, tuples)
+    first_end, second_end = (u, v) if o == 0 else (v, u)  # inside a segment first_end never decreases
+    starts = np.concatenate([[0], br]).astype(np.int64)
+    ends = np.concatenate([br, [u.size]]).astype(np.int64)
+    lo1, hi1, lo2, hi2 = (
+        f(x, starts).astype(np.int64)
+        for x in (first_end, second_end)
+        for f in (np.minimum.reduceat, np.maximum.reduceat)
+    )
+    meet = (lo1[:, None] <= hi1[None, :]) & (lo1[None, :] <= hi1[:, None])
+    meet &= (lo2[:, None] <= hi2[None, :]) & (lo2[None, :] <= hi2[:, None])
+    ii, jj = np.nonzero(np.triu(meet, 1))
+    del meet
+    if ii.size > 4096:
+        return _merge_runs(m, u, v, lab, tuples)
+    # the intersection boxes, grouped where they overlap (a pair in two of them is one group's)
+    b1, e1 = np.maximum(lo1[ii], lo1[jj]), np.minimum(hi1[ii], hi1[jj])
+    b2, e2 = np.maximum(lo2[ii], lo2[jj]), np.minimum(hi2[ii], hi2[jj])
+    over = (b1[:, None] <= e1[None, :]) & (b1[None, :] <= e1[:, None])
+    over &= (b2[:, None] <= e2[None, :]) & (b2[None, :] <= e2[:, None])
+    root = np.arange(ii.size)
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            root[x] = root[root[x]]
+            x = int(root[x])
+        return x
+
+    for a, b in zip(*np.nonzero(np.triu(over, 1)), strict=True):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            root[max(ra, rb)] = min(ra, rb)
+    del over
+    box_group = np.array([find(k) for k in range(ii.size)], dtype=np.int64)
+    dirty = np.zeros(u.size, dtype=bool)
+    ids = {t: i for i, t in enumerate(tuples)}
+    NL = max(len(tuples), 1)
+    merged = []
+    for g in np.unique(box_group).tolist():
+        parts = []
+        boxes = np.nonzero(box_group == g)[0].tolist()
+        for k in boxes:
+            for t in (int(ii[k]), int(jj[k])):
+                a, b = int(starts[t]), int(ends[t])
+                # first_end is sorted inside the segment: the box's rows are one range of it
+                lo = a + int(np.searchsorted(first_end[a:b], b1[k], side="left"))
+                hi = a + int(np.searchsorted(first_end[a:b], e1[k], side="right"))
+                sec = second_end[lo:hi]
+                parts.append(lo + np.nonzero((sec >= b2[k]) & (sec <= e2[k]))[0])
+        # one box: its two segments' edges, distinct; several: an edge may lie in more than one of them
+        idx = np.concatenate(parts) if len(boxes) == 1 else unique_int(np.concatenate(parts))
+        del parts
+        dirty[idx] = True
+        key = u[idx].astype(np.int64) * m + v[idx]
+        ll = lab[idx].astype(np.int64)
+        del idx
+        order = argsort_int(key * NL + ll) if int(key.max()) < 2**62 // NL else np.lexsort((ll, key))
+        key, ll = key[order], ll[order]
+        del order
+        first, counts = _runs(key)
+        sid, rep = _segment_ids(ll, first, counts)
+        union = [
+            tuple(sorted(c for x in ll[first[r] : first[r] + counts[r]].tolist() for c in tuples[x]))
+            for r in rep.tolist()
+        ]
+        gid = np.array([ids.setdefault(t, len(ids)) for t in union], dtype=np.int64)
+        pairs = key[first]
+        merged.append((pairs // m, pairs % m, gid[sid]))
+        del key, ll, first, counts, sid, pairs
+    # the other edges move down over the merged ones' places (never past where they are read), then the
+    # merged pairs follow: fewer edges than before, in the same buffers
+    w = 0
+    for a in range(0, u.size, chunk):
+        keep = ~dirty[a : a + chunk]
+        rows = [x[a : a + chunk][keep] for x in (u, v, lab)]  # copies: safe to write over the chunk
+        for x, y in zip((u, v, lab), rows, strict=True):
+            x[w : w + y.size] = y
+        w += rows[0].size
+    del dirty
+    for parts in merged:
+        k = parts[0].size
+        for x, y in zip((u, v, lab), parts, strict=True):
+            x[w : w + k] = y
+        w += k
+    return u[:w], v[:w], lab[:w], list(ids)
 
 
 def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
@@ -679,11 +784,13 @@ def _canonical(ids: np.ndarray, tuples: list[tuple]) -> tuple[np.ndarray, list[t
     return (remap[ids] if ids.size else ids), table
 
 
-def _canonical_map(tuples: list[tuple]) -> tuple[np.ndarray, list[tuple]]:
-    """``(remap, table)``: ``table`` the sorted distinct tuples, ``remap[i]`` the rank of ``tuples[i]``."""
-    table = sorted(set(tuples))
+def _canonical_map(tuples: list[tuple], used: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple]]:
+    """``(remap, table)``: ``table`` the sorted distinct tuples (those marked ``used``, when given),
+    ``remap[i]`` the rank of ``tuples[i]`` in it (-1 for an unused one)."""
+    keep = tuples if used is None else [t for t, x in zip(tuples, used.tolist(), strict=True) if x]
+    table = sorted(set(keep))
     rank = {t: i for i, t in enumerate(table)}
-    return np.array([rank[t] for t in tuples], dtype=np.int64), table
+    return np.array([rank.get(t, -1) for t in tuples], dtype=np.int64), table
 
 
 def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
