@@ -650,6 +650,28 @@ def test_overlap_merge_of_repeated_pairs_equals_the_whole_graph_collapse():
     assert uu.size == src.size > len(expect)
 
 
+def test_trim_heap_returns_freed_heap_blocks_that_free_alone_keeps():
+    from symgraph.automorphisms.memory import _malloc_trim, trim_heap
+
+    if _malloc_trim() is None:
+        pytest.skip("the C library has no malloc_trim (not glibc)")
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    trim_heap()
+    r0 = rss_mb()
+    blocks = [np.ones(100_000 // 8) for _ in range(3000)]  # 100 kB arrays live on the heap, side by side
+    assert rss_mb() - r0 > 250
+    del blocks[::2]  # holes between live blocks: the heap cannot shrink from its top
+    held = rss_mb() - r0
+    assert held > 250  # negative control: 150 MB freed, yet still held by the allocator
+    trim_heap()
+    assert rss_mb() - r0 < held - 100
+    del blocks
+
+
 def test_chunked_pair_hash_equals_the_hash_of_the_keys():
     from symgraph.automorphisms.nauty import multiset_hash, multiset_hash_pairs
 
@@ -784,6 +806,27 @@ def test_time_limit_stops_inside_nauty_by_killing_the_child_process(monkeypatch)
     assert info.value.stage == "nauty"
     assert time.monotonic() - t0 < 10
     assert "during nauty" in str(info.value)
+
+
+def test_time_limit_holds_in_the_setup_of_nauty_on_the_raw_graph(monkeypatch):
+    # on a raw graph of tens of millions of edges the layered construction before the search takes minutes:
+    # with a limit it runs in the child that is killed (stand in a 60 s merge of parallel edges for it)
+    from symgraph.automorphisms import nauty
+
+    def slow(*args, seconds=60.0):
+        time.sleep(seconds)
+        raise AssertionError("the child should have been killed")
+
+    monkeypatch.setattr(nauty, "collapse_parallel_edges", slow)
+    g = symgraph.parameter_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    t0 = time.monotonic()
+    with pytest.raises(TimeLimitError) as info:
+        compute_group(g, reduce=False, progress=Progress(time_limit=1.0))
+    assert info.value.stage == "nauty" and time.monotonic() - t0 < 10
+    # negative control: without a limit the same setup runs here, in this process (so the patch is on the path)
+    monkeypatch.setattr(nauty, "collapse_parallel_edges", lambda *a: slow(*a, seconds=0.0))
+    with pytest.raises(AssertionError, match="should have been killed"):
+        compute_group(g, reduce=False)
 
 
 def test_time_limit_names_the_stage_it_stopped_in():

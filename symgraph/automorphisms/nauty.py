@@ -305,9 +305,15 @@ def _autgrp_bounded(g, progress: Progress | None):
     cannot be interrupted; the child is killed at the deadline and :class:`TimeLimitError` raised)."""
     import pynauty
 
+    return _bounded(lambda: pynauty.autgrp(g), progress)
+
+
+def _bounded(work, progress: Progress | None):
+    """``work()``, in a forked child process killed at the deadline when ``progress`` has a time limit (the
+    result comes back pickled; :class:`TimeLimitError` is raised at the deadline)."""
     remaining = None if progress is None else progress.remaining()
     if remaining is None:
-        return pynauty.autgrp(g)
+        return work()
     if remaining <= 0:
         raise progress.expired()
     rfd, wfd = os.pipe()
@@ -316,7 +322,7 @@ def _autgrp_bounded(g, progress: Progress | None):
         code = 1
         try:
             os.close(rfd)
-            data = pickle.dumps(pynauty.autgrp(g), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(wfd, "wb") as f:
                 f.write(data)
             code = 0
@@ -546,6 +552,11 @@ def nauty_autgrp(
     >>> nauty_autgrp(3, [0, 0, 0], [1, 1, 2], [0, 1, 0], [0, 1, 1]).grpsize
     (1.0, 0)
     """
+    if progress is not None and progress.remaining() is not None and n:
+        # with a time limit the whole of it runs in the child killed at the deadline: on a raw graph of tens of
+        # millions of edges the layered construction itself (sorts, pynauty's adjacency) takes minutes
+        with progress.stage("nauty", f"{n} vertices, {np.size(src)} edges, in a child process"):
+            return _bounded(lambda: nauty_autgrp(n, src, dst, color, vertex_color, use_depth), progress)
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     if n == 0:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..progress import Progress
+from .memory import trim_heap
 from .nauty import _mix, argsort_int, dag_depth, multiset_hash, multiset_hash_pairs, refine_colors, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
@@ -427,6 +428,9 @@ def _fixed_colours(n: int, vertex_color, fixed, keep, node, key, C: int) -> np.n
     return _dense(cand)
 
 
+#: Steps on graphs of at least this many edges hand freed heap memory back afterwards (:func:`trim_heap`).
+TRIM_EDGES = 1 << 20
+
 #: Entries of the twin check's table made in one pass at least (more where the graph has more edges).
 TABLE_ENTRIES = 1 << 24
 
@@ -519,13 +523,15 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
         lab_buf[offset : offset + s1.size] = gid[ids]
         offset += s1.size
         del s, d, c, first, counts, ids, s1, d1
-    node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
-    key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    trim_heap()  # the chunks' freed temporaries
+    node, key = _concat(nodes), _concat(keys)  # the edges to fixed nodes (a classifier's, mostly)
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
+    del node, key
     u, v, lab = u_buf[:offset], v_buf[:offset], lab_buf[:offset]
     del u_buf, v_buf, lab_buf
     brk = tuple(np.concatenate(b) if b else np.zeros(0, dtype=np.int64) for b in breaks)
     del breaks
+    trim_heap()  # and the fixed colours', before the merged list's own passes
     tuples = list(table)
     del table
     used = None
@@ -657,6 +663,17 @@ def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
     lab2, table = _canonical(ids, merged)
     pairs = ks[first]
     return pairs // m, pairs % m, lab2, table
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate int64 parts, freeing each part once copied (the list is emptied)."""
+    out = np.empty(sum(p.size for p in parts), dtype=np.int64)
+    at = 0
+    while parts:
+        p = parts.pop(0)
+        out[at : at + p.size] = p
+        at += p.size
+    return out
 
 
 def _contract_edges(c: np.ndarray, u, v, lab, keep, chunk: int = CHUNK_EDGES):
@@ -966,6 +983,7 @@ def _reduce(box: list, max_levels: int, progress: Progress):
         levels.append(first[0])
         state = first[1]
         del first
+        trim_heap()
         progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
     i = 0
     while i < len(steps) and len(levels) < max_levels and state[0] > 0:
@@ -974,7 +992,11 @@ def _reduce(box: list, max_levels: int, progress: Progress):
             i += 1
             progress.check()
             continue
+        big = state[1].size >= TRIM_EDGES
         level, state = out
+        del out
+        if big:
+            trim_heap()  # what the step freed (most of it in heap blocks), before the next step's peak
         if level is not None:
             levels.append(level)
         i = 0 if i else 1  # after twins, try the others; after any other change, twins again
