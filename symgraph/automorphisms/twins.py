@@ -199,7 +199,7 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     [0, 1, 1, 2]
     """
     # int32 or int64 edge arrays are read as they are (the labelled graph's are int32); every key below is
-    # formed in int64 (:func:`pair_keys`), chunk by chunk, so no int64 copy of the edge list is made
+    # formed in int64 (:func:`~.nauty.multiset_hash_pairs`, the table check), chunk by chunk: no int64 copy
     src, dst, color = _index(src), _index(dst), _index(color)
     vc = np.asarray(vertex_color, dtype=np.int64)
     C = int(color.max()) + 1 if color.size else 1
