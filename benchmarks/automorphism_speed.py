@@ -1,11 +1,12 @@
 """Speed and memory of exact automorphism groups on real models: reductions + nauty versus nauty alone.
 
 One row per model: parameters, parameter-graph edges, seconds to build the graph, seconds for the group
-(graph built; ``compute_group``) in wall-clock and in CPU seconds of all threads, peak RSS of the process,
-the extra peak RSS of build + group per edge (peak
+(graph built; ``compute_group``) in wall-clock and in CPU seconds of all threads, peak RSS of the process (or
+of nauty's forked child, where larger), the extra peak RSS of build + group per edge (peak
 minus the RSS before the build, over the number of edges; target <= 48 B), log10|Aut|, whether the order
 equals the analytic order of the encoders' declarations, and the ratio against the same exact nauty encoding
-on the raw graph without reductions (run under a time limit; "> x" when it did not finish). Every model runs
+on the raw graph without reductions (run under a time limit, which holds in nauty's setup too: the layered
+construction of a raw graph runs in the child killed at the deadline; "> x" when it did not finish). Every model runs
 in its own subprocess, so that peak RSS is its own.
 
     python benchmarks/automorphism_speed.py                       # the default table (torchvision models)
