@@ -731,6 +731,7 @@ class _Converter:
         self.fused: dict[str, tuple] = {}  # node name -> (target, args, kwargs) of a decomposed functional
         self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
         self._fuse_normalize()
+        self._fuse_input_indices()
 
     # -------------------------------------------------------------------------- decomposed functionals
     def _fuse_normalize(self) -> None:
@@ -759,6 +760,61 @@ class _Converter:
             inner += [d, norm]
             self.fused[n.name] = (F.normalize, (x,), {"p": float(p), "dim": int(dims[0]), "eps": float(eps)})
             self.absorbed.update(m.name for m in inner)
+
+    def _fuse_input_indices(self) -> None:
+        """An embedding index computed from model inputs and constants only (RoBERTa's position ids:
+        ``cumsum(input_ids.ne(pad)) * input_ids.ne(pad) + pad``, and its token-type ids gathered at them) becomes
+        one :func:`symgraph.encoders.embedding.input_index` op, its parameter-free ATen ops absorbed.
+
+        Sound because automorphisms fix the inputs and never touch constants or integer buffers: the index is
+        the same before and after any automorphism, and the embedding encoder gives every table row its own
+        fixed node. Indices that depend on a parameter, and ops whose value is also used elsewhere, are left
+        to the ordinary conversion (and refused there when no encoder reads them).
+        """
+        from .encoders.embedding import input_index
+
+        free: dict[str, frozenset[str]] = {}  # parameter-free node -> the user inputs it depends on
+        for n in self.graph.nodes:
+            if n.op == "placeholder" or n.op == "get_attr":
+                if n.name in self.user_inputs:
+                    free[n.name] = frozenset({n.name})
+                elif n.name in self.consts:
+                    free[n.name] = frozenset()
+                elif n.name in self.state:
+                    t = _get(self.model, self.state[n.name])
+                    if isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()):
+                        free[n.name] = frozenset()  # an integer buffer: never a parameter, never permuted
+            elif (
+                n.op == "call_function"
+                and isinstance(n.target, torch._ops.OpOverload)
+                and not _is_random(n.target)
+                and not (_packet(n.target) or "").endswith("_")
+                and all(d.name in free for d in n.all_input_nodes)
+            ):
+                free[n.name] = frozenset().union(*(free[d.name] for d in n.all_input_nodes))
+        fused = []
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "embedding" or len(n.args) < 2:
+                continue
+            idx = n.args[1]
+            if not isinstance(idx, fx.Node) or idx.op != "call_function" or not free.get(idx.name):
+                continue  # a model input, a constant (folded), or computed with parameters
+            if idx.name in self.fused:
+                continue
+            inputs = tuple(self.nodes[i] for i in sorted(free[idx.name]))
+            self.fused[idx.name] = (input_index, inputs, {})
+            fused.append(idx)
+        # absorb the ancestors whose every use is inside the fused computations (metadata asserts aside)
+        stack = [d for f in fused for d in f.all_input_nodes]
+        while stack:
+            a = stack.pop()
+            if a.op != "call_function" or a.name in self.absorbed or a.name in self.fused:
+                continue
+            if all(
+                u.name in self.absorbed or u.name in self.fused or _packet(u.target) in IGNORED_OPS for u in a.users
+            ):
+                self.absorbed.add(a.name)
+                stack.extend(a.all_input_nodes)
 
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:
