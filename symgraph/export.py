@@ -792,29 +792,50 @@ class _Converter:
                 and all(d.name in free for d in n.all_input_nodes)
             ):
                 free[n.name] = frozenset().union(*(free[d.name] for d in n.all_input_nodes))
-        fused = []
+
+        def is_index_use(u, idx) -> bool:
+            return _packet(u.target) == "embedding" and len(u.args) > 1 and u.args[1] is idx and u.args[0] is not idx
+
+        candidates = {}
         for n in self.graph.nodes:
             if n.op != "call_function" or _packet(n.target) != "embedding" or len(n.args) < 2:
                 continue
             idx = n.args[1]
-            if not isinstance(idx, fx.Node) or idx.op != "call_function" or not free.get(idx.name):
-                continue  # a model input, a constant (folded), or computed with parameters
-            if idx.name in self.fused:
-                continue
-            inputs = tuple(self.nodes[i] for i in sorted(free[idx.name]))
-            self.fused[idx.name] = (input_index, inputs, {})
-            fused.append(idx)
-        # absorb the ancestors whose every use is inside the fused computations (metadata asserts aside)
-        stack = [d for f in fused for d in f.all_input_nodes]
+            if isinstance(idx, fx.Node) and idx.op == "call_function" and free.get(idx.name):
+                candidates[idx.name] = idx  # computed from inputs (constants alone are folded)
+        while candidates:
+            absorbed = self._absorbed_by(candidates)
+            # an index read by anything but embeddings (and the computations absorbed) stays an ordinary op
+            bad = [
+                k
+                for k, idx in candidates.items()
+                if not all(
+                    is_index_use(u, idx) or u.name in absorbed or _packet(u.target) in IGNORED_OPS for u in idx.users
+                )
+            ]
+            if not bad:
+                break
+            for k in bad:
+                del candidates[k]
+        else:
+            return
+        for k in candidates:
+            inputs = tuple(self.nodes[i] for i in sorted(free[k]))
+            self.fused[k] = (input_index, inputs, {})
+        self.absorbed.update(absorbed)
+
+    def _absorbed_by(self, fused: Mapping[str, fx.Node]) -> set[str]:
+        """The ancestors of ``fused`` whose every use is inside the fused computations (metadata asserts aside)."""
+        absorbed: set[str] = set()
+        stack = [d for f in fused.values() for d in f.all_input_nodes]
         while stack:
             a = stack.pop()
-            if a.op != "call_function" or a.name in self.absorbed or a.name in self.fused:
+            if a.op != "call_function" or a.name in absorbed or a.name in fused or a.name in self.absorbed:
                 continue
-            if all(
-                u.name in self.absorbed or u.name in self.fused or _packet(u.target) in IGNORED_OPS for u in a.users
-            ):
-                self.absorbed.add(a.name)
+            if all(u.name in absorbed or u.name in fused or _packet(u.target) in IGNORED_OPS for u in a.users):
+                absorbed.add(a.name)
                 stack.extend(a.all_input_nodes)
+        return absorbed
 
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:

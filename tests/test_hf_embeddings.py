@@ -236,6 +236,35 @@ def test_an_index_computed_with_parameters_is_refused_naming_the_op():
         symgraph.parameter_graph(_FeatureIndex(), example_input=torch.zeros(1, T, 2), tracer="fx")
 
 
+class _IndexReadElsewhere(InputPositions):
+    """The computed position ids also reach the output: the fusion must not swallow a value other ops read."""
+
+    def forward(self, x):
+        mask = x.ne(PAD).int()
+        ids = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + PAD
+        return self.head(self.word(x) + self.pos(ids)) + ids.unsqueeze(-1).to(self.fc2.weight.dtype)
+
+
+def test_an_input_computed_index_read_by_other_ops_is_refused_naming_an_op():
+    with pytest.raises(UnsupportedModuleError, match="aten.ne|aten.cumsum"):
+        symgraph.parameter_graph(_IndexReadElsewhere().double(), example_input=_tokens(0), tracer="export")
+
+
+@pytest.mark.parametrize("name", ["repeated_rows", "input_positions"])
+def test_an_exported_graph_module_encodes_the_same_group_and_keeps_its_function(name):
+    """The ATen GraphModule of ``ExportedProgram.module()`` (what a ``.pt2`` file loads as) goes through the
+    same constant folding and index fusion."""
+    m = _model(name)
+    gm = torch.export.export(m, (_tokens(0),), strict=False).module()
+    g = symgraph.parameter_graph(gm)
+    aut = symgraph.automorphism_group(g)
+    assert analytic_order(g) == aut.order == math.factorial(D) * math.factorial(H)
+    back = g.to_state_dict()
+    assert all(torch.equal(back[k], v) for k, v in gm.state_dict().items())
+    res = verify_automorphisms(gm, aut, 3, _tokens(0), seed=0)
+    assert res.verified and res.max_abs_diff < 1e-12
+
+
 # ---------------------------------------------------------------------------------------------- Hugging Face
 def _hf_row(name: str):
     pytest.importorskip("transformers")
