@@ -20,6 +20,9 @@ high-level ATen ops (``aten.linear``, ``aten.conv2d``, ``aten.layer_norm``, ``at
   bit-identical to ``model.state_dict()``;
 - **input-independent values** (attention masks built from constants, ``arange`` position ids, lifted
   constants, non-persistent buffers) are evaluated now (constant folding) and reach the encoders as constants;
+- **embedding ids computed from the inputs without parameters** (RoBERTa's position ids from
+  ``input_ids != padding_idx``, ``cumsum``, ``gather``) become one ``input_index`` op when only embeddings
+  read them: automorphisms fix the inputs, so such ids never change (``_Converter._fuse_input_indices``);
 - anything else raises :class:`~symgraph.errors.UnsupportedModuleError` naming the ATen op and the module
   path (from the node's ``nn_module_stack``).
 

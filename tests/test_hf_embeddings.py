@@ -89,8 +89,16 @@ class InputPositions(_Head):
         return self.head(self.word(x) + self.pos(ids))
 
 
+class ArangePositions(PositionIds):
+    """nanoGPT's ``wpe(torch.arange(T, device=x.device))``: an op of the input's shape, folded by export."""
+
+    def forward(self, x):
+        return self.head(self.word(x) + self.pos(torch.arange(x.shape[1], device=x.device)))
+
+
 CASES = {
     "position_ids": (PositionIds, ("fx", "export")),
+    "arange_positions": (ArangePositions, ("export",)),  # fx: no encoder for x.device
     "token_type_zeros": (TokenTypeZeros, ("fx", "export")),
     "repeated_rows": (RepeatedRows, ("fx", "export")),
     "input_positions": (InputPositions, ("export",)),  # fx: no encoder for ne/cumsum
@@ -172,7 +180,13 @@ def test_swapping_two_read_rows_is_not_an_automorphism_and_changes_the_function(
     """Negative control: a permutation that treats positions (rows) as permutable is caught."""
     m, g, aut = _group(name, tracer)
     grp = _row_groups(g)[0]
-    read = {"position_ids": (0, 1), "token_type_zeros": (0, 1), "repeated_rows": (0, 2), "input_positions": (2, 3)}
+    read = {  # two rows the model reads at different positions
+        "position_ids": (0, 1),
+        "arange_positions": (1, 3),
+        "token_type_zeros": (0, 1),
+        "repeated_rows": (0, 2),
+        "input_positions": (2, 3),
+    }
     a, b = (grp.start + r for r in read[name])
     perm = torch.arange(g.num_nodes)
     perm[a], perm[b] = b, a

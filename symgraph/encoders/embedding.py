@@ -6,6 +6,18 @@ Encoding: **each embedding entry is one edge** from a fixed node to a feature no
 - ``nn.Embedding(V, D)``: one fixed node per vocabulary entry (role ``input``, kind ``token``: permuting
   vocabulary rows changes the function, so these nodes must be fixed), edge ``weight[v, d]``:
   ``token v -> embedding feature d``.
+- ``nn.Embedding(P, D)`` read at ids that are not a model input, as Hugging Face models read their position
+  and token-type tables: a constant (an ``arange``/zeros buffer sliced to the length, folded by the export
+  front end; an integer buffer) or ids computed from the inputs without parameters (RoBERTa's padding-aware
+  positions, one :func:`input_index` op). One fixed node per table *row* (role ``position``, kind
+  ``embedding``), edge ``weight[p, d]``: ``row p -> embedding feature d``, whether the row is read at one
+  position, at many (BERT's token type 0 at every position: still one node and D edges) or never (rows past
+  the sequence length keep their edges, so ``to_state_dict()`` is exact). Token positions are not nodes in
+  this toolkit (a ``[B, T, D]`` value is its D feature nodes, shared by all T positions), and the lookup is
+  the same linear map of the one-hot id at every position, so the features may be permuted (the table's
+  columns with them) for whatever ids the model reads, while the rows stay fixed: permuting two rows read
+  at different positions changes the function (``tests/test_hf_embeddings.py``). Ids computed *with*
+  parameters are refused.
 - Learned positional embedding ``x + pos`` (``pos`` of shape ``[1, T, D]``): one fixed node per token position
   (role ``position``), edge ``pos[0, t, d]``: ``position t -> sum feature d``, and parameter-free residual
   edges ``x[d] -> sum feature d``.
