@@ -180,7 +180,7 @@ def test_swapping_two_read_rows_is_not_an_automorphism_and_changes_the_function(
     """Negative control: a permutation that treats positions (rows) as permutable is caught."""
     m, g, aut = _group(name, tracer)
     grp = _row_groups(g)[0]
-    read = {  # two rows the model reads at different positions
+    read = {  # a row the model reads and another row (read elsewhere, or never: token type 1)
         "position_ids": (0, 1),
         "arange_positions": (1, 3),
         "token_type_zeros": (0, 1),
