@@ -313,3 +313,40 @@ def test_hf_text_models_round_trip_bit_identically(name):
     assert g.meta["tracer"] == "export"
     back = g.to_state_dict()
     assert all(torch.equal(back[k], v) for k, v in m.state_dict().items())
+
+
+def _hf_classifier(name: str) -> nn.Module:
+    T = pytest.importorskip("transformers")
+    import warnings
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    small.update(max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = getattr(T, f"{name}Config")(**small)
+        return getattr(T, f"{name}ForSequenceClassification")(cfg).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Bert", "Roberta"])
+def test_hf_classifier_permutes_its_embedding_columns_and_keeps_its_rows_fixed(name):
+    """With a classification head the residual stream (and so every embedding table's columns) is permuted
+    by the group, unlike BertModel's whose stream is its output; two position rows swapped must be caught."""
+    m = _hf_classifier(name)
+    aut = symgraph.automorphism_group(m)
+    g = aut.graph
+    assert g.meta["tracer"] == "export" and analytic_order(g) == aut.order
+    stream = [grp for grp in g.node_groups if grp.module.endswith("word_embeddings") and grp.role == "hidden"]
+    assert len(stream) == 1
+    x = torch.randint(2, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    res = verify_automorphisms(m, aut, 3, x, seed=0)
+    assert res.verified and res.max_abs_diff < 1e-12
+    moved = aut.generators[:, stream[0].start : stream[0].stop] != torch.arange(stream[0].start, stream[0].stop)
+    assert bool(moved.any())  # the embedding features are permuted, not pinned by the outputs
+    rows = next(grp for grp in _row_groups(g) if grp.module.endswith("position_embeddings"))
+    first = 2 if name == "Roberta" else 0  # RoBERTa counts positions from padding_idx + 1
+    perm = torch.arange(g.num_nodes)
+    perm[rows.start + first], perm[rows.start + first + 1] = rows.start + first + 1, rows.start + first
+    assert not aut.contains(perm)
+    assert symgraph.check_function_preservation(m, perm, x, graph=g) > 1e-6
