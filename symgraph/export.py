@@ -20,6 +20,9 @@ high-level ATen ops (``aten.linear``, ``aten.conv2d``, ``aten.layer_norm``, ``at
   bit-identical to ``model.state_dict()``;
 - **input-independent values** (attention masks built from constants, ``arange`` position ids, lifted
   constants, non-persistent buffers) are evaluated now (constant folding) and reach the encoders as constants;
+- **embedding ids computed from the inputs without parameters** (RoBERTa's position ids from
+  ``input_ids != padding_idx``, ``cumsum``, ``gather``) become one ``input_index`` op when only embeddings
+  read them: automorphisms fix the inputs, so such ids never change (``_Converter._fuse_input_indices``);
 - anything else raises :class:`~symgraph.errors.UnsupportedModuleError` naming the ATen op and the module
   path (from the node's ``nn_module_stack``).
 
@@ -730,6 +733,7 @@ class _Converter:
         self._find_groups()
         self.fused: dict[str, tuple] = {}  # node name -> (target, args, kwargs) of a decomposed functional
         self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
+        self._fuse_input_indices()
         self._fuse_normalize()
 
     # -------------------------------------------------------------------------- decomposed functionals
@@ -1130,3 +1134,80 @@ class _Converter:
             return
         self.standins[owner] = module
         self._add(OpSpec(n.name, "call_module", owner, self._ref(tuple(inputs)), (), shape, dtype, len(n.users)))
+
+    # -------------------------------------------------------------------------- embedding ids from inputs
+    def _fuse_input_indices(self) -> None:
+        """An embedding index computed from model inputs and constants only (RoBERTa's position ids:
+        ``cumsum(input_ids.ne(pad)) * input_ids.ne(pad) + pad``, and its token-type ids gathered at them) becomes
+        one :func:`symgraph.encoders.embedding.input_index` op, its parameter-free ATen ops absorbed.
+
+        Sound because automorphisms fix the inputs and never touch constants or integer buffers: the index is
+        the same before and after any automorphism, and the embedding encoder gives every table row its own
+        fixed node. Indices that depend on a parameter, and ops whose value is also used elsewhere, are left
+        to the ordinary conversion (and refused there when no encoder reads them).
+        """
+        from .encoders.embedding import input_index
+
+        free: dict[str, frozenset[str]] = {}  # parameter-free node -> the user inputs it depends on
+        for n in self.graph.nodes:
+            if n.op == "placeholder" or n.op == "get_attr":
+                if n.name in self.user_inputs:
+                    free[n.name] = frozenset({n.name})
+                elif n.name in self.consts:
+                    free[n.name] = frozenset()
+                elif n.name in self.state:
+                    t = _get(self.model, self.state[n.name])
+                    if isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()):
+                        free[n.name] = frozenset()  # an integer buffer: never a parameter, never permuted
+            elif (
+                n.op == "call_function"
+                and isinstance(n.target, torch._ops.OpOverload)
+                and not _is_random(n.target)
+                and not (_packet(n.target) or "").endswith("_")
+                and all(d.name in free for d in n.all_input_nodes)
+            ):
+                free[n.name] = frozenset().union(*(free[d.name] for d in n.all_input_nodes))
+
+        def is_index_use(u, idx) -> bool:
+            return _packet(u.target) == "embedding" and len(u.args) > 1 and u.args[1] is idx and u.args[0] is not idx
+
+        candidates = {}
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "embedding" or len(n.args) < 2:
+                continue
+            idx = n.args[1]
+            if isinstance(idx, fx.Node) and idx.op == "call_function" and free.get(idx.name):
+                candidates[idx.name] = idx  # computed from inputs (constants alone are folded)
+        while candidates:
+            absorbed = self._absorbed_by(candidates)
+            # an index read by anything but embeddings (and the computations absorbed) stays an ordinary op
+            bad = [
+                k
+                for k, idx in candidates.items()
+                if not all(
+                    is_index_use(u, idx) or u.name in absorbed or _packet(u.target) in IGNORED_OPS for u in idx.users
+                )
+            ]
+            if not bad:
+                break
+            for k in bad:
+                del candidates[k]
+        else:
+            return
+        for k in candidates:
+            inputs = tuple(self.nodes[i] for i in sorted(free[k]))
+            self.fused[k] = (input_index, inputs, {})
+        self.absorbed.update(absorbed)
+
+    def _absorbed_by(self, fused: Mapping[str, fx.Node]) -> set[str]:
+        """The ancestors of ``fused`` whose every use is inside the fused computations (metadata asserts aside)."""
+        absorbed: set[str] = set()
+        stack = [d for f in fused.values() for d in f.all_input_nodes]
+        while stack:
+            a = stack.pop()
+            if a.op != "call_function" or a.name in absorbed or a.name in fused or a.name in self.absorbed:
+                continue
+            if all(u.name in absorbed or u.name in fused or _packet(u.target) in IGNORED_OPS for u in a.users):
+                absorbed.add(a.name)
+                stack.extend(a.all_input_nodes)
+        return absorbed

@@ -409,8 +409,6 @@ def test_random_automorphism_preserves_hf_vit_function():
 @pytest.mark.parametrize(
     ("name", "blocker"),
     [
-        # learned position / token-type embeddings: nn.Embedding of constant (folded) ids
-        ("bert", "embeddings.token_type_embeddings"),
         # GPT-2's Conv1D is x @ W + b with W stored (in, out): aten.addmm, no encoder for transposed weights
         ("gpt2", "no encoder for the ATen operation 'aten.addmm' (torch.export front end) in module 'h.0.attn.c_attn'"),
     ],
