@@ -350,3 +350,31 @@ def test_hf_classifier_permutes_its_embedding_columns_and_keeps_its_rows_fixed(n
     perm[rows.start + first], perm[rows.start + first + 1] = rows.start + first + 1, rows.start + first
     assert not aut.contains(perm)
     assert symgraph.check_function_preservation(m, perm, x, graph=g) > 1e-6
+
+
+def test_auto_falls_back_to_export_when_an_encoder_refuses_an_op_of_the_fx_trace():
+    """fx traces RoBERTa-style positions but no encoder takes ``ne``/``cumsum``; ``auto`` then encodes the
+    export trace (which fuses them). Control: ``tracer="fx"`` still refuses, naming the op."""
+    m = _model("input_positions")
+    g = symgraph.parameter_graph(m, example_input=_tokens(0))
+    assert g.meta["tracer"] == "export"
+    assert all(torch.equal(g.to_state_dict()[k], v) for k, v in m.state_dict().items())
+    with pytest.raises(UnsupportedModuleError):
+        symgraph.parameter_graph(m, example_input=_tokens(0), tracer="fx")
+
+
+def test_auto_reports_the_fx_refusal_when_export_refuses_too():
+    class Both(nn.Module):  # ids computed with a parameter: refused by both front ends
+        def __init__(self):
+            super().__init__()
+            self.pick = nn.Linear(T, T)
+            self.pos = nn.Embedding(T, D)
+
+        def forward(self, x):
+            return self.pos(self.pick(x.double()).argmax(-1))
+
+    with pytest.raises(UnsupportedModuleError) as fx_err:
+        symgraph.parameter_graph(Both().double(), example_input=_tokens(0), tracer="fx")
+    with pytest.raises(UnsupportedModuleError) as auto_err:
+        symgraph.parameter_graph(Both().double(), example_input=_tokens(0))
+    assert str(auto_err.value) == str(fx_err.value)
