@@ -111,7 +111,12 @@ def permute_model(
     # without its version)
     new_state._metadata = getattr(state, "_metadata", None)
     out = copy.deepcopy(model)
-    out.load_state_dict(new_state)
+    # strict=False, then our own check: a torch.export GraphModule asks for its non-persistent buffers (e.g.
+    # position ids) in load_state_dict although its state_dict leaves them out; they are kept as they are
+    missing, unexpected = out.load_state_dict(new_state, strict=False)
+    lost = [k for k in missing if k in state] + list(unexpected)
+    if lost:
+        raise RuntimeError(f"permute_model: the permuted state does not match the model's keys ({lost[:3]})")
     return out
 
 

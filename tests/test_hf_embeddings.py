@@ -378,3 +378,23 @@ def test_auto_reports_the_fx_refusal_when_export_refuses_too():
     with pytest.raises(UnsupportedModuleError) as auto_err:
         symgraph.parameter_graph(Both().double(), example_input=_tokens(0))
     assert str(auto_err.value) == str(fx_err.value)
+
+
+def test_permute_model_on_an_exported_graph_module_with_a_non_persistent_position_buffer():
+    """``ExportedProgram.module()`` asks for its non-persistent ``position_ids`` in ``load_state_dict``
+    though its ``state_dict`` leaves them out; ``permute_model`` keeps them. Control: a row swap (not an
+    automorphism, applied with ``check=False``) changes the output of the same module."""
+    m = _model("position_ids")
+    gm = torch.export.export(m, (_tokens(0),), strict=False).module()
+    assert "position_ids" not in gm.state_dict() and "position_ids" in dict(gm.named_buffers())
+    aut = symgraph.automorphism_group(gm)
+    x = _tokens(1)
+    for seed in range(2):
+        out = symgraph.permute_model(gm, aut.random_element(generator=torch.Generator().manual_seed(seed)), graph=aut)
+        assert (out(x) - gm(x)).abs().max() <= 1e-12
+    a = _row_groups(aut.graph)[0].start
+    swap = torch.arange(aut.graph.num_nodes)
+    swap[a], swap[a + 1] = a + 1, a
+    assert not aut.contains(swap)
+    bad = symgraph.permute_model(gm, swap, graph=aut, check=False)
+    assert (bad(x) - gm(x)).abs().max() > 1e-6
