@@ -775,10 +775,28 @@ class _Converter:
             inside = {n.name for n in nodes}
             outs = {a.name for a in self.sigs[cid].outputs if hasattr(a, "name")}
             leaks = [n for n in nodes if n.name not in outs and any(u.name not in inside for u in n.users)]
-            if leaks:
+            noops = [n for n in leaks if self._is_noop_of_input(n, inside)]
+            if len(noops) < len(leaks):
                 continue  # values of the call used outside it that it does not return: map its ops one by one
+            for n in noops:
+                self.alias[n.name] = self.alias.get(n.args[0].name, n.args[0].name)
             for n in nodes:
                 self.group_of[n.name] = cid
+
+    #: ops that return their operand unchanged when dtype and shape stay the same
+    _NOOP_OPS = frozenset({"to", "_to_copy", "alias", "clone", "contiguous", "detach", "type_as", "lift_fresh_copy"})
+
+    def _is_noop_of_input(self, n: fx.Node, inside: set[str]) -> bool:
+        """Whether ``n`` is a call's input unchanged (``x.to(torch.float32)`` of a float32 ``x`` at the top of
+        Hugging Face's RMS norms): torch.export records the caller's later uses of ``x`` (the residual) on it,
+        so it leaks out of the call; made an alias of the input, the call can still be one op."""
+        src = n.args[0] if n.args else None
+        if _packet(n.target) not in self._NOOP_OPS or not isinstance(src, fx.Node) or src.name in inside:
+            return False
+        a, b = src.meta.get("val"), n.meta.get("val")
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
 
     def _emit_group(self, cid: str) -> None:
         sig = self.sigs[cid]
