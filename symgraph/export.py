@@ -731,6 +731,7 @@ class _Converter:
         self.fused: dict[str, tuple] = {}  # node name -> (target, args, kwargs) of a decomposed functional
         self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
         self._fuse_normalize()
+        self._fuse_rotary()
 
     # -------------------------------------------------------------------------- decomposed functionals
     def _fuse_normalize(self) -> None:
@@ -759,6 +760,57 @@ class _Converter:
             inner += [d, norm]
             self.fused[n.name] = (F.normalize, (x,), {"p": float(p), "dim": int(dims[0]), "eps": float(eps)})
             self.absorbed.update(m.name for m in inner)
+
+    def _fuse_rotary(self) -> None:
+        """Llama's rotary embedding ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin``, decomposed by export
+        into mul/slice/neg/cat/mul/add, back into one op (:func:`symgraph.encoders.attention.rotary_embedding`).
+        Only the structure is matched here; the encoder checks that ``cos`` and ``sin`` are constants."""
+        from .encoders.attention import rotary_embedding
+
+        def only(n, packet):
+            return isinstance(n, fx.Node) and _packet(n.target) == packet and len(n.users) == 1
+
+        def last_slice(n, x, start, end):
+            if not (only(n, "slice") and n.args[0] is x):
+                return False
+            rank, d = _rank(x), x.meta["val"].shape[-1]
+            dim, lo, hi = (list(n.args[1:4]) + [0, None, None])[:3]
+            step = n.args[4] if len(n.args) > 4 else 1
+            hi = d if hi is None or hi >= d else hi
+            return dim % rank == rank - 1 and (lo or 0) == start and hi == end and step == 1
+
+        def split_mul(n):
+            if not only(n, "mul") or len(n.args) != 2 or not all(isinstance(a, fx.Node) for a in n.args):
+                return None
+            return n.args
+
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "add" or len(n.args) != 2 or n.kwargs:
+                continue
+            pa, pb = split_mul(n.args[0]), split_mul(n.args[1])
+            if pa is None or pb is None:
+                continue
+            for (m1, m2) in ((pa, pb), (pb, pa)):
+                hit = None
+                for x, cos in (m1, m1[::-1]):
+                    for cat, sin in (m2, m2[::-1]):
+                        if not (only(cat, "cat") and isinstance(x.meta.get("val"), torch.Tensor)):
+                            continue
+                        pieces = cat.args[0]
+                        dim = cat.args[1] if len(cat.args) > 1 else 0
+                        d = x.meta["val"].shape[-1]
+                        if len(pieces) != 2 or dim % _rank(x) != _rank(x) - 1 or d % 2:
+                            continue
+                        neg, low = pieces
+                        if not (only(neg, "neg") and last_slice(neg.args[0], x, d // 2, d)):
+                            continue
+                        if last_slice(low, x, 0, d // 2):
+                            hit = (x, cos, sin, [n.args[0], n.args[1], cat, neg, neg.args[0], low])
+                if hit is not None:
+                    x, cos, sin, inner = hit
+                    self.fused[n.name] = (rotary_embedding, (x, cos, sin), {})
+                    self.absorbed.update(m.name for m in inner)
+                    break
 
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:
