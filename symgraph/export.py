@@ -790,7 +790,7 @@ class _Converter:
             pa, pb = split_mul(n.args[0]), split_mul(n.args[1])
             if pa is None or pb is None:
                 continue
-            for (m1, m2) in ((pa, pb), (pb, pa)):
+            for m1, m2 in ((pa, pb), (pb, pa)):
                 hit = None
                 for x, cos in (m1, m1[::-1]):
                     for cat, sin in (m2, m2[::-1]):

@@ -417,8 +417,8 @@ def _attend_grouped(ctx, op, qn, kn, vn, qh, vh, r: int, scale, causal) -> Split
     qk3, out3, q3, h2 = qk.view(Hk, r, d), out.view(Hk, r, dv), qn.reshape(Hk, r, d), heads.view(Hk, r)
     b.declare(SymmetryDecl("tie", qn.reshape(-1), f"q with q.k in {label}", other=qk, module=label))
     for i in range(r):
-        b.declare(SymmetryDecl("tie", K.reshape(-1), f"k with copy {i} of q.k in {label}", other=qk3[:, i], module=label))
-        b.declare(SymmetryDecl("tie", V.reshape(-1), f"v with copy {i} of outputs in {label}", other=out3[:, i], module=label))
+        b.declare(SymmetryDecl("tie", K.reshape(-1), f"k with q.k copy {i} in {label}", other=qk3[:, i], module=label))
+        b.declare(SymmetryDecl("tie", V.reshape(-1), f"v with output copy {i} in {label}", other=out3[:, i]))
     for g in range(Hk):
         b.declare(SymmetryDecl("perm", K[g], f"S_{d} on q/k dims of kv group {g} of {label}", module=label))
         b.declare(SymmetryDecl("perm", V[g], f"S_{dv} on v dims of kv group {g} of {label}", module=label))
@@ -474,7 +474,8 @@ def encode_rotary_embedding(ctx, op, module, args):
     try:
         tables = [torch.broadcast_to(t.tensor, shape) for t in (cos, sin)]
     except RuntimeError:
-        raise ShapeMismatchError(f"cos/sin tables broadcastable to {shape}", f"{tuple(cos.tensor.shape)}", ctx.where())
+        got = f"{tuple(cos.tensor.shape)}"
+        raise ShapeMismatchError(f"cos/sin tables broadcastable to {shape}", got, ctx.where()) from None
     if head_axis is not None:
         for t in tables:
             if not bool((t == t.narrow(head_axis, 0, 1)).all()):
