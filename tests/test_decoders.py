@@ -357,3 +357,54 @@ def test_hf_causal_lms_with_gqa_rope_and_rms_norm_are_sound_and_complete(name, f
     row = run_one(f"hf:{name}", verify=2)
     assert row["status"] == "ok", row
     assert row["analytic_equal"] and row["control_caught"]
+
+
+# ---------------------------------------------------------------------------------------------- causal masks
+class CausalAttn(Attn):
+    """Multi-head causal attention written three ways: ``is_causal=True`` followed by a no-op reshape of the
+    heads, or an explicit lower-triangular mask (boolean or additive), built from constants."""
+
+    def __init__(self, how="is_causal"):
+        super().__init__(H=2, Hk=2)
+        self.how = how
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.H, self.d).transpose(1, 2)
+        k = self.k(x).view(B, T, self.H, self.d).transpose(1, 2)
+        v = self.v(x).view(B, T, self.H, self.d).transpose(1, 2)
+        if self.how == "is_causal":
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).reshape(B, self.H, T, self.d)
+        else:
+            keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = keep if self.how == "bool" else torch.zeros(T, T, dtype=x.dtype).masked_fill(~keep, -math.inf)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(torch.relu(self.o(a.transpose(1, 2).reshape(B, T, self.H * self.d))))
+
+
+@pytest.mark.parametrize(
+    ("how", "tracer"), [("is_causal", "fx"), ("is_causal", "export"), ("bool", "export"), ("additive", "export")]
+)
+def test_causal_attention_is_encoded_and_sound(how, tracer):
+    torch.manual_seed(0)
+    m = CausalAttn(how).double()
+    g = symgraph.parameter_graph(m, example_input=_x(), tracer=tracer)
+    aut = symgraph.automorphism_group(g)
+    assert aut.order == analytic_order(g) == _attn_order(2, 2, 4)
+    assert [k.extra[1] for k in set(g.node_keys_typed) if k.kind == "qk"] == [True]
+    assert _max_change(m, aut, g, _x(4)) < TOL
+
+
+def test_negative_control_a_mask_that_is_not_causal_is_refused():
+    class Banded(CausalAttn):
+        def forward(self, x):
+            B, T, _ = x.shape
+            q = self.q(x).view(B, T, self.H, self.d).transpose(1, 2)
+            mask = torch.ones(T, T, dtype=torch.bool).triu(-1).tril(1)  # a band: position-dependent, not causal
+            a = F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+            return self.o(a.transpose(1, 2).reshape(B, T, self.H * self.d))
+
+    from symgraph.errors import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="attention mask"):
+        symgraph.parameter_graph(Banded("bool").double(), example_input=_x(), tracer="export")
