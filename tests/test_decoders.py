@@ -408,3 +408,19 @@ def test_negative_control_a_mask_that_is_not_causal_is_refused():
 
     with pytest.raises(UnsupportedModuleError, match="attention mask"):
         symgraph.parameter_graph(Banded("bool").double(), example_input=_x(), tracer="export")
+
+
+def test_negative_control_a_rotation_other_than_rotate_half_is_not_taken_for_rope():
+    class Swapped(Attn):  # cat(x2, x1) without the sign: not a rotation, not fused, refused as a constant product
+        def forward(self, x):
+            B, T, _ = x.shape
+            q = self.q(x).view(B, T, self.H, self.d).transpose(1, 2)
+            h = self.d // 2
+            q = q * self.cos + torch.cat([q[..., h:], q[..., :h]], -1) * self.sin
+            a = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+            return self.o(a.transpose(1, 2).reshape(B, T, self.H * self.d))
+
+    from symgraph.errors import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="constant tensor"):
+        symgraph.parameter_graph(Swapped(H=2, Hk=2).double(), example_input=_x(), tracer="export")
