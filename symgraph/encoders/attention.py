@@ -23,6 +23,19 @@ Analytic symmetry (declared in both encodings): ``"tie"`` q with k; per head a `
 dimensions and one of its v dimensions; ``"blocks"`` over the heads, each row holding the head's q, v (and
 head) nodes.
 
+Decoder attention (Llama, Mistral, GPT-2):
+
+- **causal** attention (``is_causal=True``, or a constant lower-triangular mask that the export front end
+  folds into it) carries ``causal`` in the ``qk`` nodes' colour; other masks are refused;
+- **grouped-query attention** (``repeat_kv``'s ``[:, :, None].expand(...).reshape(...)``, or SDPA's
+  ``enable_gqa=True``): H query heads read Hk = H/r key/value heads. Each query head gets output nodes of its
+  own (its attention weights differ from its group's other heads); see :func:`_attend_grouped`. Order
+  ``Hk! (r!)^Hk (d_qk!)^Hk (d_v!)^Hk``, the query heads of a group declared as ``"copies"``;
+- **rotary position embeddings** (``x * cos + rotate_half(x) * sin``, fused by the export front end into
+  :func:`rotary_embedding`): dimension ``j`` is paired with ``j + d/2`` and rotated at its own frequency, so the
+  q/k dimensions of a head only permute as pairs of equal cos/sin columns (none for Llama's distinct
+  frequencies); the v dimensions keep S_dv and the heads still permute.
+
 Example
 -------
 >>> import torch.nn as nn, symgraph
