@@ -1070,8 +1070,11 @@ class _Converter:
                 # else reads the mutated operand, directly or through a view of it, and it is not a weight
                 self._block(n, f"{_aten_name(target)} (in place, on a value read elsewhere)")
                 return
-        if name in IGNORED_OPS or (not n.users and name is not None):
+        mutates_const = name is not None and name.endswith("_") and self._is_const(n)
+        if name in IGNORED_OPS or (not n.users and name is not None and not mutates_const):
             return  # a metadata assert, or a value nothing reads: no part of the model's function
+        # an in-place op on a constant (``mask[0] = False``: copy_ into a view of it) is folded, which mutates
+        # the folded constant through the view, as the program does; dropping it would lose the mutation
         if self._is_const(n):
             args = n.args
             if name in SHAPE_ONLY_OPS and isinstance(args[0], fx.Node) and args[0].name not in self.consts:
@@ -1096,6 +1099,8 @@ class _Converter:
                     len(n.users),
                 )
             )
+            return
+        if name == "where" and self._fold_where(n):
             return
         if name in STANDIN_OPS:
             self._standin(n, name, shape, dtype)
@@ -1147,6 +1152,20 @@ class _Converter:
                 len(n.users),
             )
         )
+
+    def _fold_where(self, n: fx.Node) -> bool:
+        """``torch.where(cond, x, other)`` with a constant ``cond`` that selects ``x`` everywhere (a padding mask
+        of ones, as T5 builds without an attention mask) is ``x`` itself, when broadcasting keeps ``x``'s shape."""
+        cond, x = n.args[0], n.args[1] if len(n.args) > 1 else None
+        if not isinstance(cond, fx.Node) or not isinstance(x, fx.Node) or cond.name == x.name:
+            return False
+        value = self.consts.get(self.alias.get(cond.name, cond.name))
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or not bool(value.all()):
+            return False
+        if _meta(x)[0] != _meta(n)[0]:
+            return False
+        self.alias[n.name] = self.alias.get(x.name, x.name)
+        return True
 
     def _fold_mask(self, args, kwargs) -> dict:
         """A constant mask that masks nothing is dropped; a constant causal mask becomes ``is_causal=True``."""

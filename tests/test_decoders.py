@@ -424,3 +424,67 @@ def test_negative_control_a_rotation_other_than_rotate_half_is_not_taken_for_rop
 
     with pytest.raises(UnsupportedModuleError, match="constant tensor"):
         symgraph.parameter_graph(Swapped(H=2, Hk=2).double(), example_input=_x(), tracer="export")
+
+
+def test_a_learned_bias_added_to_attention_scores_is_refused_by_name():
+    class Biased(nn.Module):  # T5-style: scores + a learned per-head, per-position-pair bias
+        def __init__(self):
+            super().__init__()
+            self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 2)
+            self.bias = nn.Parameter(torch.randn(1, 2, 5, 5))
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q = self.q(x).view(B, T, 2, 4).transpose(1, 2)
+            a = torch.softmax(q @ q.transpose(-1, -2) + self.bias, dim=-1) @ q
+            return self.o(a.transpose(1, 2).reshape(B, T, 8))
+
+    from symgraph.errors import UnsupportedModuleError
+
+    for tracer in ("fx", "export"):
+        with pytest.raises(UnsupportedModuleError, match="adding a tensor to attention scores"):
+            symgraph.parameter_graph(Biased().double(), example_input=_x(), tracer=tracer)
+
+
+@pytest.mark.parametrize("keep_all", [True, False])
+def test_where_with_a_constant_all_true_condition_is_its_first_value(keep_all):
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            keep = torch.ones(x.shape[1], dtype=torch.bool)
+            if not keep_all:
+                keep[0] = False  # masks position 0: a position-dependent op, refused
+            return self.b(torch.where(keep[None, :, None], torch.relu(self.a(x)), 0.0))
+
+    from symgraph.errors import UnsupportedModuleError
+
+    m = Masked().double()
+    if not keep_all:
+        with pytest.raises(UnsupportedModuleError, match="aten.where"):
+            symgraph.parameter_graph(m, example_input=_x(), tracer="export")
+        return
+    g, aut = _group(m, _x())
+    assert aut.order == analytic_order(g) == math.factorial(6)
+    assert _max_change(m, aut, g, _x(4)) < TOL
+
+
+def test_a_causal_mask_edited_in_place_is_not_taken_for_causal():
+    """``mask[2, 0] = False`` is a copy_ into a view of the constant mask, which reads nothing back: folded
+    (not dropped), it makes the mask non-causal, which is refused."""
+
+    class Edited(CausalAttn):
+        def forward(self, x):
+            B, T, _ = x.shape
+            q = self.q(x).view(B, T, self.H, self.d).transpose(1, 2)
+            mask = torch.ones(T, T, dtype=torch.bool).tril()
+            mask[2, 0] = False
+            a = F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+            return self.o(a.transpose(1, 2).reshape(B, T, self.H * self.d))
+
+    from symgraph.errors import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="attention mask"):
+        symgraph.parameter_graph(Edited("bool").double(), example_input=_x(), tracer="export")

@@ -65,6 +65,7 @@ from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import declare_vocabulary
 from ..registry import encoder_for_function, register_encoder, register_function
 from ..trace import ParamRef, split_kwargs
+from . import residual as _residual_encoders  # noqa: F401  (registered first, like shape)
 from . import shape as _shape  # noqa: F401  (registered first: the encoders below extend its targets)
 from .activation import apply_elementwise
 from .linear import encode_dense
@@ -557,6 +558,20 @@ def encode_scores_scale(ctx, op, module, args):
         raise UnsupportedModuleError(op.name, "scaling attention scores by a tensor")
     is_div = op.target in (operator.truediv, torch.div, "div")
     return Scores(a.q, a.k, a.shape, a.head_axis, a.scale / c if is_div else a.scale * c, a.softmax)
+
+
+@_chain(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub")
+def encode_scores_add(ctx, op, module, args):
+    """A tensor added to attention scores (T5's relative position bias, an additive mask that is not a constant
+    causal one) is not encoded: the function of the heads would depend on it. Refused, naming it."""
+    args, _ = split_kwargs(args)
+    if not any(isinstance(a, Scores) for a in args[:2]):
+        return NotImplemented
+    raise UnsupportedModuleError(
+        op.name,
+        "adding a tensor to attention scores (a relative position bias, or a mask other than a constant causal "
+        "one): not encoded",
+    )
 
 
 @_chain("softmax", torch.softmax, F.softmax)
