@@ -735,6 +735,7 @@ class _Converter:
         self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
         self._fuse_input_indices()
         self._fuse_normalize()
+        self._fuse_rotary()
 
     # -------------------------------------------------------------------------- decomposed functionals
     def _fuse_normalize(self) -> None:
@@ -764,6 +765,57 @@ class _Converter:
             self.fused[n.name] = (F.normalize, (x,), {"p": float(p), "dim": int(dims[0]), "eps": float(eps)})
             self.absorbed.update(m.name for m in inner)
 
+    def _fuse_rotary(self) -> None:
+        """Llama's rotary embedding ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin``, decomposed by export
+        into mul/slice/neg/cat/mul/add, back into one op (:func:`symgraph.encoders.attention.rotary_embedding`).
+        Only the structure is matched here; the encoder checks that ``cos`` and ``sin`` are constants."""
+        from .encoders.attention import rotary_embedding
+
+        def only(n, packet):
+            return isinstance(n, fx.Node) and _packet(n.target) == packet and len(n.users) == 1
+
+        def last_slice(n, x, start, end):
+            if not (only(n, "slice") and n.args[0] is x):
+                return False
+            rank, d = _rank(x), x.meta["val"].shape[-1]
+            dim, lo, hi = (list(n.args[1:4]) + [0, None, None])[:3]
+            step = n.args[4] if len(n.args) > 4 else 1
+            hi = d if hi is None or hi >= d else hi
+            return dim % rank == rank - 1 and (lo or 0) == start and hi == end and step == 1
+
+        def split_mul(n):
+            if not only(n, "mul") or len(n.args) != 2 or not all(isinstance(a, fx.Node) for a in n.args):
+                return None
+            return n.args
+
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "add" or len(n.args) != 2 or n.kwargs:
+                continue
+            pa, pb = split_mul(n.args[0]), split_mul(n.args[1])
+            if pa is None or pb is None:
+                continue
+            for m1, m2 in ((pa, pb), (pb, pa)):
+                hit = None
+                for x, cos in (m1, m1[::-1]):
+                    for cat, sin in (m2, m2[::-1]):
+                        if not (only(cat, "cat") and isinstance(x.meta.get("val"), torch.Tensor)):
+                            continue
+                        pieces = cat.args[0]
+                        dim = cat.args[1] if len(cat.args) > 1 else 0
+                        d = x.meta["val"].shape[-1]
+                        if len(pieces) != 2 or dim % _rank(x) != _rank(x) - 1 or d % 2:
+                            continue
+                        neg, low = pieces
+                        if not (only(neg, "neg") and last_slice(neg.args[0], x, d // 2, d)):
+                            continue
+                        if last_slice(low, x, 0, d // 2):
+                            hit = (x, cos, sin, [n.args[0], n.args[1], cat, neg, neg.args[0], low])
+                if hit is not None:
+                    x, cos, sin, inner = hit
+                    self.fused[n.name] = (rotary_embedding, (x, cos, sin), {})
+                    self.absorbed.update(m.name for m in inner)
+                    break
+
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:
         members: dict[str, list[fx.Node]] = {}
@@ -779,10 +831,28 @@ class _Converter:
             inside = {n.name for n in nodes}
             outs = {a.name for a in self.sigs[cid].outputs if hasattr(a, "name")}
             leaks = [n for n in nodes if n.name not in outs and any(u.name not in inside for u in n.users)]
-            if leaks:
+            noops = [n for n in leaks if self._is_noop_of_input(n, inside)]
+            if len(noops) < len(leaks):
                 continue  # values of the call used outside it that it does not return: map its ops one by one
+            for n in noops:
+                self.alias[n.name] = self.alias.get(n.args[0].name, n.args[0].name)
             for n in nodes:
                 self.group_of[n.name] = cid
+
+    #: ops that return their operand unchanged when dtype and shape stay the same
+    _NOOP_OPS = frozenset({"to", "_to_copy", "alias", "clone", "contiguous", "detach", "type_as", "lift_fresh_copy"})
+
+    def _is_noop_of_input(self, n: fx.Node, inside: set[str]) -> bool:
+        """Whether ``n`` is a call's input unchanged (``x.to(torch.float32)`` of a float32 ``x`` at the top of
+        Hugging Face's RMS norms): torch.export records the caller's later uses of ``x`` (the residual) on it,
+        so it leaks out of the call; made an alias of the input, the call can still be one op."""
+        src = n.args[0] if n.args else None
+        if _packet(n.target) not in self._NOOP_OPS or not isinstance(src, fx.Node) or src.name in inside:
+            return False
+        a, b = src.meta.get("val"), n.meta.get("val")
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
 
     def _emit_group(self, cid: str) -> None:
         sig = self.sigs[cid]
@@ -1004,8 +1074,11 @@ class _Converter:
                 # else reads the mutated operand, directly or through a view of it, and it is not a weight
                 self._block(n, f"{_aten_name(target)} (in place, on a value read elsewhere)")
                 return
-        if name in IGNORED_OPS or (not n.users and name is not None):
+        mutates_const = name is not None and name.endswith("_") and self._is_const(n)
+        if name in IGNORED_OPS or (not n.users and name is not None and not mutates_const):
             return  # a metadata assert, or a value nothing reads: no part of the model's function
+        # an in-place op on a constant (``mask[0] = False``: copy_ into a view of it) is folded, which mutates
+        # the folded constant through the view, as the program does; dropping it would lose the mutation
         if self._is_const(n):
             args = n.args
             if name in SHAPE_ONLY_OPS and isinstance(args[0], fx.Node) and args[0].name not in self.consts:
@@ -1030,6 +1103,8 @@ class _Converter:
                     len(n.users),
                 )
             )
+            return
+        if name == "where" and self._fold_where(n):
             return
         if name in STANDIN_OPS:
             self._standin(n, name, shape, dtype)
@@ -1081,6 +1156,20 @@ class _Converter:
                 len(n.users),
             )
         )
+
+    def _fold_where(self, n: fx.Node) -> bool:
+        """``torch.where(cond, x, other)`` with a constant ``cond`` that selects ``x`` everywhere (a padding mask
+        of ones, as T5 builds without an attention mask) is ``x`` itself, when broadcasting keeps ``x``'s shape."""
+        cond, x = n.args[0], n.args[1] if len(n.args) > 1 else None
+        if not isinstance(cond, fx.Node) or not isinstance(x, fx.Node) or cond.name == x.name:
+            return False
+        value = self.consts.get(self.alias.get(cond.name, cond.name))
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or not bool(value.all()):
+            return False
+        if _meta(x)[0] != _meta(n)[0]:
+            return False
+        self.alias[n.name] = self.alias.get(x.name, x.name)
+        return True
 
     def _fold_mask(self, args, kwargs) -> dict:
         """A constant mask that masks nothing is dropped; a constant causal mask becomes ``is_causal=True``."""
