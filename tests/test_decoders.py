@@ -6,12 +6,14 @@ and eval mode) and *complete* (nauty's order equals the analytic order the encod
 with a negative control each that shows the check can fail.
 
 Hugging Face's RMS norms compute their statistics in float32 even in a float64 model (``x.to(torch.float32)``),
-so a permutation of the features changes the result by float32 rounding (~1e-8); the function checks below
-replace that forward by the same formula in the input's dtype (fixture ``float64_rms_norms``).
+so a permutation of the features would change the result by float32 rounding (~1e-8);
+``check_function_preservation`` keeps such casts in float64 (tested below, with the rounding it removes as
+the control).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -27,19 +29,6 @@ from symgraph.symmetry import analytic_order, analytic_symmetry
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-10
-
-
-@pytest.fixture
-def float64_rms_norms(monkeypatch):
-    """Llama/Mistral RMS norms with their statistics in the input dtype (same formula, no float32 rounding)."""
-    from transformers.models.llama import modeling_llama
-    from transformers.models.mistral import modeling_mistral
-
-    def forward(self, h):
-        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
-    monkeypatch.setattr(modeling_mistral.MistralRMSNorm, "forward", forward)
 
 
 def _group(model, x):
@@ -84,7 +73,7 @@ class RMSBlock(nn.Module):
         return self.out(h)
 
 
-def test_hf_rms_norm_is_one_op_under_export_and_its_group_is_the_residual_stream(float64_rms_norms):
+def test_hf_rms_norm_is_one_op_under_export_and_its_group_is_the_residual_stream():
     m = RMSBlock().double()
     x = torch.randn(1, 4, 3, dtype=torch.float64)
     g, aut = _group(m, x)
@@ -351,7 +340,7 @@ def test_negative_control_kv_heads_moving_without_their_query_groups_change_the_
 # ---------------------------------------------------------------------------------------------- HF models
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama", "mistral"])
-def test_hf_causal_lms_with_gqa_rope_and_rms_norm_are_sound_and_complete(name, float64_rms_norms):
+def test_hf_causal_lms_with_gqa_rope_and_rms_norm_are_sound_and_complete(name):
     from symgraph.coverage import run_one
 
     row = run_one(f"hf:{name}", verify=2)
@@ -488,3 +477,27 @@ def test_a_causal_mask_edited_in_place_is_not_taken_for_causal():
 
     with pytest.raises(UnsupportedModuleError, match="attention mask"):
         symgraph.parameter_graph(Edited("bool").double(), example_input=_x(), tracer="export")
+
+
+def test_the_float64_check_keeps_hf_rms_norm_statistics_in_float64(monkeypatch):
+    """HF's RMS norm casts to float32 inside its forward; the check evaluates it in float64 (< 1e-12).
+    Controls: with the casts kept, float32 rounding shows (> 1e-10: the context does something), and a
+    permutation that is not an automorphism (two input features swapped) is still caught."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from symgraph import permute
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(16)
+    nn.init.normal_(norm.weight)
+    m = nn.Sequential(nn.Linear(6, 16), norm, nn.Linear(16, 3)).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    aut = symgraph.automorphism_group(m)
+    gen = torch.Generator().manual_seed(0)
+    perms = [aut.random_element(generator=gen) for _ in range(4)]
+    assert max(symgraph.check_function_preservation(m, p, x, graph=aut) for p in perms) < 1e-12
+    swap = torch.arange(aut.graph.num_nodes)
+    swap[0], swap[1] = 1, 0  # two input features
+    assert symgraph.check_function_preservation(m, swap, x, graph=aut) > 1e-6
+    monkeypatch.setattr(permute, "_NoDowncasts", contextlib.nullcontext)
+    assert max(symgraph.check_function_preservation(m, p, x, graph=aut) for p in perms) > 1e-10
