@@ -541,11 +541,146 @@ def test_tabled_twin_check_rejects_hash_collisions_negative_control(monkeypatch)
         assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
     # every multiset hash colliding: the exact check (table or counting) still splits the look-alikes
     monkeypatch.setattr(twins, "multiset_hash", lambda k, g, n, salt=0: np.zeros(n, dtype=np.int64))
+    monkeypatch.setattr(twins, "multiset_hash_pairs", lambda h, k, lo, g, n, salt=0: np.zeros(n, dtype=np.int64))
     for simple in (False, True):
         assert twins.twin_classes(7, src, dst, lab, vc, simple=simple).tolist() == expect
     # one label differing on a true pair's edge: no longer twins
     lab2 = np.array([0, 0, 0, 0, 1, 2])
     assert twins.twin_classes(7, src, dst, lab2, vc, simple=True).tolist() == list(range(7))
+
+
+def test_twin_check_in_passes_over_class_groups_rejects_a_collision_in_any_pass(monkeypatch):
+    from symgraph.automorphisms import twins
+
+    # three layers of look-alike pairs (hashes forced equal): {1, 2}, {7, 8}, {13, 14} are true twins, the
+    # pairs {3, 4}, {9, 10}, {15, 16} are not (one member points elsewhere); made of blocks of one shape
+    src, dst, vc = [], [], []
+    for b in range(3):
+        o = 6 * b
+        src += [o, o, o + 1, o + 2, o + 3, o + 4, o + 0, o + 0]
+        dst += [o + 1, o + 2, o + 5, o + 5, o + 5, o + 0 if b == 0 else o - 1, o + 3, o + 4]
+        vc += [10 * b, 10 * b + 1, 10 * b + 1, 10 * b + 2, 10 * b + 2, 10 * b + 3]
+    src, dst = np.array(src), np.array(dst)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    lab = np.zeros(src.size, dtype=np.int32)
+    n = len(vc)
+    one_pass = twins.twin_classes(n, src, dst, lab, vc, simple=True)
+    sizes = np.bincount(one_pass)
+    assert sorted(sizes[sizes > 1].tolist()) == [2, 2, 2]
+    monkeypatch.setattr(twins, "multiset_hash_pairs", lambda h, k, lo, g, n, salt=0: np.zeros(n, dtype=np.int64))
+    calls = []
+    check = twins._table_check
+    monkeypatch.setattr(twins, "_table_check", lambda *a: calls.append(a[7:9]) or check(*a))
+    monkeypatch.setattr(twins, "TABLE_ENTRIES", 1)  # as few classes per pass as the edges allow
+    many = twins.twin_classes(n, src, dst, lab, vc, simple=True)
+    assert len({g for g, _ in calls}) > 1  # the classes' table in several passes (per direction)
+    assert np.array_equal(many, one_pass)
+    # negative control: the check skipped (no pass marks anything), the look-alikes are merged into classes
+    monkeypatch.setattr(twins, "_table_check", lambda *a: None)
+    assert not np.array_equal(twins.twin_classes(n, src, dst, lab, vc, simple=True), one_pass)
+
+
+def test_labelled_graph_keys_are_int64_for_int32_vertex_ids():
+    from symgraph.automorphisms.twins import _distinct, twin_classes
+
+    # (0 -> 5) and (4096 -> 5) with m = 2**20: their int32 keys u * m + v wrap onto each other
+    m = 2**20
+    u, v = np.array([0, 4096], dtype=np.int32), np.array([5, 5], dtype=np.int32)
+    assert (u * np.int32(m) + v)[0] == (u * np.int32(m) + v)[1]  # the trap the int64 keys avoid
+    assert _distinct(u, v, m) is True
+    assert _distinct(u, v, m, (np.array([1]), np.zeros(0, np.int64))) is True
+    assert _distinct(np.array([0, 0], np.int32), v, m) is False  # and a real repeat is still found
+    # twins whose (neighbour, colour) keys only differ beyond int32: 1 and 2 are not twins
+    n, C = 3, 2**31 - 1
+    src, dst, col = np.array([0, 0], np.int32), np.array([1, 2], np.int32), np.array([0, C - 1], np.int32)
+    assert twin_classes(n, src, dst, col, np.array([0, 1, 1])).tolist() == [0, 1, 2]
+    assert twin_classes(n, src, dst, col * 0, np.array([0, 1, 1])).tolist() == [0, 1, 1]
+
+
+def test_in_place_edge_contraction_equals_the_mapped_copy():
+    from symgraph.automorphisms.twins import _contract_edges
+
+    rng = np.random.default_rng(0)
+    for n_edges, k in ((1000, 40), (1000, 990)):  # most edges dropped (copied out) / most kept (views)
+        u0, v0 = rng.integers(0, 1000, n_edges).astype(np.int32), rng.integers(0, 1000, n_edges).astype(np.int32)
+        lab0 = rng.integers(0, 5, n_edges).astype(np.int32)
+        c = (np.arange(1000) % k).astype(np.int32)
+        keep = c[u0] != c[v0]
+        expect = (c[u0[keep]], c[v0[keep]], lab0[keep])
+        u, v, lab = u0.copy(), v0.copy(), lab0.copy()
+        got = _contract_edges(c, u, v, lab, lambda a, b, c=c: c[a] != c[b], chunk=7)
+        assert all(np.array_equal(x, y) for x, y in zip(got, expect, strict=True))
+        assert (got[0].base is None) == (2 * keep.sum() < n_edges)
+        # written over the input (which the reduction owns): the given arrays no longer hold the edges
+        assert not np.array_equal(u, u0) and np.shares_memory(got[0], u) == (got[0].base is not None)
+
+
+def test_overlap_merge_of_repeated_pairs_equals_the_whole_graph_collapse():
+    from symgraph.automorphisms.twins import _collapse, _distinct, _fold_and_collapse
+
+    # dense blocks emitted target-major (one increasing segment each, or several run together), some joining
+    # pairs that another block joins too (Q and K of attention), some meeting only in their bounding boxes
+    rng = np.random.default_rng(1)
+    blocks = [((0, 6), (10, 16)), ((0, 6), (10, 16)), ((3, 9), (14, 20)), ((20, 24), (24, 28)), ((0, 2), (30, 33))]
+    src, dst, col = [], [], []
+    for i, ((s0, s1), (d0, d1)) in enumerate(blocks):
+        d, s = np.meshgrid(np.arange(d0, d1), np.arange(s0, s1), indexing="ij")
+        src.append(s.ravel())
+        dst.append(d.ravel())
+        col.append(np.full(s.size, i % 3) + rng.integers(0, 2, s.size) * 3)
+    src, dst, col = (np.concatenate(x) for x in (src, dst, col))
+    n = 34
+    assert not _distinct(src, dst, n)
+    u, v, lab, table = _collapse(n, *(x[np.lexsort((col, dst, src))] for x in (src, dst, col)))
+    expect = sorted(zip(u.tolist(), v.tolist(), (table[x] for x in lab.tolist()), strict=True))
+    for chunk in (5, 64, 1 << 20):
+        (m, u1, v1, lab1, table1, _), _ = _fold_and_collapse(n, src, dst, col, np.zeros(n, np.int64), None, chunk)
+        assert sorted(zip(u1.tolist(), v1.tolist(), (table1[x] for x in lab1.tolist()), strict=True)) == expect
+        assert table1 == table  # only the multisets that label a pair
+    # negative control: the merge skipped (no segment breaks: no two segments meet), pairs stay repeated
+    from symgraph.automorphisms import twins
+
+    (_, u2, v2, _, _, _), _ = twins._fold_and_collapse(n, src, dst, col, np.zeros(n, np.int64), None)
+    assert u2.size == len(expect)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    uu, vv, ll, _ = twins._merge_overlaps(
+        n, src.astype(np.int32), dst.astype(np.int32), col.astype(np.int32), [(c,) for c in range(6)], empty
+    )
+    assert uu.size == src.size > len(expect)
+
+
+def test_trim_heap_returns_freed_heap_blocks_that_free_alone_keeps():
+    from symgraph.automorphisms.memory import _malloc_trim, trim_heap
+
+    if _malloc_trim() is None:
+        pytest.skip("the C library has no malloc_trim (not glibc)")
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    trim_heap()
+    r0 = rss_mb()
+    blocks = [np.ones(100_000 // 8) for _ in range(3000)]  # 100 kB arrays live on the heap, side by side
+    assert rss_mb() - r0 > 250
+    del blocks[::2]  # holes between live blocks: the heap cannot shrink from its top
+    held = rss_mb() - r0
+    assert held > 250  # negative control: 150 MB freed, yet still held by the allocator
+    trim_heap()
+    assert rss_mb() - r0 < held - 100
+    del blocks
+
+
+def test_chunked_pair_hash_equals_the_hash_of_the_keys():
+    from symgraph.automorphisms.nauty import multiset_hash, multiset_hash_pairs
+
+    rng = np.random.default_rng(2)
+    hi, lo = rng.integers(0, 50_000, 700_000).astype(np.int32), rng.integers(0, 9, 700_000).astype(np.int32)
+    groups = rng.integers(0, 1000, 700_000)
+    a = multiset_hash_pairs(hi, 70_001, lo, groups, 1000, salt=5)
+    assert np.array_equal(a, multiset_hash(hi.astype(np.int64) * 70_001 + lo, groups, 1000, salt=5))
+    assert not np.array_equal(a, multiset_hash(hi * np.int32(70_001) + lo, groups, 1000, salt=5))  # int32 wraps
 
 
 # ---------------------------------------------------------------------------------------------- elements
@@ -671,6 +806,27 @@ def test_time_limit_stops_inside_nauty_by_killing_the_child_process(monkeypatch)
     assert info.value.stage == "nauty"
     assert time.monotonic() - t0 < 10
     assert "during nauty" in str(info.value)
+
+
+def test_time_limit_holds_in_the_setup_of_nauty_on_the_raw_graph(monkeypatch):
+    # on a raw graph of tens of millions of edges the layered construction before the search takes minutes:
+    # with a limit it runs in the child that is killed (stand in a 60 s merge of parallel edges for it)
+    from symgraph.automorphisms import nauty
+
+    def slow(*args, seconds=60.0):
+        time.sleep(seconds)
+        raise AssertionError("the child should have been killed")
+
+    monkeypatch.setattr(nauty, "collapse_parallel_edges", slow)
+    g = symgraph.parameter_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    t0 = time.monotonic()
+    with pytest.raises(TimeLimitError) as info:
+        compute_group(g, reduce=False, progress=Progress(time_limit=1.0))
+    assert info.value.stage == "nauty" and time.monotonic() - t0 < 10
+    # negative control: without a limit the same setup runs here, in this process (so the patch is on the path)
+    monkeypatch.setattr(nauty, "collapse_parallel_edges", lambda *a: slow(*a, seconds=0.0))
+    with pytest.raises(AssertionError, match="should have been killed"):
+        compute_group(g, reduce=False)
 
 
 def test_time_limit_names_the_stage_it_stopped_in():

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..errors import ShapeMismatchError, SymgraphError, UnsupportedModuleError
 from ..progress import Progress
+from .memory import trim_heap
 from .nauty import collapse_parallel_edges, graph_arrays, nauty_autgrp
 from .quotient import QuotientGroup, _orbits, analyse_quotient
 from .twins import TwinReduction, reduce_twins
@@ -314,6 +315,7 @@ def compute_group(graph, reduce: bool = True, progress: Progress | None = None) 
     progress = progress if progress is not None else Progress()
     t0 = time.perf_counter()
     with progress.stage("reductions", f"{graph.num_nodes} nodes, {graph.num_edges} edges"):
+        trim_heap()  # the build's freed temporaries, held by the allocator under the reductions' peak
         if reduce:  # views of the graph's tensors: the reduction reads the edge list in chunks, never copying it
             n, ei, ecol, vcol = graph.num_nodes, graph.edge_index.numpy(), graph.edge_color.numpy(), _vcol(graph)
             t1 = time.perf_counter()

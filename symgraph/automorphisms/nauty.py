@@ -72,6 +72,10 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+#: Keys per chunk of the hashes: a few temporaries of 2 MB each, next to edge lists of hundreds of MB.
+HASH_CHUNK = 1 << 18
+
+
 def multiset_hash(keys: np.ndarray, groups: np.ndarray, num_groups: int, salt: int = 0) -> np.ndarray:
     """Hash of the multiset of ``keys`` in each group (sum of mixed keys, wrapping): order-independent.
 
@@ -79,11 +83,28 @@ def multiset_hash(keys: np.ndarray, groups: np.ndarray, num_groups: int, salt: i
     """
     keys = np.asarray(keys)
     out = torch.zeros(num_groups, dtype=torch.int64)
-    step = 1 << 20  # in chunks: the mixing temporaries stay small next to the tens of millions of edges
+    step = HASH_CHUNK  # in chunks: the mixing temporaries stay small next to the tens of millions of edges
     for lo in range(0, keys.size, step):
         h = _mix(keys[lo : lo + step].astype(np.uint64) ^ np.uint64(salt)).view(np.int64)
         g = torch.from_numpy(np.ascontiguousarray(groups[lo : lo + step], dtype=np.int64))
         # int64 scatter_add wraps around like uint64 addition: same bits, so the sum is a multiset hash
+        out.scatter_add_(0, g, torch.from_numpy(h))
+    return out.numpy()
+
+
+def multiset_hash_pairs(
+    hi: np.ndarray, mult: int, lo: np.ndarray, groups: np.ndarray, num_groups: int, salt: int = 0
+) -> np.ndarray:
+    """:func:`multiset_hash` of the keys ``hi * mult + lo`` (formed in int64, chunk by chunk: the edge-sized
+    key array is never made; ``hi``, ``lo`` may be int32)."""
+    out = torch.zeros(num_groups, dtype=torch.int64)
+    step = HASH_CHUNK
+    for a in range(0, hi.size, step):
+        key = hi[a : a + step].astype(np.int64)
+        key *= mult
+        key += lo[a : a + step]
+        h = _mix(key.view(np.uint64) ^ np.uint64(salt)).view(np.int64)
+        g = torch.from_numpy(np.ascontiguousarray(groups[a : a + step], dtype=np.int64))
         out.scatter_add_(0, g, torch.from_numpy(h))
     return out.numpy()
 
@@ -284,9 +305,15 @@ def _autgrp_bounded(g, progress: Progress | None):
     cannot be interrupted; the child is killed at the deadline and :class:`TimeLimitError` raised)."""
     import pynauty
 
+    return _bounded(lambda: pynauty.autgrp(g), progress)
+
+
+def _bounded(work, progress: Progress | None):
+    """``work()``, in a forked child process killed at the deadline when ``progress`` has a time limit (the
+    result comes back pickled; :class:`TimeLimitError` is raised at the deadline)."""
     remaining = None if progress is None else progress.remaining()
     if remaining is None:
-        return pynauty.autgrp(g)
+        return work()
     if remaining <= 0:
         raise progress.expired()
     rfd, wfd = os.pipe()
@@ -295,7 +322,7 @@ def _autgrp_bounded(g, progress: Progress | None):
         code = 1
         try:
             os.close(rfd)
-            data = pickle.dumps(pynauty.autgrp(g), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(wfd, "wb") as f:
                 f.write(data)
             code = 0
@@ -525,6 +552,11 @@ def nauty_autgrp(
     >>> nauty_autgrp(3, [0, 0, 0], [1, 1, 2], [0, 1, 0], [0, 1, 1]).grpsize
     (1.0, 0)
     """
+    if progress is not None and progress.remaining() is not None and n:
+        # with a time limit the whole of it runs in the child killed at the deadline: on a raw graph of tens of
+        # millions of edges the layered construction itself (sorts, pynauty's adjacency) takes minutes
+        with progress.stage("nauty", f"{n} vertices, {np.size(src)} edges, in a child process"):
+            return _bounded(lambda: nauty_autgrp(n, src, dst, color, vertex_color, use_depth), progress)
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     if n == 0:

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..progress import Progress
-from .nauty import _mix, argsort_int, dag_depth, multiset_hash, refine_colors, unique_int
+from .memory import trim_heap
+from .nauty import _mix, argsort_int, dag_depth, multiset_hash, multiset_hash_pairs, refine_colors, unique_int
 
 __all__ = ["TwinLevel", "TwinReduction", "reduce_twins", "twin_classes", "chain_classes", "closed_twin_classes"]
 
@@ -197,13 +198,13 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     >>> twin_classes(4, [0, 0, 1, 2], [1, 2, 3, 3], [0, 0, 0, 0], [0, 1, 1, 2]).tolist()
     [0, 1, 1, 2]
     """
-    src = np.asarray(src, dtype=np.int64)
-    dst = np.asarray(dst, dtype=np.int64)
-    color = np.asarray(color, dtype=np.int64)
+    # int32 or int64 edge arrays are read as they are (the labelled graph's are int32); every key below is
+    # formed in int64 (:func:`~.nauty.multiset_hash_pairs`, the table check), chunk by chunk: no int64 copy
+    src, dst, color = _index(src), _index(dst), _index(color)
     vc = np.asarray(vertex_color, dtype=np.int64)
     C = int(color.max()) + 1 if color.size else 1
-    h_in = multiset_hash(src * C + color, dst, n, salt=0x1234567)
-    h_out = multiset_hash(dst * C + color, src, n, salt=0x7654321)
+    h_in = multiset_hash_pairs(src, C, color, dst, n, salt=0x1234567)
+    h_out = multiset_hash_pairs(dst, C, color, src, n, salt=0x7654321)
     deg_in = np.bincount(dst, minlength=n)
     deg_out = np.bincount(src, minlength=n)
     sig = np.stack([vc, h_in, h_out, deg_in, deg_out], axis=1)
@@ -216,25 +217,24 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     # classes of two or more numbered 0 .. R-1: the keys below then often fit int32 (a sort twice as fast)
     big_id = np.cumsum(big) - 1
     big_size = sizes[big]
-    # simple graph, few classes: a class's members have equal degrees, so their neighbourhoods are equal iff
-    # every member's (neighbour, label) is one of a reference member's, looked up in a [classes, n] table
-    tabled = simple and big_size.size * n <= max(2 * color.size, 1 << 24) and (color.size == 0 or color.max() < 2**31)
+    # simple graph: a class's members have equal degrees, so their neighbourhoods are equal iff every member's
+    # (neighbour, label) is one of a reference member's, looked up in a [classes, n] table; with many classes
+    # the table is made for a group of them at a time (passes over the edges), so that it never has more
+    # entries than twice the edges (int16 entries for the few labels of real graphs: <= 4 bytes per edge)
+    tabled = simple and (color.size == 0 or color.max() < 2**31)
+    R = int(big_size.size)
     ref = np.full(sizes.size, n, dtype=np.int64)
     if tabled:
         _a_member(cand, ref)
+        gid = np.where(big, big_id, -1)
+        per_pass = max(1, max(2 * color.size, TABLE_ENTRIES) // max(n, 1))  # classes per pass
     for a, b in ((dst, src), (src, dst)):
+        if tabled:
+            for g0 in range(0, R, per_pass):
+                _table_check(a, b, color, cand, gid, ref, n, g0, min(R, g0 + per_pass), bad)
+            continue
         sel = np.nonzero(big[cand[a]])[0]
         if not sel.size:
-            continue
-        if tabled:
-            ca = cand[a[sel]]
-            key = big_id[ca] * n + b[sel]
-            table = np.full(big_size.size * n, -1, dtype=np.int32)
-            is_ref = a[sel] == ref[ca]
-            table[key[is_ref]] = color[sel[is_ref]]
-            miss = table[key] != color[sel]
-            bad[ca[miss]] = True
-            del ca, key, table, is_ref, miss, sel
             continue
         key = big_id[cand[a[sel]]]  # (class, neighbour, colour), built in place: one array of the edges' size
         key *= n
@@ -257,6 +257,29 @@ def twin_classes(n: int, src, dst, color, vertex_color, simple: bool = False) ->
     rank_of = np.empty(first.size, dtype=np.int64)
     rank_of[np.argsort(first)] = np.arange(first.size)
     return rank_of[inv.reshape(-1)]
+
+
+def _table_check(a, b, color, cand, gid, ref, n: int, g0: int, g1: int, bad: np.ndarray) -> None:
+    """The table check of :func:`twin_classes` for one direction and the classes numbered ``g0 .. g1 - 1``
+    among those of two or more (``gid``), in chunks of the edges: mark ``bad[c]`` for each class ``c`` some
+    member ``x`` of which has an edge ``x - y`` of label ``l`` (``x`` the ``a`` end, ``y`` the ``b`` end)
+    that the class's reference member ``ref[c]`` does not have."""
+    dtype = np.int16 if color.size == 0 or int(color.max()) < 2**15 - 1 else np.int32
+    table = np.full((g1 - g0) * n, -1, dtype=dtype)
+    for fill in (True, False):  # the reference members' edges first, then every member's looked up
+        for lo in range(0, a.size, CHUNK_EDGES):
+            aa = a[lo : lo + CHUNK_EDGES]
+            ca = cand[aa]
+            g = gid[ca]
+            hit = (g >= g0) & (g < g1)
+            if fill:
+                hit &= aa == ref[ca]
+            key = (g[hit] - g0) * n + b[lo : lo + CHUNK_EDGES][hit]
+            col = color[lo : lo + CHUNK_EDGES][hit]
+            if fill:
+                table[key] = col
+            else:
+                bad[ca[hit][table[key] != col]] = True
 
 
 def _a_member(cand: np.ndarray, out: np.ndarray) -> None:
@@ -296,9 +319,7 @@ def chain_classes(n: int, src, dst, label, vertex_color) -> tuple[np.ndarray, np
     >>> cls.tolist(), pos.tolist()
     ([0, 0, 0], [0, 1, 2])
     """
-    src = np.asarray(src, dtype=np.int64)
-    dst = np.asarray(dst, dtype=np.int64)
-    label = np.asarray(label, dtype=np.int64)
+    src, dst, label = _index(src), _index(dst), _index(label)  # no arithmetic on them below: any int dtype
     vc = np.asarray(vertex_color, dtype=np.int64)
     outdeg = np.bincount(src, minlength=n).astype(np.int64)
     indeg = np.bincount(dst, minlength=n).astype(np.int64)
@@ -407,9 +428,26 @@ def _fixed_colours(n: int, vertex_color, fixed, keep, node, key, C: int) -> np.n
     return _dense(cand)
 
 
+#: Steps on graphs of at least this many edges hand freed heap memory back afterwards (:func:`trim_heap`).
+TRIM_EDGES = 1 << 20
+
+#: Entries of the twin check's table made in one pass at least (more where the graph has more edges).
+TABLE_ENTRIES = 1 << 24
+
 #: Edges per chunk of the first pass over a graph (fixed nodes folded, parallel edges merged): the raw edge
 #: list of a 100M-parameter model is never copied whole.
-CHUNK_EDGES = 1 << 20
+CHUNK_EDGES = 1 << 18
+
+
+def _index_dtype(m: int):
+    """int32 for vertex ids and labels below ``2**31`` (the labelled graph's edge arrays: half the memory)."""
+    return np.int32 if m < 2**31 else np.int64
+
+
+def _index(x) -> np.ndarray:
+    """An integer array as it is (int32 or int64: no copy); anything else as int64."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.int32, np.int64) else x.astype(np.int64)
 
 
 def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int = CHUNK_EDGES):
@@ -429,7 +467,13 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
     C = int(color.max()) + 1 if E else 1
     if E and int(color.min()) < 0:
         raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
-    nodes, keys, us, vs, labs = [], [], [], [], []
+    nodes, keys = [], []
+    small = _index_dtype(m)
+    # the labelled graph in int32 (vertex ids and labels below 2**31: 12 bytes per merged edge), written
+    # chunk by chunk into buffers of the raw edge count: an upper bound, and pages never written are never
+    # committed (np.empty), so they cost address space, not memory; the result is a view of their head
+    u_buf, v_buf = np.empty(E, dtype=small), np.empty(E, dtype=small)
+    lab_buf = np.empty(E, dtype=np.int32)
     table: dict[tuple, int] = {}
     breaks: tuple[list, list] = ([], [])
     last: list[int | None] = [None, None]
@@ -466,7 +510,6 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
             [table.setdefault(tuple(c[first[r] : first[r] + counts[r]].tolist()), len(table)) for r in rep.tolist()],
             dtype=np.int64,
         )
-        small = np.int32 if m < 2**31 else np.int64  # the parts in int32 until the last concatenation
         s1, d1 = s[first], d[first]
         for o, (x, y) in enumerate(((s1, d1), (d1, s1))):  # where the pair keys stop increasing, both ways
             k = x * m + y
@@ -475,34 +518,139 @@ def _fold_and_collapse(n: int, src, dst, color, vertex_color, fixed, chunk: int 
             breaks[o].append(np.nonzero(k[1:] <= k[:-1])[0] + 1 + offset)
             last[o] = int(k[-1])
             del k
+        u_buf[offset : offset + s1.size] = s1
+        v_buf[offset : offset + s1.size] = d1
+        lab_buf[offset : offset + s1.size] = gid[ids]
         offset += s1.size
-        us.append(s1.astype(small))
-        vs.append(d1.astype(small))
-        del s1, d1
-        labs.append(gid[ids].astype(np.int32))
-        del s, d, c, first, counts, ids
-    node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
-    key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        del s, d, c, first, counts, ids, s1, d1
+    trim_heap()  # the chunks' freed temporaries
+    node, key = _concat(nodes), _concat(keys)  # the edges to fixed nodes (a classifier's, mostly)
     vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
-    u, v, lab = (_concat64(parts) for parts in (us, vs, labs))
-    del us, vs, labs
+    del node, key
+    u, v, lab = u_buf[:offset], v_buf[:offset], lab_buf[:offset]
+    del u_buf, v_buf, lab_buf
     brk = tuple(np.concatenate(b) if b else np.zeros(0, dtype=np.int64) for b in breaks)
     del breaks
+    trim_heap()  # and the fixed colours', before the merged list's own passes
+    tuples = list(table)
+    del table
+    used = None
     if not _distinct(u, v, m, brk):  # some pair's parallel edges came in several runs (attention's Q/K/V blocks)
-        u, v, lab, table = _merge_runs(m, u, v, lab, list(table))
-        node = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
-        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        vc = _fixed_colours(n, vertex_color, fixed, keep, node, key, C)
-        return (m, u, v, lab, table, vc), keep
-    lab, sorted_table = _canonical(lab, list(table))
+        u, v, lab, tuples = _merge_overlaps(m, u, v, lab, tuples, brk, chunk)
+        used = np.zeros(len(tuples), dtype=bool)  # a run's own multiset may now be no pair's label
+        for a in range(0, lab.size, chunk):
+            used[lab[a : a + chunk]] = True
+    remap, sorted_table = _canonical_map(tuples, used)
+    for a in range(0, lab.size, chunk):  # relabelled in place: no second label array
+        lab[a : a + chunk] = remap[lab[a : a + chunk]]
     return (m, u, v, lab, sorted_table, vc), keep
+
+
+def _merge_overlaps(m: int, u, v, lab, tuples: list[tuple], breaks: tuple, chunk: int = CHUNK_EDGES):
+    """:func:`_merge_runs` restricted to the edges whose pairs can repeat, in place.
+
+    The edge list falls into increasing segments (``breaks`` as in :func:`_distinct`). A pair met twice lies
+    in two segments, hence inside the intersection of their bounding boxes (source range x target range);
+    only the edges of two meeting segments inside their intersection are merged (an attention layer's Q and
+    K blocks, which join the same pairs), intersections that overlap each other together, one group at a
+    time. Every other edge's pair occurs once and stays as it is. Returns ``(u, v, lab, tuples)`` with labels
+    into ``tuples`` (the given tuples first, then the merged multisets), the edges written over the heads of
+    the given arrays (which must belong to the caller alone)."""
+    o = 0 if breaks[0].size <= breaks[1].size else 1
+    br = breaks[o]
+    if br.size > 4096:  # too many segments for their pairwise boxes: one sort of everything
+        return _merge_runs(m, u, v, lab, tuples)
+    first_end, second_end = (u, v) if o == 0 else (v, u)  # inside a segment first_end never decreases
+    starts = np.concatenate([[0], br]).astype(np.int64)
+    ends = np.concatenate([br, [u.size]]).astype(np.int64)
+    lo1, hi1, lo2, hi2 = (
+        f(x, starts).astype(np.int64)
+        for x in (first_end, second_end)
+        for f in (np.minimum.reduceat, np.maximum.reduceat)
+    )
+    meet = (lo1[:, None] <= hi1[None, :]) & (lo1[None, :] <= hi1[:, None])
+    meet &= (lo2[:, None] <= hi2[None, :]) & (lo2[None, :] <= hi2[:, None])
+    ii, jj = np.nonzero(np.triu(meet, 1))
+    del meet
+    if ii.size > 4096:
+        return _merge_runs(m, u, v, lab, tuples)
+    # the intersection boxes, grouped where they overlap (a pair in two of them is one group's)
+    b1, e1 = np.maximum(lo1[ii], lo1[jj]), np.minimum(hi1[ii], hi1[jj])
+    b2, e2 = np.maximum(lo2[ii], lo2[jj]), np.minimum(hi2[ii], hi2[jj])
+    over = (b1[:, None] <= e1[None, :]) & (b1[None, :] <= e1[:, None])
+    over &= (b2[:, None] <= e2[None, :]) & (b2[None, :] <= e2[:, None])
+    root = np.arange(ii.size)
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            root[x] = root[root[x]]
+            x = int(root[x])
+        return x
+
+    for a, b in zip(*np.nonzero(np.triu(over, 1)), strict=True):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            root[max(ra, rb)] = min(ra, rb)
+    del over
+    box_group = np.array([find(k) for k in range(ii.size)], dtype=np.int64)
+    dirty = np.zeros(u.size, dtype=bool)
+    ids = {t: i for i, t in enumerate(tuples)}
+    NL = max(len(tuples), 1)
+    merged = []
+    for g in np.unique(box_group).tolist():
+        parts = []
+        boxes = np.nonzero(box_group == g)[0].tolist()
+        for k in boxes:
+            for t in (int(ii[k]), int(jj[k])):
+                a, b = int(starts[t]), int(ends[t])
+                # first_end is sorted inside the segment: the box's rows are one range of it
+                lo = a + int(np.searchsorted(first_end[a:b], b1[k], side="left"))
+                hi = a + int(np.searchsorted(first_end[a:b], e1[k], side="right"))
+                sec = second_end[lo:hi]
+                parts.append(lo + np.nonzero((sec >= b2[k]) & (sec <= e2[k]))[0])
+        # one box: its two segments' edges, distinct; several: an edge may lie in more than one of them
+        idx = np.concatenate(parts) if len(boxes) == 1 else unique_int(np.concatenate(parts))
+        del parts
+        dirty[idx] = True
+        key = u[idx].astype(np.int64) * m + v[idx]
+        ll = lab[idx].astype(np.int64)
+        del idx
+        order = argsort_int(key * NL + ll) if int(key.max()) < 2**62 // NL else np.lexsort((ll, key))
+        key, ll = key[order], ll[order]
+        del order
+        first, counts = _runs(key)
+        sid, rep = _segment_ids(ll, first, counts)
+        union = [
+            tuple(sorted(c for x in ll[first[r] : first[r] + counts[r]].tolist() for c in tuples[x]))
+            for r in rep.tolist()
+        ]
+        gid = np.array([ids.setdefault(t, len(ids)) for t in union], dtype=np.int64)
+        pairs = key[first]
+        merged.append((pairs // m, pairs % m, gid[sid]))
+        del key, ll, first, counts, sid, pairs
+    # the other edges move down over the merged ones' places (never past where they are read), then the
+    # merged pairs follow: fewer edges than before, in the same buffers
+    w = 0
+    for a in range(0, u.size, chunk):
+        keep = ~dirty[a : a + chunk]
+        rows = [x[a : a + chunk][keep] for x in (u, v, lab)]  # copies: safe to write over the chunk
+        for x, y in zip((u, v, lab), rows, strict=True):
+            x[w : w + y.size] = y
+        w += rows[0].size
+    del dirty
+    for parts in merged:
+        k = parts[0].size
+        for x, y in zip((u, v, lab), parts, strict=True):
+            x[w : w + k] = y
+        w += k
+    return u[:w], v[:w], lab[:w], list(ids)
 
 
 def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
     """One edge per pair from runs of one pair met more than once: the pair's label is the multiset union of
     its runs' colour tuples (with multiplicity). Pairs are grouped by a sort of the collapsed edges; equal
     sequences of run labels share one union, computed once per distinct sequence."""
-    key = u * m + v
+    key = u.astype(np.int64) * m + v
     NL = max(len(tuples), 1)
     order = argsort_int(key * NL + lab) if key.size and int(key.max()) < 2**62 // NL else np.lexsort((lab, key))
     ks, ls = key[order], lab[order]
@@ -517,8 +665,8 @@ def _merge_runs(m: int, u, v, lab, tuples: list[tuple]):
     return pairs // m, pairs % m, lab2, table
 
 
-def _concat64(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate int32/int64 parts into one int64 array, freeing each part once copied."""
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate int64 parts, freeing each part once copied (the list is emptied)."""
     out = np.empty(sum(p.size for p in parts), dtype=np.int64)
     at = 0
     while parts:
@@ -526,6 +674,30 @@ def _concat64(parts: list[np.ndarray]) -> np.ndarray:
         out[at : at + p.size] = p
         at += p.size
     return out
+
+
+def _contract_edges(c: np.ndarray, u, v, lab, keep, chunk: int = CHUNK_EDGES):
+    """The edges ``(c[u], c[v], lab)`` of those with ``keep(u, v)``, written *in place* over the state's
+    arrays chunk by chunk (the write position never passes the read position), so that a contraction that
+    keeps most edges (a chain step) needs no second edge list. Returns views of the arrays' heads, or copies
+    when fewer than half of the edges are kept (so that the large buffers are freed with the old state).
+
+    The arrays must belong to the reduction alone (``_reduce``'s state: made by :func:`_fold_and_collapse`
+    or by an earlier step), never be the caller's.
+    """
+    w = 0
+    for lo in range(0, u.size, chunk):
+        uu, vv = u[lo : lo + chunk], v[lo : lo + chunk]
+        k = keep(uu, vv)
+        cu, cv, ll = c[uu[k]], c[vv[k]], lab[lo : lo + chunk][k]  # fresh arrays: safe to write over the chunk
+        u[w : w + cu.size], v[w : w + cu.size], lab[w : w + cu.size] = cu, cv, ll
+        w += cu.size
+    # the views keep the input's pages (all written) alive: worth a copy once most of them are dropped
+    held = u.size
+    u, v, lab = u[:w], v[:w], lab[:w]
+    if 2 * w < held:
+        u, v, lab = u.copy(), v.copy(), lab.copy()
+    return u, v, lab
 
 
 def _dense(x: np.ndarray) -> np.ndarray:
@@ -564,23 +736,15 @@ def reduce_twins(
     """
     progress = progress if progress is not None else Progress()
     src, dst, color = (np.asarray(x) for x in (src, dst, color))  # views; chunks are made int64 one by one
-    found = _fold_and_collapse(int(n), src, dst, color, vertex_color, fixed)
-    if found is not None:
-        (m, u, v, lab, table, vc), keep = found
-        keep = None if fixed is None else keep
-    else:  # edges in no order the chunked pass can use: two whole-graph passes
-        src, dst, color = (np.asarray(x, dtype=np.int64) for x in (src, dst, color))
-        vc = np.asarray(vertex_color, dtype=np.int64)
-        keep = None
-        m = int(n)
-        if fixed is not None:
-            (m, src, dst, color, vc), keep = fold_fixed(int(n), src, dst, color, vc, fixed)
-        if color.size and int(color.min()) < 0:
-            raise ValueError(f"Expected edge colours >= 0 (got {int(color.min())})")
-        u, v, lab, table = _collapse(m, src, dst, color)
-        del src, dst, color
+    # the state's arrays are new ones (the steps contract them in place), never the caller's
+    (m, u, v, lab, table, vc), keep = _fold_and_collapse(int(n), src, dst, color, vertex_color, fixed)
+    keep = None if fixed is None else keep
     progress.note(f"fixed nodes folded, parallel edges merged: {m} vertices, {u.size} edges")
-    levels, (m, u, v, lab, table, vc) = _reduce(m, u, v, lab, table, vc, max_levels, progress)
+    # handed over in a box, so that this frame holds no reference to the (largest) merged edge list while the
+    # steps replace it by ever smaller graphs
+    box = [(m, u, v, lab, table, vc)]
+    del u, v, lab, vc
+    levels, (m, u, v, lab, table, vc) = _reduce(box, max_levels, progress)
     # the last level's graph (the input itself, fixed nodes folded, when nothing was contracted)
     return TwinReduction(levels, _expand(m, u, v, lab, table, vc), int(n), keep)
 
@@ -631,10 +795,19 @@ def _segment_ids(values: np.ndarray, first: np.ndarray, counts: np.ndarray) -> t
 
 def _canonical(ids: np.ndarray, tuples: list[tuple]) -> tuple[np.ndarray, list[tuple]]:
     """Renumber ``ids`` (with ``tuples[id]``) so that labels follow the sorted distinct tuples."""
-    table = sorted(set(tuples))
-    rank = {t: i for i, t in enumerate(table)}
-    remap = np.array([rank[t] for t in tuples], dtype=np.int64)
+    remap, table = _canonical_map(tuples)
+    # int32 ids stay int32 (the labelled graph's labels): there are fewer labels than 2**31
+    remap = remap.astype(ids.dtype) if ids.dtype == np.int32 else remap
     return (remap[ids] if ids.size else ids), table
+
+
+def _canonical_map(tuples: list[tuple], used: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple]]:
+    """``(remap, table)``: ``table`` the sorted distinct tuples (those marked ``used``, when given),
+    ``remap[i]`` the rank of ``tuples[i]`` in it (-1 for an unused one)."""
+    keep = tuples if used is None else [t for t, x in zip(tuples, used.tolist(), strict=True) if x]
+    table = sorted(set(keep))
+    rank = {t: i for i, t in enumerate(table)}
+    return np.array([rank.get(t, -1) for t in tuples], dtype=np.int64), table
 
 
 def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -704,7 +877,8 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int, breaks: tuple | None = N
         return True
     if breaks is None:
         breaks = tuple(
-            np.nonzero((a[1:] * m + b[1:]) <= (a[:-1] * m + b[:-1]))[0] + 1 for a, b in ((src, dst), (dst, src))
+            np.nonzero((a[1:] * np.int64(m) + b[1:]) <= (a[:-1] * np.int64(m) + b[:-1]))[0] + 1
+            for a, b in ((src, dst), (dst, src))
         )
     o = 0 if breaks[0].size <= breaks[1].size else 1
     br = breaks[o]
@@ -713,7 +887,7 @@ def _distinct(src: np.ndarray, dst: np.ndarray, m: int, breaks: tuple | None = N
     first, second = (src, dst) if o == 0 else (dst, src)
 
     def keys(a: int = 0, b: int | None = None) -> np.ndarray:
-        return first[a:b] * m + second[a:b]
+        return first[a:b].astype(np.int64) * m + second[a:b]  # int64 keys of int32 ids
 
     if br.size > 4096:
         return unique_int(keys()).size == src.size
@@ -788,22 +962,28 @@ def _expand(k: int, u, v, lab, table, vc):
     start = np.cumsum(lens) - lens
     reps = lens[lab] if lab.size else np.zeros(0, dtype=np.int64)
     col = flat[np.repeat(start[lab], reps) + _ragged_arange(reps)] if lab.size else lab
-    return k, np.repeat(u, reps), np.repeat(v, reps), col, vc
+    rep = (np.repeat(np.asarray(x, dtype=np.int64), reps) for x in (u, v))
+    return k, *rep, col, vc
 
 
-def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
-    """Apply the steps in turn until a full round changes nothing; returns ``(levels, final state)``."""
+def _reduce(box: list, max_levels: int, progress: Progress):
+    """Apply the steps in turn until a full round changes nothing; returns ``(levels, final state)``.
+
+    ``box`` holds the state ``(m, u, v, lab, table, vc)`` and is emptied: only the current state is alive
+    while a step runs (with the step's own temporaries and result)."""
     # cheapest and most shrinking first, and back to the start after every change: the twin step removes most
     # edges (a layer's channels collapse to one vertex), so the costlier steps mostly see small graphs
     steps = (_twin_step, _chain_step, _matching_step, _closed_twin_step, _refine_step)
-    state = (m, u, v, lab, table, vc)
+    state = box.pop()
     levels: list[TwinLevel] = []
     # chains first, once: a channel with the norm node hanging on it is no twin of its neighbours until the
     # two are one vertex (a ResNet's first twin step would find nothing in its largest graph)
-    first = _chain_step(*state) if m else None
+    first = _chain_step(*state) if state[0] else None
     if first is not None:
         levels.append(first[0])
         state = first[1]
+        del first
+        trim_heap()
         progress.note(f"{len(levels)} levels: {state[0]} vertices, {state[1].size} edges")
     i = 0
     while i < len(steps) and len(levels) < max_levels and state[0] > 0:
@@ -812,7 +992,11 @@ def _reduce(m: int, u, v, lab, table, vc, max_levels: int, progress: Progress):
             i += 1
             progress.check()
             continue
+        big = state[1].size >= TRIM_EDGES
         level, state = out
+        del out
+        if big:
+            trim_heap()  # what the step freed (most of it in heap blocks), before the next step's peak
         if level is not None:
             levels.append(level)
         i = 0 if i else 1  # after twins, try the others; after any other change, twins again
@@ -833,8 +1017,9 @@ def _twin_step(m, u, v, lab, table, vc):
     # first members are the quotient's edges, no sort or merge needed
     is_rep = np.zeros(m, dtype=bool)
     is_rep[rep] = True
-    sel = is_rep[u] & is_rep[v]
-    return lv, (k, cls[u[sel]], cls[v[sel]], lab[sel], table, qv)
+    c = cls.astype(_index_dtype(k))
+    u, v, lab = _contract_edges(c, u, v, lab, lambda a, b: is_rep[a] & is_rep[b])
+    return lv, (k, u, v, lab, table, qv)
 
 
 def _chain_step(m, u, v, lab, table, vc):
@@ -843,10 +1028,13 @@ def _chain_step(m, u, v, lab, table, vc):
         return None
     cls, pos, qv = found
     k = int(cls.max()) + 1
-    ext = cls[u] != cls[v]  # chain-internal edges live in the vertex colour now
-    # no two outside edges meet in one quotient pair: a chain is entered only at its head and left only at
-    # its tail, so the edges keep their labels as they are
-    return _make_level(cls, pos), (k, cls[u[ext]], cls[v[ext]], lab[ext], table, qv)
+    level = _make_level(cls, pos)
+    c = cls.astype(_index_dtype(k))
+    del cls, pos
+    # chain-internal edges live in the vertex colour now; no two outside edges meet in one quotient pair (a
+    # chain is entered only at its head and left only at its tail), so the edges keep their labels as they are
+    u, v, lab = _contract_edges(c, u, v, lab, lambda a, b: c[a] != c[b])
+    return level, (k, u, v, lab, table, qv)
 
 
 def _matching_step(m, u, v, lab, table, vc):
@@ -1012,6 +1200,7 @@ def _matching(n: int, u, v, lab, table, vertex_color):
     vc = vertex_color
     if u.size == 0:
         return None
+    u, v, lab = (np.asarray(x, dtype=np.int64) for x in (u, v, lab))  # the keys below are products of these
     depth = dag_depth(n, u, v)
     if depth is not None:
         vc = _dense(vc * (int(depth.max()) + 1) + depth)
