@@ -595,9 +595,10 @@ class NeuralGraph:
             f"{self.kind} graph: {self.num_nodes} nodes, {self.num_edges} edges, "
             f"{len(self.node_color_keys)} node colours, {len(self.edge_color_keys)} edge colours",
         ]
-        n_params = sum(s.numel for s in self.slots if s.location != "extra" and not s.is_buffer)
-        n_buf = sum(s.numel for s in self.slots if s.is_buffer)
-        lines.append(f"parameters: {n_params} (+{n_buf} buffer entries), {len(self.slots)} state_dict entries")
+        once = {s.name: s for s in self.slots}.values()  # a shared parameter has one slot per use
+        n_params = sum(s.numel for s in once if s.location != "extra" and not s.is_buffer)
+        n_buf = sum(s.numel for s in once if s.is_buffer)
+        lines.append(f"parameters: {n_params} (+{n_buf} buffer entries), {len(self.state_keys)} state_dict entries")
         b = self.nbytes()
         per_edge = (b["edge_index"] + b["edge_weight"] + b["edge_color"]) / max(self.num_edges, 1)
         lines.append(f"memory: {b['total'] / 2**20:.2f} MiB ({per_edge:.1f} bytes per edge)")
