@@ -8,6 +8,7 @@ therefore be emitted in the parameter's own flat order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,13 @@ def with_ops(key: tuple, ops: tuple) -> tuple:
     if isinstance(key, EdgeKey):
         return key.replace(after=key.after + tuple(ops))
     return (*key, (AFTER, *ops))
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    """Identity of a tensor's memory (storage, offset, shape, strides, dtype); None for meta or empty ones."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,9 @@ class GraphBuilder:
     _level: list[int] = field(default_factory=list)
     _roles: list[str] = field(default_factory=list)
     _weight_dtype: torch.dtype | None = None
+    #: later uses of a parameter already placed (a module applied several times): one slot per use, same name
+    _aliases: list[ParamSlot] = field(default_factory=list)
+    _by_storage: dict[tuple, str] = field(default_factory=dict)  # placed tensors, for tied state names
 
     # ------------------------------------------------------------------ nodes
     def add_nodes(
@@ -229,10 +240,12 @@ class GraphBuilder:
         if param is not None:
             if param.numel() != count:
                 raise SymgraphError(f"Expected {param.numel()} edges for parameter '{param_name}' (got {count})")
-            self._claim(param_name)
-            self._slots[param_name] = ParamSlot(
-                param_name, "edge", self.num_edges, count, tuple(param.shape), param.dtype, is_buffer=is_buffer
+            self._place(
+                ParamSlot(
+                    param_name, "edge", self.num_edges, count, tuple(param.shape), param.dtype, is_buffer=is_buffer
+                )
             )
+            self._note_storage(param, param_name)
             self._note_dtype(param.dtype)
         start = self.num_edges
         flat = None if param is None else param.detach().reshape(-1)
@@ -298,23 +311,33 @@ class GraphBuilder:
             raise SymgraphError(f"Expected {nodes.numel()} values for '{name}' (got {param.numel()})")
         if nodes.numel() and not torch.equal(nodes, torch.arange(int(nodes[0]), int(nodes[0]) + nodes.numel())):
             raise SymgraphError(f"node-stored parameter '{name}' needs contiguous nodes")
-        self._claim(name)
         col = self.node_column(column)
-        self._slots[name] = ParamSlot(
-            name,
-            "node",
-            int(nodes[0]) if nodes.numel() else 0,
-            param.numel(),
-            tuple(param.shape),
-            param.dtype,
-            column=col,
-            is_buffer=is_buffer,
+        self._place(
+            ParamSlot(
+                name,
+                "node",
+                int(nodes[0]) if nodes.numel() else 0,
+                param.numel(),
+                tuple(param.shape),
+                param.dtype,
+                column=col,
+                is_buffer=is_buffer,
+            )
         )
+        self._note_storage(param, name)
         self._note_dtype(param.dtype)
         self._node_values.append((nodes, col, param.detach().reshape(-1)))
 
     def add_extra(self, name: str, value: torch.Tensor, is_buffer: bool = True) -> None:
         """Keep a state entry that has no place in the graph (e.g. ``num_batches_tracked``) verbatim."""
+        if name in self._slots and self._slots[name].location == "extra":
+            return  # a module applied again: its verbatim entry is kept once
+        placed = self._by_storage.get(_storage_key(value))
+        if placed is not None and name not in self._slots:
+            # another state name of a tensor placed under its first name (``nn.Sequential(lin, relu, lin)``
+            # lists ``0.weight`` and ``2.weight``, fx calls ``0`` twice): the same place, not a verbatim copy
+            self._slots[name] = dataclasses.replace(self._slots[placed], name=name)
+            return
         self._claim(name)
         self._slots[name] = ParamSlot(
             name, "extra", 0, value.numel(), tuple(value.shape), value.dtype, is_buffer=is_buffer
@@ -329,9 +352,39 @@ class GraphBuilder:
             raise SymgraphError("a parameter block needs a name")
         if name in self._slots:
             raise SymgraphError(
-                f"parameter '{name}' is used twice (weight sharing or a module called twice); "
-                "parameter graphs need each parameter exactly once"
+                f"state entry '{name}' is kept verbatim and also used by a layer; each state entry needs one place"
             )
+
+    def _note_storage(self, param: torch.Tensor, name: str) -> None:
+        key = _storage_key(param)
+        if key is not None:
+            self._by_storage.setdefault(key, name)
+
+    def _place(self, slot: ParamSlot) -> None:
+        """Record ``slot``: the parameter's first use, or a later use of the same parameter (weight sharing).
+
+        A later use (a module applied several times, one ``nn.Linear`` called twice) gets a slot of its own
+        with the same name: a full second edge (or node) set. ``finalize`` joins each use to the first by
+        parameter-free share edges and ties, so that every automorphism permutes all uses alike (the
+        weight-sharing condition of appendix C.2) and ``to_state_dict`` has one tensor per name.
+        """
+        if slot.name is None:
+            raise SymgraphError("a parameter block needs a name")
+        first = self._slots.get(slot.name)
+        if first is None:
+            self._slots[slot.name] = slot
+            return
+        if (first.location, first.shape, first.dtype, first.is_buffer) != (
+            slot.location,
+            slot.shape,
+            slot.dtype,
+            slot.is_buffer,
+        ):
+            raise SymgraphError(
+                f"Expected every use of parameter '{slot.name}' to be stored alike (got a {first.location} "
+                f"slot of shape {first.shape} and a {slot.location} slot of shape {slot.shape})"
+            )
+        self._aliases.append(slot)
 
     def _note_dtype(self, dtype: torch.dtype) -> None:
         if not dtype.is_floating_point:
@@ -355,6 +408,10 @@ class GraphBuilder:
                 edge_weight[sl] = 1.0
             else:
                 edge_weight[sl].copy_(blk.weight)
+        symmetries = list(self.symmetries)
+        if self._aliases:
+            edge_index, edge_color, edge_weight, ties = self._share(edge_index, edge_color, edge_weight)
+            symmetries += ties
         ncols = max(len(self._node_columns), 1)
         node_weight = torch.zeros((N, ncols), dtype=dtype)
         for nodes, col, vals in self._node_values:
@@ -389,11 +446,45 @@ class GraphBuilder:
             edge_color_keys=tuple(self._edge_color_ids),
             node_color_keys=tuple(node_keys),
             node_groups=tuple(groups),
-            slots=tuple(self._slots[k] for k in state_keys),
+            slots=tuple(self._slots[k] for k in state_keys) + tuple(self._aliases),
             state_keys=tuple(state_keys),
             extras=dict(self._extras),
             node_weight_columns=tuple(self._node_columns),
             kind=self.kind,
             spec=spec,
-            meta=dict(meta or {}, symmetries=list(self.symmetries)),
+            meta=dict(meta or {}, symmetries=symmetries),
         )
+
+    def _share(self, edge_index, edge_color, edge_weight):
+        """Share edges and ties for the later uses of shared parameters (see :meth:`_place`).
+
+        Entry ``k`` of a parameter sits on edge ``(s, d)`` in its first use and ``(s', d')`` in a later one;
+        a parameter-free edge ``s -> s'`` and ``d -> d'`` (colour ``("identity", "share")``, deduplicated) makes
+        every automorphism move the two uses' nodes alike, so that it maps entry ``k``'s edges of all uses
+        onto the edges of one entry ``k'`` (the weight-sharing condition). The same pairs are declared as
+        ties: the analytic symmetry moves the uses together too. Returns the extended edge arrays and the ties.
+        """
+        ties, pairs = [], []
+        for a in self._aliases:
+            f = self._slots[a.name]
+            if a.location == "edge":
+                ends = [
+                    (edge_index[r, f.start : f.start + f.numel], edge_index[r, a.start : a.start + a.numel])
+                    for r in (0, 1)
+                ]
+            else:
+                ends = [(torch.arange(f.start, f.start + f.numel), torch.arange(a.start, a.start + a.numel))]
+            use = torch.cat([torch.stack(e) for e in ends], dim=1)
+            use = torch.unique(use[:, use[0] != use[1]], dim=1)
+            if use.shape[1]:
+                # one tie per use: a one-to-one map from the first use's nodes (what symmetry.py's ties are)
+                ties.append(SymmetryDecl("tie", use[0], f"weight sharing of {a.name}", other=use[1], module=a.name))
+                pairs.append(use)
+        if not pairs:
+            return edge_index, edge_color, edge_weight, []
+        pairs = torch.unique(torch.cat(pairs, dim=1), dim=1)
+        color = self.edge_color(EdgeKey("identity", "share"))
+        edge_index = torch.cat([edge_index, pairs], dim=1)
+        edge_color = torch.cat([edge_color, torch.full((pairs.shape[1],), color, dtype=torch.int32)])
+        edge_weight = torch.cat([edge_weight, torch.ones(pairs.shape[1], dtype=edge_weight.dtype)])
+        return edge_index, edge_color, edge_weight, ties

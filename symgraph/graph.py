@@ -254,6 +254,10 @@ class NodeGroup:
         return self.start + self.count
 
 
+def _slot_values(s: ParamSlot, ew: torch.Tensor, nw: torch.Tensor) -> torch.Tensor:
+    return ew[s.start : s.start + s.numel] if s.location == "edge" else nw[s.start : s.start + s.numel, s.column]
+
+
 class EdgeParamIndex:
     """Maps edges to (parameter, flat index) through per-parameter offsets (no per-edge storage).
 
@@ -447,17 +451,22 @@ class NeuralGraph:
         nw = self.node_weight if node_weight is None else node_weight
         if ew.shape[0] != self.num_edges:
             raise ValueError(f"Expected edge_weight of length {self.num_edges} (got {tuple(ew.shape)})")
-        by_name = {s.name: s for s in self.slots}
+        by_name: dict[str, list[ParamSlot]] = {}
+        for s in self.slots:  # a shared parameter has one slot per use (symgraph.builder), the first one first
+            by_name.setdefault(s.name, []).append(s)
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for name in self.state_keys:
-            s = by_name[name]
-            if s.location == "edge":
-                t = ew[s.start : s.start + s.numel]
-            elif s.location == "node":
-                t = nw[s.start : s.start + s.numel, s.column]
-            else:
+            s, *later = by_name[name]
+            if s.location == "extra":
                 out[name] = self.extras[name].clone()
                 continue
+            t = _slot_values(s, ew, nw)
+            for u in later:
+                if not torch.equal(_slot_values(u, ew, nw), t):
+                    raise ValueError(
+                        f"Expected equal copies of the shared parameter '{name}' in every use (got different "
+                        "values: these weights are not those of one model)"
+                    )
             out[name] = t.detach().to(s.dtype).reshape(s.shape).clone()
         return out
 
@@ -586,9 +595,10 @@ class NeuralGraph:
             f"{self.kind} graph: {self.num_nodes} nodes, {self.num_edges} edges, "
             f"{len(self.node_color_keys)} node colours, {len(self.edge_color_keys)} edge colours",
         ]
-        n_params = sum(s.numel for s in self.slots if s.location != "extra" and not s.is_buffer)
-        n_buf = sum(s.numel for s in self.slots if s.is_buffer)
-        lines.append(f"parameters: {n_params} (+{n_buf} buffer entries), {len(self.slots)} state_dict entries")
+        once = {s.name: s for s in self.slots}.values()  # a shared parameter has one slot per use
+        n_params = sum(s.numel for s in once if s.location != "extra" and not s.is_buffer)
+        n_buf = sum(s.numel for s in once if s.is_buffer)
+        lines.append(f"parameters: {n_params} (+{n_buf} buffer entries), {len(self.state_keys)} state_dict entries")
         b = self.nbytes()
         per_edge = (b["edge_index"] + b["edge_weight"] + b["edge_color"]) / max(self.num_edges, 1)
         lines.append(f"memory: {b['total'] / 2**20:.2f} MiB ({per_edge:.1f} bytes per edge)")

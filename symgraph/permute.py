@@ -62,7 +62,10 @@ def _state_like(graph, like: dict) -> dict:
             t = graph.node_weight[s.start : s.start + s.numel, s.column]
         else:
             t = graph.extras[s.name]
-        out[s.name] = t.detach().reshape(s.shape).to(like[s.name].dtype).clone()
+        t = t.detach().reshape(s.shape).to(like[s.name].dtype)
+        if s.name in out and not torch.equal(out[s.name], t):  # a shared parameter: one slot per use
+            raise ValueError(f"Expected equal copies of the shared parameter '{s.name}' (got different ones: no Phi)")
+        out[s.name] = t.clone()
     return out
 
 

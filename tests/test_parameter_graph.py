@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import symgraph
-from symgraph.errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from symgraph.errors import ShapeMismatchError, TraceError, UnsupportedModuleError
 
 ACTS = [nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU]
 
@@ -380,12 +380,6 @@ def test_data_dependent_control_flow_gives_trace_error_with_hint():
 
     with pytest.raises(TraceError, match="register_encoder"):
         symgraph.parameter_graph(Branchy(), input_shape=(1, 3))
-
-
-def test_weight_sharing_is_refused_clearly():
-    lin = nn.Linear(3, 3)
-    with pytest.raises(SymgraphError, match="used twice"):
-        symgraph.parameter_graph(nn.Sequential(lin, nn.ReLU(), lin))
 
 
 def test_user_registered_encoder_is_used():

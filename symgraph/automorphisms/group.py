@@ -425,12 +425,12 @@ def automorphism_group(
     from .tied import sharing_violations, tied_parameters
 
     tied = tied_parameters(model_or_graph)
-    if tied:  # one tensor under several names: every generator must keep its copies equal (C.2)
-        broken = sharing_violations(g, aut.generators, tied)
-        if broken:
-            raise UnsupportedModuleError(
-                "tied parameters",
-                broken[0],
-                "Untie them (clone one copy) or register an encoder that encodes the shared tensor once.",
-            )
+    # one tensor under several names, or used several times: every generator must keep its copies equal (C.2)
+    broken = sharing_violations(g, aut.generators, tied)
+    if broken:
+        raise UnsupportedModuleError(
+            "tied parameters",
+            broken[0],
+            "Untie them (clone one copy) or register an encoder that encodes the shared tensor once.",
+        )
     return aut

@@ -7,6 +7,10 @@ share entry ``k`` onto the set that shares some entry ``k'`` (the weight-sharing
 whole group when it holds for each generator (partition-preserving permutations are closed under composition),
 so checking the generators is exact.
 
+A module applied several times (ALBERT's shared layer, one ``nn.Linear`` called twice) holds one tensor under
+one name with one slot per use (:class:`symgraph.builder.GraphBuilder` joins the uses by share edges, so its
+group keeps the sharing by construction); ``sharing_violations`` checks those uses too.
+
 Example
 -------
 >>> import torch.nn as nn, symgraph
@@ -48,20 +52,25 @@ def tied_parameters(model: nn.Module) -> list[tuple[str, ...]]:
 def sharing_violations(graph, generators: torch.Tensor, tied: list[tuple[str, ...]]) -> list[str]:
     """One line per tied group that some generator breaks (an empty list: the whole group keeps the sharing).
 
-    ``generators`` are node permutations ``[k, N]`` of ``graph`` (``perm[i]`` = image of ``i``).
+    ``generators`` are node permutations ``[k, N]`` of ``graph`` (``perm[i]`` = image of ``i``). Besides the
+    groups in ``tied``, every parameter with several slots in ``graph`` (one per use) is checked.
     """
-    if not tied:
+    slots: dict[str, list] = {}
+    for s in graph.slots:  # a parameter used several times has one slot per use (same name)
+        slots.setdefault(s.name, []).append(s)
+    in_tied = {n for group in tied for n in group}
+    groups = [tuple(g) for g in tied] + [(n,) for n, ss in slots.items() if len(ss) > 1 and n not in in_tied]
+    if not groups:
         return []
-    slots = {s.name: s for s in graph.slots}
     out: list[str] = []
     edge_cls = torch.arange(graph.num_edges, dtype=torch.long)
     node_cls = torch.arange(graph.num_nodes * max(1, len(graph.node_weight_columns)), dtype=torch.long)
     n_cols = max(1, len(graph.node_weight_columns))
     base = max(edge_cls.numel(), node_cls.numel())
     checks: list[tuple[str, tuple[str, ...], list]] = []
-    for group in tied:
-        locs = {slots[n].location for n in group if n in slots}
-        members = [slots[n] for n in group if n in slots]
+    for group in groups:
+        members = [u for n in group for u in slots.get(n, [])]
+        locs = {u.location for u in members}
         if len(members) < 2:
             continue
         if len(locs) != 1 or "extra" in locs:
@@ -95,8 +104,9 @@ def sharing_violations(graph, generators: torch.Tensor, tied: list[tuple[str, ..
                 ref = new_node[pos(first)]
                 bad = any(not torch.equal(new_node[pos(s)], ref) for s in members[1:])
             if bad:
+                what = f"tied parameters {', '.join(group)}" if len(group) > 1 else f"shared parameter {group[0]}"
                 out.append(
-                    f"tied parameters {', '.join(group)}: an automorphism of the graph moves their copies "
+                    f"{what}: an automorphism of the graph moves their copies "
                     "differently, so it is not a symmetry of the model (the weight-sharing condition fails)"
                 )
                 checks.remove((loc, group, members))
