@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .builder import Features, GraphBuilder, SymmetryDecl, with_ops
-from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from .errors import ShapeMismatchError, TraceError, UnsupportedModuleError
 from .input_shapes import infer_example_input, remember_example_input
 from .registry import encoder_for_function, encoder_for_module, reads_ops
 
