@@ -189,12 +189,12 @@ def _untied_bias(ctx, path, table, heads, ws):
     """Negative control: the table on columns of its own, not joined to the heads (free to move alone)."""
     b = ctx.builder
     R, H = table.shape
-    offsets = b.add_nodes(R, "position", "relative_offset", f"{path} relative offsets", module=path, level=0)
+    offsets = b.add_nodes(R, "position", "position", f"{path} relative offsets", module=path, level=0)
     columns = b.add_nodes(H, "head", "attention", f"{path} bias columns", module=path, level=0)
     b.add_edges(
         offsets.repeat_interleave(H),
         columns.repeat(R),
-        b.edge_color(("swin", "rel_bias", ws)),
+        b.edge_color(("attention", "rel_bias", ws)),
         table,
         f"{path}.relative_position_bias_table",
     )
@@ -204,11 +204,11 @@ def _movable_offsets(ctx, path, table, heads, ws):
     """Negative control: offsets as hidden nodes, so that rows of the table may be permuted."""
     b = ctx.builder
     R, H = table.shape
-    offsets = b.add_nodes(R, "hidden", "relative_offset", f"{path} relative offsets", module=path, level=0)
+    offsets = b.add_nodes(R, "hidden", "position", f"{path} relative offsets", module=path, level=0)
     b.add_edges(
         offsets.repeat_interleave(H),
         heads.repeat(R),
-        b.edge_color(("swin", "rel_bias", ws)),
+        b.edge_color(("attention", "rel_bias", ws)),
         table,
         f"{path}.relative_position_bias_table",
     )

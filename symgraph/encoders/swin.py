@@ -45,7 +45,9 @@ from .attention import declare_attention
 from .linear import encode_dense
 from .norm import layernorm_features
 
-declare_vocabulary(edges={"swin": ("rel_bias",)}, node_kinds=("relative_offset",))
+# the bias edges are an attention role (gmn buckets them with attention, told apart by the key hash); offsets are
+# position nodes
+declare_vocabulary(edges={"attention": ("rel_bias",)}, node_kinds=("position",))
 
 __all__ = ["encode_shifted_window_attention", "encode_patch_merging", "relative_position_bias_edges"]
 
@@ -67,9 +69,9 @@ def relative_position_bias_edges(ctx, path: str, table: torch.Tensor, heads: tor
     ``position`` nodes, one per relative offset of two tokens in a window."""
     b = ctx.builder
     R, H = table.shape
-    offsets = b.add_nodes(R, "position", "relative_offset", f"{path} relative offsets", module=path, level=0)
+    offsets = b.add_nodes(R, "position", "position", f"{path} relative offsets", module=path, level=0)
     name = f"{path}.relative_position_bias_table" if path else "relative_position_bias_table"
-    b.add_edges(offsets.repeat_interleave(H), heads.repeat(R), b.edge_color(("swin", "rel_bias", ws)), table, name)
+    b.add_edges(offsets.repeat_interleave(H), heads.repeat(R), b.edge_color(("attention", "rel_bias", ws)), table, name)
 
 
 @register_encoder_by_name(f"{_TV}.ShiftedWindowAttention")
