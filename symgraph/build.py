@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .builder import GraphBuilder
-from .errors import ShapeMismatchError, TraceError
+from .errors import ShapeMismatchError, TraceError, UnsupportedModuleError
 from .graph import NeuralGraph
 from .trace import EncodeContext, ModelSpec, _example_inputs, encode_model, trace_model
 
@@ -45,8 +45,9 @@ def parameter_graph(
         The front end. ``"fx"``: torch.fx symbolic tracing. ``"export"``: ``torch.export.export(...,
         strict=False)`` (see :mod:`symgraph.export`), which also takes the Hugging Face models fx cannot
         trace. ``"auto"`` (default): fx, and torch.export when fx cannot trace the model (a
-        :class:`~symgraph.errors.TraceError`), when there are several or keyword inputs, or for an ATen
-        ``GraphModule``. The one used is ``g.meta["tracer"]``.
+        :class:`~symgraph.errors.TraceError`) or an encoder refuses an op of fx's trace (an
+        :class:`~symgraph.errors.UnsupportedModuleError`; fx's error is raised if export fails too), when
+        there are several or keyword inputs, or for an ATen ``GraphModule``. The one used is ``g.meta["tracer"]``.
     example_kwargs : dict, optional
         Keyword inputs of the example call (e.g. ``{"attention_mask": mask}``); torch.export only.
 
@@ -69,7 +70,20 @@ def parameter_graph(
     if tracer not in TRACERS:
         raise ShapeMismatchError(f"tracer one of {TRACERS}", repr(tracer))
     spec, encode_root, used = _front_end(model, example_input, input_shape, tracer, example_kwargs)
-    return encode_parameter_graph(model, spec, encoding, encode_root=encode_root, tracer=used)[0]
+    try:
+        return encode_parameter_graph(model, spec, encoding, encode_root=encode_root, tracer=used)[0]
+    except UnsupportedModuleError as fx_refusal:
+        if tracer != "auto" or used != "fx":
+            raise
+        # fx traced the model but an encoder refused one of its ops: the export front end sees the same
+        # function as ATen ops and fuses more patterns (e.g. position ids computed from the tokens); if it
+        # fails too, fx's message (which names the module) is the one reported
+        try:
+            spec, encode_root, used = _export_front_end(model, example_input, input_shape, example_kwargs)
+            return encode_parameter_graph(model, spec, encoding, encode_root=encode_root, tracer=used)[0]
+        except (TraceError, UnsupportedModuleError):
+            pass
+        raise fx_refusal
 
 
 def encode_parameter_graph(

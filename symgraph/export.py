@@ -20,6 +20,9 @@ high-level ATen ops (``aten.linear``, ``aten.conv2d``, ``aten.layer_norm``, ``at
   bit-identical to ``model.state_dict()``;
 - **input-independent values** (attention masks built from constants, ``arange`` position ids, lifted
   constants, non-persistent buffers) are evaluated now (constant folding) and reach the encoders as constants;
+- **embedding ids computed from the inputs without parameters** (RoBERTa's position ids from
+  ``input_ids != padding_idx``, ``cumsum``, ``gather``) become one ``input_index`` op when only embeddings
+  read them: automorphisms fix the inputs, so such ids never change (``_Converter._fuse_input_indices``);
 - anything else raises :class:`~symgraph.errors.UnsupportedModuleError` naming the ATen op and the module
   path (from the node's ``nn_module_stack``).
 
@@ -730,7 +733,9 @@ class _Converter:
         self._find_groups()
         self.fused: dict[str, tuple] = {}  # node name -> (target, args, kwargs) of a decomposed functional
         self.absorbed: set[str] = set()  # the nodes of its decomposition, not emitted
+        self._fuse_input_indices()
         self._fuse_normalize()
+        self._fuse_rotary()
 
     # -------------------------------------------------------------------------- decomposed functionals
     def _fuse_normalize(self) -> None:
@@ -760,6 +765,57 @@ class _Converter:
             self.fused[n.name] = (F.normalize, (x,), {"p": float(p), "dim": int(dims[0]), "eps": float(eps)})
             self.absorbed.update(m.name for m in inner)
 
+    def _fuse_rotary(self) -> None:
+        """Llama's rotary embedding ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin``, decomposed by export
+        into mul/slice/neg/cat/mul/add, back into one op (:func:`symgraph.encoders.attention.rotary_embedding`).
+        Only the structure is matched here; the encoder checks that ``cos`` and ``sin`` are constants."""
+        from .encoders.attention import rotary_embedding
+
+        def only(n, packet):
+            return isinstance(n, fx.Node) and _packet(n.target) == packet and len(n.users) == 1
+
+        def last_slice(n, x, start, end):
+            if not (only(n, "slice") and n.args[0] is x):
+                return False
+            rank, d = _rank(x), x.meta["val"].shape[-1]
+            dim, lo, hi = (list(n.args[1:4]) + [0, None, None])[:3]
+            step = n.args[4] if len(n.args) > 4 else 1
+            hi = d if hi is None or hi >= d else hi
+            return dim % rank == rank - 1 and (lo or 0) == start and hi == end and step == 1
+
+        def split_mul(n):
+            if not only(n, "mul") or len(n.args) != 2 or not all(isinstance(a, fx.Node) for a in n.args):
+                return None
+            return n.args
+
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "add" or len(n.args) != 2 or n.kwargs:
+                continue
+            pa, pb = split_mul(n.args[0]), split_mul(n.args[1])
+            if pa is None or pb is None:
+                continue
+            for m1, m2 in ((pa, pb), (pb, pa)):
+                hit = None
+                for x, cos in (m1, m1[::-1]):
+                    for cat, sin in (m2, m2[::-1]):
+                        if not (only(cat, "cat") and isinstance(x.meta.get("val"), torch.Tensor)):
+                            continue
+                        pieces = cat.args[0]
+                        dim = cat.args[1] if len(cat.args) > 1 else 0
+                        d = x.meta["val"].shape[-1]
+                        if len(pieces) != 2 or dim % _rank(x) != _rank(x) - 1 or d % 2:
+                            continue
+                        neg, low = pieces
+                        if not (only(neg, "neg") and last_slice(neg.args[0], x, d // 2, d)):
+                            continue
+                        if last_slice(low, x, 0, d // 2):
+                            hit = (x, cos, sin, [n.args[0], n.args[1], cat, neg, neg.args[0], low])
+                if hit is not None:
+                    x, cos, sin, inner = hit
+                    self.fused[n.name] = (rotary_embedding, (x, cos, sin), {})
+                    self.absorbed.update(m.name for m in inner)
+                    break
+
     # -------------------------------------------------------------------------- leaf-module groups
     def _find_groups(self) -> None:
         members: dict[str, list[fx.Node]] = {}
@@ -775,10 +831,28 @@ class _Converter:
             inside = {n.name for n in nodes}
             outs = {a.name for a in self.sigs[cid].outputs if hasattr(a, "name")}
             leaks = [n for n in nodes if n.name not in outs and any(u.name not in inside for u in n.users)]
-            if leaks:
+            noops = [n for n in leaks if self._is_noop_of_input(n, inside)]
+            if len(noops) < len(leaks):
                 continue  # values of the call used outside it that it does not return: map its ops one by one
+            for n in noops:
+                self.alias[n.name] = self.alias.get(n.args[0].name, n.args[0].name)
             for n in nodes:
                 self.group_of[n.name] = cid
+
+    #: ops that return their operand unchanged when dtype and shape stay the same
+    _NOOP_OPS = frozenset({"to", "_to_copy", "alias", "clone", "contiguous", "detach", "type_as", "lift_fresh_copy"})
+
+    def _is_noop_of_input(self, n: fx.Node, inside: set[str]) -> bool:
+        """Whether ``n`` is a call's input unchanged (``x.to(torch.float32)`` of a float32 ``x`` at the top of
+        Hugging Face's RMS norms): torch.export records the caller's later uses of ``x`` (the residual) on it,
+        so it leaks out of the call; made an alias of the input, the call can still be one op."""
+        src = n.args[0] if n.args else None
+        if _packet(n.target) not in self._NOOP_OPS or not isinstance(src, fx.Node) or src.name in inside:
+            return False
+        a, b = src.meta.get("val"), n.meta.get("val")
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
 
     def _emit_group(self, cid: str) -> None:
         sig = self.sigs[cid]
@@ -1000,8 +1074,11 @@ class _Converter:
                 # else reads the mutated operand, directly or through a view of it, and it is not a weight
                 self._block(n, f"{_aten_name(target)} (in place, on a value read elsewhere)")
                 return
-        if name in IGNORED_OPS or (not n.users and name is not None):
+        mutates_const = name is not None and name.endswith("_") and self._is_const(n)
+        if name in IGNORED_OPS or (not n.users and name is not None and not mutates_const):
             return  # a metadata assert, or a value nothing reads: no part of the model's function
+        # an in-place op on a constant (``mask[0] = False``: copy_ into a view of it) is folded, which mutates
+        # the folded constant through the view, as the program does; dropping it would lose the mutation
         if self._is_const(n):
             args = n.args
             if name in SHAPE_ONLY_OPS and isinstance(args[0], fx.Node) and args[0].name not in self.consts:
@@ -1026,6 +1103,8 @@ class _Converter:
                     len(n.users),
                 )
             )
+            return
+        if name == "where" and self._fold_where(n):
             return
         if name in STANDIN_OPS:
             self._standin(n, name, shape, dtype)
@@ -1077,6 +1156,20 @@ class _Converter:
                 len(n.users),
             )
         )
+
+    def _fold_where(self, n: fx.Node) -> bool:
+        """``torch.where(cond, x, other)`` with a constant ``cond`` that selects ``x`` everywhere (a padding mask
+        of ones, as T5 builds without an attention mask) is ``x`` itself, when broadcasting keeps ``x``'s shape."""
+        cond, x = n.args[0], n.args[1] if len(n.args) > 1 else None
+        if not isinstance(cond, fx.Node) or not isinstance(x, fx.Node) or cond.name == x.name:
+            return False
+        value = self.consts.get(self.alias.get(cond.name, cond.name))
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or not bool(value.all()):
+            return False
+        if _meta(x)[0] != _meta(n)[0]:
+            return False
+        self.alias[n.name] = self.alias.get(x.name, x.name)
+        return True
 
     def _fold_mask(self, args, kwargs) -> dict:
         """A constant mask that masks nothing is dropped; a constant causal mask becomes ``is_causal=True``."""
@@ -1130,3 +1223,80 @@ class _Converter:
             return
         self.standins[owner] = module
         self._add(OpSpec(n.name, "call_module", owner, self._ref(tuple(inputs)), (), shape, dtype, len(n.users)))
+
+    # -------------------------------------------------------------------------- embedding ids from inputs
+    def _fuse_input_indices(self) -> None:
+        """An embedding index computed from model inputs and constants only (RoBERTa's position ids:
+        ``cumsum(input_ids.ne(pad)) * input_ids.ne(pad) + pad``, and its token-type ids gathered at them) becomes
+        one :func:`symgraph.encoders.embedding.input_index` op, its parameter-free ATen ops absorbed.
+
+        Sound because automorphisms fix the inputs and never touch constants or integer buffers: the index is
+        the same before and after any automorphism, and the embedding encoder gives every table row its own
+        fixed node. Indices that depend on a parameter, and ops whose value is also used elsewhere, are left
+        to the ordinary conversion (and refused there when no encoder reads them).
+        """
+        from .encoders.embedding import input_index
+
+        free: dict[str, frozenset[str]] = {}  # parameter-free node -> the user inputs it depends on
+        for n in self.graph.nodes:
+            if n.op == "placeholder" or n.op == "get_attr":
+                if n.name in self.user_inputs:
+                    free[n.name] = frozenset({n.name})
+                elif n.name in self.consts:
+                    free[n.name] = frozenset()
+                elif n.name in self.state:
+                    t = _get(self.model, self.state[n.name])
+                    if isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()):
+                        free[n.name] = frozenset()  # an integer buffer: never a parameter, never permuted
+            elif (
+                n.op == "call_function"
+                and isinstance(n.target, torch._ops.OpOverload)
+                and not _is_random(n.target)
+                and not (_packet(n.target) or "").endswith("_")
+                and all(d.name in free for d in n.all_input_nodes)
+            ):
+                free[n.name] = frozenset().union(*(free[d.name] for d in n.all_input_nodes))
+
+        def is_index_use(u, idx) -> bool:
+            return _packet(u.target) == "embedding" and len(u.args) > 1 and u.args[1] is idx and u.args[0] is not idx
+
+        candidates = {}
+        for n in self.graph.nodes:
+            if n.op != "call_function" or _packet(n.target) != "embedding" or len(n.args) < 2:
+                continue
+            idx = n.args[1]
+            if isinstance(idx, fx.Node) and idx.op == "call_function" and free.get(idx.name):
+                candidates[idx.name] = idx  # computed from inputs (constants alone are folded)
+        while candidates:
+            absorbed = self._absorbed_by(candidates)
+            # an index read by anything but embeddings (and the computations absorbed) stays an ordinary op
+            bad = [
+                k
+                for k, idx in candidates.items()
+                if not all(
+                    is_index_use(u, idx) or u.name in absorbed or _packet(u.target) in IGNORED_OPS for u in idx.users
+                )
+            ]
+            if not bad:
+                break
+            for k in bad:
+                del candidates[k]
+        else:
+            return
+        for k in candidates:
+            inputs = tuple(self.nodes[i] for i in sorted(free[k]))
+            self.fused[k] = (input_index, inputs, {})
+        self.absorbed.update(absorbed)
+
+    def _absorbed_by(self, fused: Mapping[str, fx.Node]) -> set[str]:
+        """The ancestors of ``fused`` whose every use is inside the fused computations (metadata asserts aside)."""
+        absorbed: set[str] = set()
+        stack = [d for f in fused.values() for d in f.all_input_nodes]
+        while stack:
+            a = stack.pop()
+            if a.op != "call_function" or a.name in absorbed or a.name in fused or a.name in self.absorbed:
+                continue
+            if all(u.name in absorbed or u.name in fused or _packet(u.target) in IGNORED_OPS for u in a.users):
+                absorbed.add(a.name)
+                stack.extend(a.all_input_nodes)
+        return absorbed

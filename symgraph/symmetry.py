@@ -16,10 +16,16 @@ Every encoder declares the known symmetry of its layer with :class:`~symgraph.bu
    fixed class in a row is not permutable. Rows may carry structural nodes with no ``"perm"`` of their own
    (a head's or a norm group's node, a grouped convolution's input channels): they move only with their row.
    Nested structures (rows of one cutting across rows of another) raise :class:`~symgraph.errors.SymgraphError`.
+4. **Copies.** ``"copies"`` declarations ([R, n] nodes) are rows that are *copies* of one another inside one
+   row of a block structure: grouped-query attention's R query heads that read one key/value head. Their
+   nodes are tied to the shared head (so a cell permutation moves all copies alike), and a copies declaration
+   lets the rows be permuted among themselves on top of that (order R!). A row moves with the nodes tied to it
+   through ties that reach no other row first (the query projection under a rotary embedding); nodes reached
+   from several rows (the shared key/value head) stay where they are.
 
-The group is (product over cells of S_cell) extended by the row permutations, of order
-``prod(|cell|!) * prod(B!)``. A node permutation is made from class permutations by moving one node per class
-and propagating along the ties (``other[i]`` goes where ``nodes[i]`` goes).
+The group is (product over cells of S_cell) extended by the row permutations and the copy permutations, of
+order ``prod(|cell|!) * prod(B!) * prod(R!)``. A node permutation is made from class permutations by moving one
+node per class and propagating along the ties (``other[i]`` goes where ``nodes[i]`` goes).
 
 Example
 -------
@@ -60,6 +66,7 @@ class AnalyticSymmetry:
     blocks: tuple[tuple[torch.Tensor, ...], ...]
     ties: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     labels: dict
+    copies: tuple[tuple[torch.Tensor, tuple], ...] = ()  # (rows [R, n], the ties that move with the rows)
 
     @property
     def order(self) -> int:
@@ -69,6 +76,8 @@ class AnalyticSymmetry:
             out *= math.factorial(int(c.numel()))
         for decls in self.blocks:
             out *= math.factorial(int(decls[0].shape[0]))
+        for rows, _ in self.copies:
+            out *= math.factorial(int(rows.shape[0]))
         return out
 
     @property
@@ -83,6 +92,11 @@ class AnalyticSymmetry:
             f"S_{int(d[0].shape[0])} (blocks: {self.labels.get(('blocks', i), '')})"
             for i, d in enumerate(self.blocks)
             if d[0].shape[0] > 1
+        ]
+        out += [
+            f"S_{int(r.shape[0])} (copies: {self.labels.get(('copies', i), '')})"
+            for i, (r, _) in enumerate(self.copies)
+            if r.shape[0] > 1
         ]
         return out
 
@@ -137,7 +151,19 @@ class AnalyticSymmetry:
         """A uniformly random element: random within-cell permutations, then a random row permutation."""
         inner = self.cell_permutation([torch.randperm(int(c.numel()), generator=generator) for c in self.cells])
         outer = self.block_permutation([torch.randperm(int(d[0].shape[0]), generator=generator) for d in self.blocks])
-        return outer[inner]
+        copies = self.copy_permutation([torch.randperm(int(r.shape[0]), generator=generator) for r, _ in self.copies])
+        return copies[outer[inner]]
+
+    def copy_permutation(self, perms: list[torch.Tensor]) -> torch.Tensor:
+        """Node permutation moving the rows of copies declaration ``i`` by ``perms[i]``, with the nodes tied to
+        each row (the shared nodes stay)."""
+        out = torch.arange(self.num_nodes)
+        for (rows, ties), p in zip(self.copies, perms):
+            phi = torch.full((self.num_nodes,), -1, dtype=torch.long)
+            phi[rows.reshape(-1)] = rows[p].reshape(-1)
+            phi = AnalyticSymmetry(self.num_nodes, (), (), ties, {})._propagate(phi)
+            out = phi[out]
+        return out
 
 
 def _classes(num_nodes: int, ties) -> np.ndarray:
@@ -228,7 +254,47 @@ def analytic_symmetry(graph: NeuralGraph) -> AnalyticSymmetry:
             continue
         lab[("blocks", len(blocks))] = label
         blocks.append(tuple(aligned))
-    return AnalyticSymmetry(n, tuple(cells), tuple(blocks), tuple(ties), lab)
+    copies = []
+    for d in decls:
+        if d.kind != "copies":
+            continue
+        rows = d.nodes.long()
+        if rows.dim() != 2:
+            raise SymgraphError(f"Expected [R, n] nodes for copies '{d.label}' (got shape {tuple(rows.shape)})")
+        if rows.shape[0] < 2 or bool(torch.as_tensor(fixed_nodes)[rows.reshape(-1)].any()):
+            continue
+        lab[("copies", len(copies))] = d.label
+        copies.append((rows, _row_ties(n, ties, rows)))
+    return AnalyticSymmetry(n, tuple(cells), tuple(blocks), tuple(ties), lab, tuple(copies))
+
+
+def _row_ties(num_nodes: int, ties, rows: torch.Tensor) -> tuple:
+    """The tie pairs that move with the rows of a copies declaration: the nodes reached from one row alone,
+    breadth first along the ties (a node reached from two rows in one step is shared, and ends the search)."""
+    if not ties:
+        return ()
+    src = torch.cat([torch.cat([a, b]) for a, b in ties]).numpy()
+    dst = torch.cat([torch.cat([b, a]) for a, b in ties]).numpy()
+    label = np.full(num_nodes, -1, dtype=np.int64)  # row index, -1 unreached, -2 shared
+    for i, r in enumerate(rows):
+        label[r.numpy()] = i
+    while True:
+        m = (label[src] >= 0) & (label[dst] == -1)
+        if not m.any():
+            break
+        d, lab = dst[m], label[src[m]]
+        lo = np.full(num_nodes, np.iinfo(np.int64).max)
+        hi = np.full(num_nodes, -1)
+        np.minimum.at(lo, d, lab)
+        np.maximum.at(hi, d, lab)
+        u = np.unique(d)
+        label[u] = np.where(lo[u] == hi[u], lo[u], -2)
+    out = []
+    for a, b in ties:
+        keep = torch.from_numpy((label[a.numpy()] >= 0) & (label[b.numpy()] >= 0))
+        if bool(keep.any()):
+            out.append((a[keep], b[keep]))
+    return tuple(out)
 
 
 def _merge_structures(a, b):

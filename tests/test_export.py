@@ -379,6 +379,9 @@ def _hf(name: str) -> nn.Module:
         if name == "gpt2":
             cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2, bos_token_id=0)
             return T.GPT2Model(cfg).eval()
+        if name == "t5":
+            cfg = T.T5Config(vocab_size=50, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4)
+            return T.T5EncoderModel(cfg).eval()
     raise KeyError(name)
 
 
@@ -409,10 +412,8 @@ def test_random_automorphism_preserves_hf_vit_function():
 @pytest.mark.parametrize(
     ("name", "blocker"),
     [
-        # learned position / token-type embeddings: nn.Embedding of constant (folded) ids
-        ("bert", "embeddings.token_type_embeddings"),
-        # GPT-2's Conv1D is x @ W + b with W stored (in, out): aten.addmm, no encoder for transposed weights
-        ("gpt2", "no encoder for the ATen operation 'aten.addmm' (torch.export front end) in module 'h.0.attn.c_attn'"),
+        # T5 passes its relative position bias (a learned, input-independent tensor) as SDPA's mask
+        ("t5", "scaled_dot_product_attention with an attention mask"),
     ],
 )
 def test_hf_models_that_do_not_encode_yet_say_which_op_and_module(name, blocker):

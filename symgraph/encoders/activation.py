@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..activations import ACTIVATION_MODULES, ACTIVATIONS, Activation, constant_op_key, module_activation_key
 from ..builder import Features
-from ..registry import register_encoder, register_function
+from ..registry import register_encoder, register_encoder_by_name, register_function
 from ..trace import split_kwargs
 
 
@@ -93,3 +93,14 @@ def encode_scale(ctx, op, module, args):
     x = a if _is_feat(a) else ctx.features(a, axis=-1)
     is_div = op.target in (operator.truediv, torch.div, "div")
     return apply_elementwise(ctx, x, constant_op_key(("rdiv" if swapped else "div") if is_div else "mul", c))
+
+
+#: Hugging Face's tanh-approximated GELU modules (GPT-2's ``gelu_new``), by class name: exactly
+#: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, i.e. ``F.gelu(x, approximate="tanh")``
+HF_TANH_GELUS = ("transformers.activations.NewGELUActivation", "transformers.activations.GELUTanh")
+
+
+@register_encoder_by_name(*HF_TANH_GELUS)
+def encode_hf_tanh_gelu(ctx, op, module, args):
+    x = args[0] if _is_feat(args[0]) else ctx.features(args[0], axis=-1)
+    return apply_elementwise(ctx, x, ACTIVATIONS["gelu"].key(("tanh",), {}))

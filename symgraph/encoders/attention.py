@@ -23,6 +23,19 @@ Analytic symmetry (declared in both encodings): ``"tie"`` q with k; per head a `
 dimensions and one of its v dimensions; ``"blocks"`` over the heads, each row holding the head's q, v (and
 head) nodes.
 
+Decoder attention (Llama, Mistral, GPT-2):
+
+- **causal** attention (``is_causal=True``, or a constant lower-triangular mask that the export front end
+  folds into it) carries ``causal`` in the ``qk`` nodes' colour; other masks are refused;
+- **grouped-query attention** (``repeat_kv``'s ``[:, :, None].expand(...).reshape(...)``, or SDPA's
+  ``enable_gqa=True``): H query heads read Hk = H/r key/value heads. Each query head gets output nodes of its
+  own (its attention weights differ from its group's other heads); see :func:`_attend_grouped`. Order
+  ``Hk! (r!)^Hk (d_qk!)^Hk (d_v!)^Hk``, the query heads of a group declared as ``"copies"``;
+- **rotary position embeddings** (``x * cos + rotate_half(x) * sin``, fused by the export front end into
+  :func:`rotary_embedding`): dimension ``j`` is paired with ``j + d/2`` and rotated at its own frequency, so the
+  q/k dimensions of a head only permute as pairs of equal cos/sin columns (none for Llama's distinct
+  frequencies); the v dimensions keep S_dv and the heads still permute.
+
 Example
 -------
 >>> import torch.nn as nn, symgraph
@@ -51,7 +64,8 @@ from ..builder import Features, SymmetryDecl
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import declare_vocabulary
 from ..registry import encoder_for_function, register_encoder, register_function
-from ..trace import split_kwargs
+from ..trace import ParamRef, split_kwargs
+from . import residual as _residual_encoders  # noqa: F401  (registered first, like shape)
 from . import shape as _shape  # noqa: F401  (registered first: the encoders below extend its targets)
 from .activation import apply_elementwise
 from .linear import encode_dense
@@ -66,6 +80,7 @@ __all__ = [
     "SplitFeatures",
     "Scores",
     "declare_attention",
+    "rotary_embedding",
     "encode_multihead_attention",
     "encode_transformer_encoder_layer",
 ]
@@ -141,8 +156,56 @@ def encode_head_reshape(ctx, op, module, args):
                 x = ctx.materialize(x)  # heads carry no structural ops: give them nodes of their own first
                 return SplitFeatures(x.nodes.view(split), out, tuple(range(a, a + len(split))))
     if isinstance(x, SplitFeatures):
-        return _merge(ctx, op, x, out)
+        y = _reshape_split(x, out)
+        return y if y is not None else _merge(ctx, op, x, out)
     return NotImplemented
+
+
+def _reshape_split(x: SplitFeatures, out: tuple) -> SplitFeatures | None:
+    """Reshapes of split heads that keep them split: a no-op, inserting a size-1 axis (after a split axis it is
+    split too, to be expanded: ``repeat_kv``'s ``[:, :, None]``), or merging two consecutive split axes
+    (``(kv heads, copies) -> heads``). None for anything else."""
+    shape, axes = tuple(x.shape), list(x.axes)
+    if out == shape:
+        return x
+    if axes != sorted(axes):
+        return None
+    if len(out) == len(shape) + 1:
+        for p in range(len(out)):
+            if out[p] == 1 and out[:p] == shape[:p] and out[p + 1 :] == shape[p:]:
+                new_axes = [a + (a >= p) for a in axes]
+                nodes = x.nodes
+                if p - 1 in axes:
+                    k = axes.index(p - 1) + 1
+                    nodes = nodes.unsqueeze(k)
+                    new_axes.insert(k, p)
+                return SplitFeatures(nodes, out, tuple(new_axes))
+    if len(out) == len(shape) - 1 and len(axes) > 2:
+        for k in range(len(axes) - 1):
+            a = axes[k]
+            if axes[k + 1] == a + 1 and out == shape[:a] + (shape[a] * shape[a + 1],) + shape[a + 2 :]:
+                nodes = x.nodes.reshape(*x.nodes.shape[:k], -1, *x.nodes.shape[k + 2 :])
+                return SplitFeatures(nodes, out, tuple(axes[: k + 1] + [b - 1 for b in axes[k + 2 :]]))
+    return None
+
+
+@_chain("expand")
+def encode_split_expand(ctx, op, module, args):
+    """Broadcasting a size-1 split axis: the same nodes for each copy (``repeat_kv`` of grouped-query attention)."""
+    args, _ = split_kwargs(args)
+    x = args[0]
+    if not isinstance(x, SplitFeatures):
+        return NotImplemented
+    out = tuple(op.shape)
+    if len(out) != len(x.shape):
+        raise UnsupportedModuleError(op.name, f"expanding split heads {tuple(x.shape)} -> {out}")
+    sizes = list(x.nodes.shape)
+    for k, a in enumerate(x.axes):
+        if out[a] != x.shape[a]:
+            if x.shape[a] != 1:
+                raise UnsupportedModuleError(op.name, "expanding a split feature axis of size > 1")
+            sizes[k] = out[a]
+    return SplitFeatures(x.nodes.expand(*sizes), out, x.axes)
 
 
 def _merge(ctx, op, x: SplitFeatures, out: tuple) -> Features | SplitFeatures:
@@ -175,6 +238,10 @@ def encode_split_getitem(ctx, op, module, args):
     if not isinstance(x, SplitFeatures):
         return NotImplemented
     idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(i is None for i in idx) and all(i is None or i == slice(None) for i in idx):
+        y = _reshape_split(x, tuple(op.shape))  # x[:, :, None]: a new size-1 axis (repeat_kv)
+        if y is not None:
+            return y
     if any(i is Ellipsis or i is None for i in idx):
         raise UnsupportedModuleError(op.name, "indexing split heads with ... or None")
     nodes, axes = x.nodes, list(x.axes)
@@ -269,11 +336,38 @@ def declare_attention(
     b.declare(SymmetryDecl("blocks", torch.cat(rows, dim=1), f"S_{H} on the heads of {label}", module=label))
 
 
-def _attend(ctx, op, q, k, v, scale: float | None, causal: bool) -> SplitFeatures | Features:
+def _kv_groups(where: str, kn: torch.Tensor, vn: torch.Tensor, H: int) -> int:
+    """How many query heads read each key/value head: 1, or r > 1 when ``kn`` and ``vn`` ([H, d]) repeat each of
+    H/r heads r times in a row (grouped-query attention's ``repeat_kv``, or SDPA's ``enable_gqa``)."""
+    if kn.shape[0] != H or kn.numel() == 0:
+        return 1
+    n_unique = torch.unique(kn[:, 0]).numel()
+    if n_unique == H:
+        return 1
+    r = H // n_unique
+    ok = n_unique * r == H and vn.shape[0] == H
+    for t in (kn, vn):
+        if ok:
+            g = t.reshape(n_unique, r, -1)
+            ok = bool((g == g[:, :1]).all()) and torch.unique(g[:, 0]).numel() == g[:, 0].numel()
+    if not ok:
+        raise UnsupportedModuleError(
+            where, "keys or values shared between heads in a pattern other than grouped-query attention"
+        )
+    return r
+
+
+def _attend(ctx, op, q, k, v, scale: float | None, causal: bool, gqa: bool = False) -> SplitFeatures | Features:
     """softmax(q k^T * scale) v of traced q, k (not transposed) and v values."""
     qn, qh, _ = _heads(q, op.name)
     kn, kh, _ = _heads(k, op.name)
     vn, vh, _ = _heads(v, op.name)
+    H = qn.shape[0]
+    if gqa and kn.shape[0] != H and kn.shape[0] and H % kn.shape[0] == 0 and vn.shape[0] == kn.shape[0]:
+        kn, vn = kn.repeat_interleave(H // kn.shape[0], 0), vn.repeat_interleave(H // kn.shape[0], 0)
+    r = _kv_groups(op.name, kn, vn, H)
+    if r > 1:
+        return _attend_grouped(ctx, op, qn, kn, vn, qh, vh, r, scale, causal)
     if qn.shape != kn.shape or qn.shape[0] != vn.shape[0] or not (qh == kh == vh):
         raise ShapeMismatchError(
             f"q, k and v with the same heads (q {tuple(qn.shape)})",
@@ -302,6 +396,128 @@ def _attend(ctx, op, q, k, v, scale: float | None, causal: bool) -> SplitFeature
     if vh is None:
         return Features(vn.reshape(-1), tuple(op.shape), rank - 1, None, 1, owned=False)
     return SplitFeatures(vn, tuple(op.shape), (vh, rank - 1))
+
+
+def _attend_grouped(ctx, op, qn, kn, vn, qh, vh, r: int, scale, causal) -> SplitFeatures | Features:
+    """Grouped-query attention: each of the Hk = H/r key/value heads is read by r query heads in a row.
+
+    Graph: ``qk`` nodes per query head and dimension with edges from ``q_hj`` (colour ``q``) and from the
+    shared ``k_gj`` (colour ``k``); per query head an output node per value dimension with an edge from the
+    shared ``v_gm`` (colour ``v``) -- the heads' outputs differ, so they are nodes of their own; one ``head``
+    node per query head with edges to its ``qk`` and output nodes. Analytic symmetry: the kv groups permute as
+    blocks (Hk!), the r query heads of a group permute among themselves (copies, (r!)^Hk), the q/k dimensions
+    of a group permute jointly for its key head and all its query heads, and its value dimensions jointly for
+    its value head and all its query heads' outputs: Hk! (r!)^Hk (d!)^Hk (dv!)^Hk.
+    """
+    b = ctx.builder
+    H, d = qn.shape
+    dv = vn.shape[1]
+    Hk = H // r
+    label = op.name
+    if b.encoding == "paper":
+        raise UnsupportedModuleError(label, "grouped-query attention with encoding='paper'")
+    if kn.shape[1] != d:
+        raise ShapeMismatchError(f"k heads of {d} dims like q", f"{kn.shape[1]}", ctx.where())
+    K, V = kn.view(Hk, r, d)[:, 0], vn.view(Hk, r, dv)[:, 0]
+    extra = (float(scale) if scale is not None else None, bool(causal), "gqa")
+    qk = ctx.new_hidden(H * d, "qk", f"{label} q.k nodes", torch.cat([qn.reshape(-1), K.reshape(-1)]), extra=extra)
+    ctx.identity_edges(qn.reshape(-1), qk, ("attention", "q"))
+    ctx.identity_edges(kn.reshape(-1), qk, ("attention", "k"))
+    out = ctx.new_hidden(H * dv, "attention", f"{label} head outputs", V.reshape(-1), extra=extra)
+    ctx.identity_edges(vn.reshape(-1), out, ("attention", "v"))
+    heads = b.add_nodes(H, "head", "attention", f"{label} heads", module=ctx.module_path(), level=0)
+    ctx.identity_edges(heads.repeat_interleave(d), qk, ("attention", "head", "qk"))
+    ctx.identity_edges(heads.repeat_interleave(dv), out, ("attention", "head", "v"))
+    qk3, out3, q3, h2 = qk.view(Hk, r, d), out.view(Hk, r, dv), qn.reshape(Hk, r, d), heads.view(Hk, r)
+    b.declare(SymmetryDecl("tie", qn.reshape(-1), f"q with q.k in {label}", other=qk, module=label))
+    for i in range(r):
+        b.declare(SymmetryDecl("tie", K.reshape(-1), f"k with q.k copy {i} in {label}", other=qk3[:, i], module=label))
+        b.declare(SymmetryDecl("tie", V.reshape(-1), f"v with output copy {i} in {label}", other=out3[:, i]))
+    for g in range(Hk):
+        b.declare(SymmetryDecl("perm", K[g], f"S_{d} on q/k dims of kv group {g} of {label}", module=label))
+        b.declare(SymmetryDecl("perm", V[g], f"S_{dv} on v dims of kv group {g} of {label}", module=label))
+        rows = torch.cat([q3[g], qk3[g], out3[g], h2[g].view(r, 1)], dim=1)
+        b.declare(SymmetryDecl("copies", rows, f"S_{r} on the query heads of kv group {g} of {label}", module=label))
+    rows = torch.cat([K, V, qk3.reshape(Hk, -1), out3.reshape(Hk, -1), h2], dim=1)
+    b.declare(SymmetryDecl("blocks", rows, f"S_{Hk} on the kv groups of {label}", module=label))
+    rank = len(op.shape)
+    if qh is None:
+        return Features(out, tuple(op.shape), rank - 1, None, 1, owned=False)
+    return SplitFeatures(out.view(H, dv), tuple(op.shape), (qh, rank - 1))
+
+
+# ---------------------------------------------------------------------------------------------- rotary embeddings
+def rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])`` (Llama's
+    rotary position embedding). The torch.export front end fuses the decomposed pattern into this op."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., h:], x[..., :h]], dim=-1) * sin
+
+
+def _column_key(t: torch.Tensor, j: int) -> str:
+    """A digest of column ``j`` of a rotary table: two dimensions share it exactly when their columns are equal."""
+    import hashlib
+
+    col = t[..., j].detach().to(torch.float64).contiguous().reshape(-1)
+    return hashlib.sha1(col.numpy().tobytes()).hexdigest()[:16]
+
+
+@register_function(rotary_embedding)
+def encode_rotary_embedding(ctx, op, module, args):
+    """Rotary position embedding of split heads: new nodes ``r_hj = x_hj cos_j + s_j x_h,p(j) sin_j`` with the
+    partner ``p(j) = j +- d/2`` and sign ``s_j = -1`` in the first half, ``+1`` in the second.
+
+    Graph: an edge ``x_hj -> r_hj`` coloured by the cos column of ``j`` and an edge ``x_h,p(j) -> r_hj``
+    coloured by the sign and the sin column of ``j`` (columns by their exact values, over all positions).
+    Analytic symmetry: the pairs ``(j, j + d/2)`` with identical cos/sin columns permute as pairs (the same in
+    every head); Llama's frequencies are distinct, so the q/k dimensions of a head are then fixed (v keeps
+    S_dv and the heads still permute). ``r`` is tied to ``x`` and ``r_j`` to ``r_{j+d/2}``.
+    """
+    args, kw = split_kwargs(args)
+    x, cos, sin = (list(args) + [kw.get("cos"), kw.get("sin")])[:3]
+    if not all(isinstance(t, ParamRef) for t in (cos, sin)):
+        raise UnsupportedModuleError(op.name, "a rotary embedding whose cos/sin tables are not constants")
+    if any(t.name in ctx.spec.state_keys for t in (cos, sin)):
+        raise UnsupportedModuleError(op.name, "a rotary embedding with learned cos/sin tables (state_dict entries)")
+    nodes, head_axis, dim_axis = _heads(x, op.name)
+    shape = tuple(op.shape)
+    rank = len(shape)
+    H, d = nodes.shape
+    if dim_axis != rank - 1 or d % 2:
+        raise UnsupportedModuleError(op.name, "a rotary embedding over an axis other than an even last head axis")
+    try:
+        tables = [torch.broadcast_to(t.tensor, shape) for t in (cos, sin)]
+    except RuntimeError:
+        got = f"{tuple(cos.tensor.shape)}"
+        raise ShapeMismatchError(f"cos/sin tables broadcastable to {shape}", got, ctx.where()) from None
+    if head_axis is not None:
+        for t in tables:
+            if not bool((t == t.narrow(head_axis, 0, 1)).all()):
+                raise UnsupportedModuleError(op.name, "a rotary embedding whose tables differ between heads")
+        tables = [t.narrow(head_axis, 0, 1) for t in tables]
+    b = ctx.builder
+    h = d // 2
+    ckey = [_column_key(tables[0], j) for j in range(d)]
+    skey = [_column_key(tables[1], j) for j in range(d)]
+    partner = torch.cat([torch.arange(h, d), torch.arange(0, h)])
+    out = ctx.new_hidden(H * d, "attention", f"{op.name} rotary nodes", nodes.reshape(-1), extra=("rope",))
+    r = out.view(H, d)
+    c_cos = b.edge_colors([("attention", "q", "rope", "cos", ckey[j]) for j in range(d)])
+    c_sin = b.edge_colors([("attention", "q", "rope", "sin", -1 if j < h else 1, skey[j]) for j in range(d)])
+    b.add_edges(nodes.reshape(-1), out, c_cos.repeat(H))
+    b.add_edges(nodes[:, partner].reshape(-1), out, c_sin.repeat(H))
+    label = op.name
+    b.declare(SymmetryDecl("tie", nodes.reshape(-1), f"rotary nodes of {label}", other=out, module=label))
+    b.declare(SymmetryDecl("tie", r[:, :h].reshape(-1), f"rotary pairs of {label}", other=r[:, h:].reshape(-1)))
+    classes: dict[tuple, list[int]] = {}
+    for j in range(h):
+        classes.setdefault((ckey[j], skey[j], ckey[j + h], skey[j + h]), []).append(j)
+    for js in classes.values():
+        for hh in range(H):
+            b.declare(SymmetryDecl("perm", r[hh, js], f"S_{len(js)} on rotary pairs of head {hh} of {label}"))
+    if head_axis is None:
+        return Features(out, shape, rank - 1, None, 1, owned=False)
+    return SplitFeatures(r, shape, (head_axis, rank - 1))
 
 
 @_chain(operator.matmul, torch.matmul, "matmul")
@@ -344,6 +560,20 @@ def encode_scores_scale(ctx, op, module, args):
     return Scores(a.q, a.k, a.shape, a.head_axis, a.scale / c if is_div else a.scale * c, a.softmax)
 
 
+@_chain(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub")
+def encode_scores_add(ctx, op, module, args):
+    """A tensor added to attention scores (T5's relative position bias, an additive mask that is not a constant
+    causal one) is not encoded: the function of the heads would depend on it. Refused, naming it."""
+    args, _ = split_kwargs(args)
+    if not any(isinstance(a, Scores) for a in args[:2]):
+        return NotImplemented
+    raise UnsupportedModuleError(
+        op.name,
+        "adding a tensor to attention scores (a relative position bias, or a mask other than a constant causal "
+        "one): not encoded",
+    )
+
+
 @_chain("softmax", torch.softmax, F.softmax)
 def encode_softmax(ctx, op, module, args):
     args, kw = split_kwargs(args)
@@ -372,8 +602,9 @@ def encode_sdpa(ctx, op, module, args):
         raise UnsupportedModuleError(op.name, "scaled_dot_product_attention with an attention mask")
     causal = bool(args[5] if len(args) > 5 else kw.get("is_causal", False))
     scale = args[6] if len(args) > 6 else kw.get("scale")
+    gqa = bool(kw.get("enable_gqa", False))
     d = _heads(q, op.name)[0].shape[1]
-    return _attend(ctx, op, q, k, v, float(scale) if scale is not None else d**-0.5, causal)
+    return _attend(ctx, op, q, k, v, float(scale) if scale is not None else d**-0.5, causal, gqa)
 
 
 # ---------------------------------------------------------------------------------------------- nn.MultiheadAttention

@@ -6,6 +6,18 @@ Encoding: **each embedding entry is one edge** from a fixed node to a feature no
 - ``nn.Embedding(V, D)``: one fixed node per vocabulary entry (role ``input``, kind ``token``: permuting
   vocabulary rows changes the function, so these nodes must be fixed), edge ``weight[v, d]``:
   ``token v -> embedding feature d``.
+- ``nn.Embedding(P, D)`` read at ids that are not a model input, as Hugging Face models read their position
+  and token-type tables: a constant (an ``arange``/zeros buffer sliced to the length, folded by the export
+  front end; an integer buffer) or ids computed from the inputs without parameters (RoBERTa's padding-aware
+  positions, one :func:`input_index` op). One fixed node per table *row* (role ``position``, kind
+  ``embedding``), edge ``weight[p, d]``: ``row p -> embedding feature d``, whether the row is read at one
+  position, at many (BERT's token type 0 at every position: still one node and D edges) or never (rows past
+  the sequence length keep their edges, so ``to_state_dict()`` is exact). Token positions are not nodes in
+  this toolkit (a ``[B, T, D]`` value is its D feature nodes, shared by all T positions), and the lookup is
+  the same linear map of the one-hot id at every position, so the features may be permuted (the table's
+  columns with them) for whatever ids the model reads, while the rows stay fixed: permuting two rows read
+  at different positions changes the function (``tests/test_hf_embeddings.py``). Ids computed *with*
+  parameters are refused.
 - Learned positional embedding ``x + pos`` (``pos`` of shape ``[1, T, D]``): one fixed node per token position
   (role ``position``), edge ``pos[0, t, d]``: ``position t -> sum feature d``, and parameter-free residual
   edges ``x[d] -> sum feature d``.
@@ -29,6 +41,8 @@ Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -40,31 +54,76 @@ from ..trace import LazyInput, ParamRef, split_kwargs
 from . import shape as _shape  # noqa: F401  (registered first: the concatenation below extends its encoder)
 
 declare_vocabulary(
-    edges={"embedding": ("token", "add"), "residual": ("embedding",), "token_cat": ()},
+    edges={"embedding": ("token", "add", "row"), "residual": ("embedding",), "token_cat": ()},
     node_kinds=("embedding", "token", "tokens", "add", "constant"),
 )
 
-__all__ = ["encode_embedding", "add_parameter", "encode_cat_tokens"]
+__all__ = ["encode_embedding", "add_parameter", "encode_cat_tokens", "InputIndex", "input_index"]
+
+
+@dataclass(frozen=True)
+class InputIndex:
+    """An integer index computed from model inputs and constants only, never from a parameter (RoBERTa's
+    position ids: ``cumsum(input_ids != pad) * (input_ids != pad) + pad``); the torch.export front end
+    records the computation as one :func:`input_index` op (see ``symgraph.export``)."""
+
+    shape: tuple[int, ...]
+    name: str
+
+
+def input_index(*inputs):
+    """Marker op of the torch.export front end: an index computed from ``inputs`` without parameters."""
+    raise TypeError("input_index is a marker of symgraph's torch.export front end; it is never called")
+
+
+@register_function(input_index)
+def encode_input_index(ctx, op, module, args):
+    return InputIndex(tuple(op.shape), op.name)
+
+
+def _is_constant_index(ctx, idx) -> bool:
+    """An integer tensor that no automorphism changes: a folded constant, or a buffer (an integer tensor is
+    never a parameter of an edge or node)."""
+    return isinstance(idx, ParamRef) and not (idx.tensor.is_floating_point() or idx.tensor.is_complex())
 
 
 @register_encoder(nn.Embedding)
 def encode_embedding(ctx, op, module: nn.Embedding, args):
-    """``nn.Embedding``: fixed token nodes -> D embedding nodes, one edge per table entry."""
+    """``nn.Embedding``: fixed row nodes -> D embedding nodes, one edge per table entry.
+
+    The rows are the vocabulary (role ``input``, kind ``token``) when the index is a model input; otherwise
+    (a constant index or one computed from inputs without parameters, e.g. position or token-type ids) they
+    are fixed nodes of role ``position``, kind ``embedding``, one per table row whether it is read once, at
+    several positions or never. Either way ``out[..., d] = weight[idx[...], d]`` is one linear map of the
+    one-hot index, the same at every position, so permuting the D features (and the table's columns with
+    them) preserves it for every index the model may compute.
+    """
     if module.max_norm is not None:
         raise UnsupportedModuleError(
             op.target, "nn.Embedding with max_norm (it rewrites its weights in the forward pass)"
         )
-    if not isinstance(args[0], LazyInput):
-        raise UnsupportedModuleError(op.target, "nn.Embedding of a computed value (only of model inputs)")
+    idx = args[0]
     b = ctx.builder
     V, D = module.weight.shape
-    tokens = b.add_nodes(V, "input", "token", f"{op.target} vocabulary", module=op.target, level=0)
-    out = ctx.new_hidden(D, "embedding", f"{op.target} features", tokens)
-    # weight[v, d] in flat order is the edge token v -> feature d
-    color = b.edge_color(("embedding", "token", module.padding_idx))
+    if isinstance(idx, LazyInput):
+        rows = b.add_nodes(V, "input", "token", f"{op.target} vocabulary", module=op.target, level=0)
+        role = "token"
+    elif isinstance(idx, InputIndex) or _is_constant_index(ctx, idx):
+        what = "rows read at constant indices" if isinstance(idx, ParamRef) else "rows read at input-computed indices"
+        rows = b.add_nodes(V, "position", "embedding", f"{op.target} {what}", module=op.target, level=0)
+        role = "row"
+    else:
+        raise UnsupportedModuleError(
+            op.target,
+            "nn.Embedding of a value computed with parameters (its index must be a model input, a constant or "
+            f"computed from inputs without parameters; got {type(idx).__name__})",
+        )
+    out = ctx.new_hidden(D, "embedding", f"{op.target} features", rows)
+    # weight[v, d] in flat order is the edge row v -> feature d
+    color = b.edge_color(("embedding", role, module.padding_idx))
 
     def fill(s, d, c):
-        s.view(V, D).copy_(tokens.view(V, 1).expand(V, D))
+        s.view(V, D).copy_(rows.view(V, 1).expand(V, D))
         d.view(V, D).copy_(out.view(1, D).expand(V, D))
         c.fill_(color)
 

@@ -5,6 +5,10 @@ at spatial position ``p`` come from channel node ``c`` and are coloured by ``p``
 the structural ops of the input (``Features.ops``: a pool, a slice ``x[:, 0]``, ...). Bias ``b[o]`` is the edge
 ``bias_node -> out_node(o)``.
 
+Hugging Face's ``Conv1D`` (GPT-2's projections, ``y = x @ W + b`` with ``W`` stored ``[in, out]``) is the same
+layer with its weight transposed: the edge ``in_node(i) -> out_node(o)`` carries ``W[i, o]``, in ``W``'s own flat
+order, so ``to_state_dict()`` gives back the stored ``[in, out]`` tensor.
+
 Analytic symmetry: the output units may be permuted (S_out) when they are hidden.
 """
 
@@ -15,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..builder import Features, SymmetryDecl
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import EdgeKey, declare_vocabulary
-from ..registry import register_encoder, register_function
+from ..registry import register_encoder, register_encoder_by_name, register_function
 from ..trace import ParamRef, split_kwargs
 
 declare_vocabulary(edges={"linear": ("flat",), "bias": ()}, node_kinds=("linear",))
@@ -31,10 +35,18 @@ def add_bias(ctx, out_nodes: torch.Tensor, bias: torch.Tensor, name: str, kind: 
 
 
 def encode_dense(
-    ctx, x: Features, weight: torch.Tensor, bias, wname: str, bname: str | None, kind: str = "linear"
+    ctx,
+    x: Features,
+    weight: torch.Tensor,
+    bias,
+    wname: str,
+    bname: str | None,
+    kind: str = "linear",
+    transposed: bool = False,
 ) -> Features:
+    """A dense layer on ``x``'s feature axis: ``weight`` is ``[out, in]`` (``[in, out]`` when ``transposed``)."""
     b = ctx.builder
-    n_out, n_in = weight.shape
+    n_out, n_in = weight.shape[::-1] if transposed else weight.shape
     if x.size != n_in:
         raise ShapeMismatchError(f"{n_in} input features", f"{x.size}", ctx.where())
     out = ctx.new_hidden(n_out, kind, f"{ctx.module_path() or wname} outputs", x.nodes)
@@ -44,7 +56,11 @@ def encode_dense(
         P = x.num_pos
         lut = b.edge_colors([EdgeKey("linear", "flat", position=(P, p), after=x.ops) for p in range(P)])
         color = lut[x.pos]
-    b.add_dense(x.nodes, out, color, weight, wname)
+    if transposed:  # flat order of an [in, out] weight: edge (i, o) at i * n_out + o
+        col = color if isinstance(color, int) else color.repeat_interleave(n_out)
+        b.add_edges(x.nodes.repeat_interleave(n_out), out.repeat(n_in), col, weight, wname)
+    else:
+        b.add_dense(x.nodes, out, color, weight, wname)
     if bias is not None:
         add_bias(ctx, out, bias, bname, kind)
     b.declare(
@@ -76,3 +92,39 @@ def encode_functional_linear(ctx, op, module, args):
     return encode_dense(
         ctx, x, w.tensor, None if bias is None else bias.tensor, w.name, None if bias is None else bias.name
     )
+
+
+#: Hugging Face's transposed linear layer (GPT-2, OpenAI GPT), by class name: transformers is not imported
+HF_CONV1D = ("transformers.pytorch_utils.Conv1D",)
+
+
+@register_encoder_by_name(*HF_CONV1D)
+def encode_hf_conv1d(ctx, op, module, args):
+    """``transformers.pytorch_utils.Conv1D``: ``x @ weight + bias`` with ``weight`` of shape ``[in, out]``."""
+    if type(module).forward is not _hf_conv1d_forward(module):
+        raise UnsupportedModuleError(
+            op.target,
+            f"{type(module).__qualname__} overrides the forward of transformers' Conv1D: not encoded as one",
+            "Register an encoder for it with @symgraph.register_encoder(YourModuleType).",
+        )
+    x = ctx.features(args[0], axis=-1)
+    if x.axis not in (-1, len(x.shape) - 1):
+        raise ShapeMismatchError("features on the last axis for Conv1D", f"axis {x.axis}", ctx.where())
+    path = op.target
+    w, bias = module.weight, module.bias
+    if w.dim() != 2:
+        raise ShapeMismatchError(f"a 2-D [in, out] weight for Conv1D '{path}'", f"shape {tuple(w.shape)}", ctx.where())
+    return encode_dense(
+        ctx, x, w, bias, f"{path}.weight", f"{path}.bias" if bias is not None else None, transposed=True
+    )
+
+
+def _hf_conv1d_forward(module):
+    """The forward of the class in :data:`HF_CONV1D` that ``module`` derives from."""
+    for cls in type(module).__mro__:
+        if f"{cls.__module__}.{cls.__qualname__}" in HF_CONV1D:
+            return cls.forward
+    return None
+
+
+encode_hf_conv1d.leaf = lambda m: type(m).forward is _hf_conv1d_forward(m)  # a subclass's own forward: traced

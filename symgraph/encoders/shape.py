@@ -37,7 +37,7 @@ from ..builder import Features, structural_op
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import declare_vocabulary
 from ..registry import register_encoder, register_function
-from ..trace import LazyInput, split_kwargs
+from ..trace import LazyInput, ParamRef, split_kwargs
 
 # values on nodes of their own after structural ops (EncodeContext.materialize), model inputs and outputs
 declare_vocabulary(edges={"structural": (), "identity": ("output",)}, node_kinds=("structural", "input", "output"))
@@ -229,6 +229,9 @@ def encode_getitem(ctx, op, module, args):
         return then(ctx, op, x, structural_op("getitem", x.shape, op.shape, _canon_index(x.shape, idx)))
     if isinstance(x, Features):
         return index_features(ctx, op, x, idx)
+    if isinstance(x, ParamRef) and not (x.tensor.is_floating_point() or x.tensor.is_complex()):
+        # an integer buffer sliced (position ids cut to the sequence length): a constant, never permuted
+        return ParamRef(f"{x.name}[{op.name}]", x.tensor[idx])
     raise UnsupportedModuleError(op.name, "indexing a tensor is not encoded yet")
 
 
