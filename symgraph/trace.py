@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .builder import Features, GraphBuilder, SymmetryDecl, with_ops
-from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
+from .errors import ShapeMismatchError, TraceError, UnsupportedModuleError
 from .input_shapes import infer_example_input, remember_example_input
 from .registry import encoder_for_function, encoder_for_module, reads_ops
 
@@ -357,7 +357,18 @@ class EncodeContext:
                 nodes = self.builder.add_nodes(n, "input", "input", f"input {value.name}[axis {ax}]{after}", level=0)
                 self.input_nodes[key] = nodes
             return Features(nodes, shape, axis=ax, owned=False)
-        raise SymgraphError(f"Expected a tensor value at {self.where()} (got {type(value).__name__})")
+        op = self.op.describe() if self.op is not None else "an op"
+        if isinstance(value, ParamRef):
+            what = f"'{op}' applied to the parameter or buffer '{value.name}' itself (not to an activation)"
+        else:
+            what = f"'{op}' of a {type(value).__name__} value (no encoder handles this op on it)"
+        raise UnsupportedModuleError(
+            self.module_path() or (self.op.name if self.op is not None else ""),
+            what,
+            "Wrap the code in a module and register an encoder for it with "
+            "@symgraph.register_encoder(YourModuleType), or register the function with "
+            "@symgraph.register_function(fn) (see README, 'Adding an encoder').",
+        )
 
     def param(self, module_path: str, attr: str) -> tuple[str, torch.Tensor]:
         name = f"{module_path}.{attr}" if module_path else attr

@@ -204,3 +204,110 @@ def test_other_reshapes_of_a_split_channel_axis_are_refused(cls):
     shape = (1, 2, 2, 2) if cls is BadMerge else (1, 2, 3, 3)
     with pytest.raises(UnsupportedModuleError, match="split channel axis"):
         symgraph.parameter_graph(cls(), input_shape=shape)
+
+
+# ------------------------------------------------------------------ stride-2 blocks: depthwise convs of a mixed stream
+def _dw(c, stride):
+    return [nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), nn.BatchNorm2d(c)]
+
+
+def _pw(cin, cout):
+    return [nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's ``shufflenetv2.InvertedResidual``: branch1 = depthwise 3x3 (stride), 1x1; branch2 = 1x1,
+    depthwise 3x3 (stride), 1x1. Stride 1: chunk, branch2 on one half; stride 2: both branches read the input."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, h = stride, cout // 2
+        self.branch1 = nn.Sequential(*_dw(cin, stride), *_pw(cin, h)) if stride > 1 else None
+        self.branch2 = nn.Sequential(*_pw(cin if stride > 1 else h, h), *_dw(h, stride), *_pw(h, h))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class TinyShuffleNet(nn.Module):
+    """stem, stride-2 unit, stride-1 unit, stride-2 unit, head: the second stride-2 unit's depthwise conv reads a
+    stream whose channels come from several non-interchangeable sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 1)
+        self.units = nn.Sequential(ShuffleUnit(4, 8, 2), ShuffleUnit(8, 8, 1), ShuffleUnit(8, 8, 2))
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.units(torch.relu(self.stem(x)))).mean((2, 3))
+
+
+class DepthwiseOfConcat(nn.Module):
+    """A depthwise conv of cat(conv_a(x), conv_b(x)): its channels 0-1 and 2-4 are not interchangeable."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 3, 1)
+        self.dw, self.h = nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], 1)
+        return self.h(torch.relu(self.dw(y))).mean((2, 3))
+
+
+@pytest.mark.parametrize(
+    "build,shape,expected",
+    [(DepthwiseOfConcat, (3, 2, 5, 5), math.factorial(2) * math.factorial(3)), (TinyShuffleNet, (2, 2, 8, 8), None)],
+)
+def test_depthwise_conv_of_a_mixed_stream_keeps_the_function_and_the_order_is_analytic(build, shape, expected):
+    model = _prep(build())
+    x = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    aut = symgraph.automorphism_group(model, example_input=x[:1])
+    assert aut.order == analytic_order(aut.graph)
+    if expected is not None:
+        assert aut.order == expected
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        assert _worst(model, aut, x) < 1e-10
+
+
+def _declare_depthwise_as_blocks(monkeypatch):
+    """The previous declaration of a depthwise conv: its channels as blocks (rows [in_i, out_i]) plus a singleton
+    ``"perm"`` each, which lets rows of non-interchangeable input channels be swapped."""
+    from symgraph import builder
+
+    orig = builder.GraphBuilder.declare
+
+    def declare(self, decl):
+        if decl.kind == "tie" and decl.label.startswith("depthwise "):
+            orig(self, builder.SymmetryDecl("blocks", torch.stack([decl.other, decl.nodes], 1), decl.label))
+            for node in torch.cat([decl.nodes, decl.other]):
+                orig(self, builder.SymmetryDecl("perm", node.view(1), decl.label))
+            return None
+        return orig(self, decl)
+
+    monkeypatch.setattr(builder.GraphBuilder, "declare", declare)
+
+
+@pytest.mark.parametrize("build,shape", [(DepthwiseOfConcat, (1, 2, 5, 5)), (TinyShuffleNet, (1, 2, 8, 8))])
+def test_negative_control_depthwise_as_blocks_overstates_the_order(monkeypatch, build, shape):
+    _declare_depthwise_as_blocks(monkeypatch)
+    aut = symgraph.automorphism_group(_prep(build()), input_shape=shape)
+    assert analytic_order(aut.graph) > aut.order
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("arch", ["shufflenet_v2_x0_5"])
+def test_torchvision_shufflenet_order_is_analytic_and_automorphisms_keep_the_function(arch):
+    tv = pytest.importorskip("torchvision", reason="the models environment (make test-models) has torchvision")
+    model = _prep(getattr(tv.models, arch)())
+    x = torch.randn(2, 3, 64, 64, dtype=F64, generator=torch.Generator().manual_seed(1))
+    aut = symgraph.automorphism_group(model, example_input=x[:1])
+    assert aut.order == analytic_order(aut.graph)
+    assert _worst(model.eval(), aut, x, n=2) < 1e-10

@@ -19,6 +19,7 @@ from . import (  # noqa: F401
     residual,
     shape,
     shuffle,
+    swin,
 )
 
 # what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
@@ -39,4 +40,5 @@ __all__ = [
     "residual",
     "shape",
     "shuffle",
+    "swin",
 ]

@@ -6,8 +6,9 @@ mode, so that convolutions differing in any of them never give the same coloured
 ops of its input (``Features.ops``: a conv after a max-pool is not the same layer as one without it). Grouped
 convolutions only connect channels within a group.
 
-Analytic symmetry: output channels may be permuted (S_out) when groups == 1; with groups > 1, channels are
-permuted within groups and groups as wholes (the groups of the next layer constrain this further).
+Analytic symmetry: output channels may be permuted (S_out) when groups == 1; a depthwise convolution
+(groups == in == out channels) ties each output channel to its input channel; otherwise, with groups > 1,
+channels are permuted within groups and groups as wholes (the groups of the next layer constrain this further).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def encode_conv(ctx, op, module, args):
         add_bias(ctx, out, module.bias, f"{op.target}.bias", kind)
     if groups == 1:
         b.declare(SymmetryDecl("perm", out, f"S_{c_out} on {op.target} output channels", module=op.target))
+    elif c_in_g == 1 and out_per_g == 1:
+        # depthwise: output channel i moves exactly with input channel i, so a tie, not a block structure (whose
+        # rows could be swapped even when the input channels come from streams that are not interchangeable,
+        # e.g. a depthwise conv of cat(conv_a(x), conv_b(x)) or of ShuffleNet's shuffled stream)
+        b.declare(SymmetryDecl("tie", out, f"depthwise {op.target} output channels", x.nodes, module=op.target))
     else:
         # a group swap must move the group's input channels with its output channels (row = both); within a
         # group, input channels and output channels permute freely

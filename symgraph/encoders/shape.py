@@ -428,10 +428,15 @@ def encode_assert(ctx, op, module, args):
 
 
 def is_plain(*values) -> bool:
-    """True when no value is a traced tensor: the op is shape arithmetic that can be evaluated now."""
+    """True when no value is a traced tensor: the op is shape arithmetic that can be evaluated now.
+
+    Encoders' own values (attention heads, scores, split channels: frozen dataclasses) are traced tensors too.
+    """
+    from dataclasses import is_dataclass
+
     from ..trace import ParamRef
 
-    return not any(isinstance(v, Features | LazyInput | ParamRef) for v in values)
+    return not any(isinstance(v, Features | LazyInput | ParamRef) or is_dataclass(v) for v in values)
 
 
 @register_function(operator.floordiv, operator.mod, operator.pow, reads_ops=True)
