@@ -303,6 +303,47 @@ def test_corrupted_parameter_map_is_not_a_homomorphism():
     assert not cg.is_parameter_graph_homomorphism(bad2)
 
 
+class _SharedTwice(nn.Module):
+    """One hidden layer applied twice (weight sharing): one parameter, two edge sets in the parameter graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.c(torch.relu(self.b(torch.relu(self.b(h)))))
+
+
+@pytest.mark.parametrize(
+    "model_fn", [_SharedTwice, lambda: (lambda lin: nn.Sequential(lin, nn.Tanh(), lin))(nn.Linear(3, 3))]
+)
+def test_shared_module_uses_map_onto_their_own_edge_sets(model_fn, tol):
+    """C.5 with weight sharing: the k-th use's computation edges map onto the parameter graph's k-th edge set
+    of that parameter; mapping every use onto the first edge set is not a homomorphism (negative control)."""
+    torch.manual_seed(0)
+    model = model_fn().double().eval()
+    x = torch.randn(2, 3)
+    cg = symgraph.computation_graph(model, x)
+    assert _max_diff(cg(x), model(x)) <= tol[torch.float64]
+    param_node, param_edge, pg = cg.to_parameter_graph_map()
+    assert cg.is_parameter_graph_homomorphism()
+    has = cg.edge_class >= 0
+    assert torch.equal(pg.edge_index[:, param_edge[has]], param_node[cg.edge_index[:, has]])
+    # every use's edge set is hit: the images cover both copies of the shared weight
+    shared = [s for s in pg.slots if s.location == "edge" and sum(t.name == s.name for t in pg.slots) > 1]
+    assert shared
+    hit = set(param_edge[has].tolist())
+    assert all(any(i in hit for i in range(s.start, s.start + s.numel)) for s in shared)
+    # negative control: the second use's output neurons sent to the first use's output nodes
+    name = shared[0].name
+    first, second = [s for s in pg.slots if s.name == name][:2]
+    e1, e2 = pg.edge_index[1, first.start], pg.edge_index[1, second.start]
+    bad = param_node.clone()
+    bad[param_node == e2] = e1
+    assert not cg.is_parameter_graph_homomorphism(bad)
+
+
 # ---------------------------------------------------------------------- negative controls of the evaluator
 @given(case=cnns())
 def test_one_perturbed_edge_weight_changes_output(case):

@@ -286,6 +286,26 @@ def test_pt2_program_keeps_its_function_under_automorphisms_and_not_under_an_inp
     assert symgraph.check_function_preservation(program, perm, x, graph=aut.graph) > 1e-6
 
 
+def test_float64_verification_rebuilds_with_the_groups_tracer(monkeypatch):
+    """verify_automorphisms rebuilds the float64 graph with the front end of the group's graph, not "auto"."""
+    import symgraph.build
+
+    m = _registry("mlp").float()
+    x = torch.randn(2, *resolve_example_input(m).shape[1:])
+    aut = symgraph.automorphism_group(symgraph.parameter_graph(m, example_input=x[:1], tracer="export"))
+    assert aut.graph.meta["tracer"] == "export"
+    seen = []
+    real = symgraph.build.parameter_graph
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("tracer"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(symgraph.build, "parameter_graph", spy)
+    assert verify_automorphisms(m, aut, 2, x, seed=0).verified
+    assert seen == ["export"]
+
+
 def test_cli_encodes_a_pt2_file_and_says_it_used_export(tmp_path, capsys):
     from symgraph.automorphisms.__main__ import main
 

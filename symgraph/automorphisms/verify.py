@@ -168,8 +168,15 @@ def _float64_parameter_graph(model: nn.Module, graph: Any, example_input: torch.
     from ..build import parameter_graph
 
     ex = example_input.double() if example_input.is_floating_point() else example_input
-    encoding = getattr(graph, "meta", {}).get("encoding", "sound")
-    g64 = parameter_graph(copy.deepcopy(model).cpu().double(), example_input=ex.cpu(), encoding=encoding)
+    meta = getattr(graph, "meta", None) or {}
+    # the same front end as the group's graph: "auto" may pick another tracer for the float64 copy
+    tracer = meta.get("tracer", "auto")
+    g64 = parameter_graph(
+        copy.deepcopy(model).cpu().double(),
+        example_input=ex.cpu(),
+        encoding=meta.get("encoding", "sound"),
+        tracer=tracer,
+    )
     if g64.num_nodes != graph.num_nodes or not torch.equal(g64.edge_index, graph.edge_index):
         raise SymgraphError("internal: the float64 parameter graph differs in structure from the group's graph")
     return g64

@@ -34,17 +34,42 @@ __all__ = [
 CONTRACTED_KINDS = ("avgpool", "mean", "sum")
 
 
-def param_graph_edge_of_class(cg: ComputationGraph, pg: NeuralGraph) -> torch.Tensor:
-    """For every computation edge, the parameter-graph edge holding the same parameter scalar (or -1)."""
+def param_graph_edge_of_class(
+    cg: ComputationGraph, pg: NeuralGraph, param_node: torch.Tensor | None = None
+) -> torch.Tensor:
+    """For every computation edge, the parameter-graph edge holding the same parameter scalar (or -1).
+
+    A module applied several times (weight sharing) has one edge set per use in the parameter graph (one slot
+    per use, under the same name) but one parameter in the computation graph. Each computation edge then maps
+    to the use whose edge joins the images of its endpoints under ``param_node`` (endpoints still unmapped,
+    -1, match any use); without ``param_node``, or when no use matches, to the first use.
+    """
     out = torch.full((cg.num_edges,), -1, dtype=torch.long)
-    pslots = {s.name: s for s in pg.slots if s.location == "edge"}
+    uses: dict[str, list[int]] = {}
+    for s in pg.slots:
+        if s.location == "edge":
+            uses.setdefault(s.name, []).append(s.start)
     slot, flat = cg.edge_param.lookup(torch.arange(cg.num_edges))
-    starts = torch.tensor(
-        [pslots[s.name].start if s.name in pslots else -1 for s in cg.edge_param.slots] + [-1], dtype=torch.long
-    )
+    names = [s.name for s in cg.edge_param.slots]
+    starts = torch.tensor([uses[n][0] if n in uses else -1 for n in names] + [-1], dtype=torch.long)
     st = starts[slot]  # slot -1 -> the trailing -1
     ok = (slot >= 0) & (st >= 0)
     out[ok] = st[ok] + flat[ok]
+    if param_node is None:
+        return out
+    pn = torch.as_tensor(param_node, dtype=torch.long)
+    for i, n in enumerate(names):
+        if len(uses.get(n, ())) < 2:
+            continue
+        sel = (slot == i).nonzero().flatten()
+        want_s, want_d = pn[cg.edge_index[0, sel]], pn[cg.edge_index[1, sel]]
+        chosen = torch.full((sel.numel(),), -1, dtype=torch.long)
+        for start in uses[n]:
+            cand = start + flat[sel]
+            hit = (chosen < 0) & ((want_s < 0) | (pg.edge_index[0, cand] == want_s))
+            hit &= (want_d < 0) | (pg.edge_index[1, cand] == want_d)
+            chosen[hit] = cand[hit]
+        out[sel] = torch.where(chosen >= 0, chosen, out[sel])
     return out
 
 
@@ -120,7 +145,7 @@ def attach_parameter_map(cg: ComputationGraph, pg: NeuralGraph, pmap: torch.Tens
     param_node[cg.input_index.reshape(-1)] = _input_map(pg, cg.input_index.shape)
     # input scalars (and any node the op values did not reach) take the image forced by their parameter edges:
     # the parameter graph has exactly one edge per parameter scalar
-    pe = param_graph_edge_of_class(cg, pg)
+    pe = param_graph_edge_of_class(cg, pg, param_node)
     for end in (0, 1):
         n = cg.edge_index[end]
         sel = (pe >= 0) & (param_node[n] < 0)
@@ -152,7 +177,7 @@ def is_parameter_graph_homomorphism(cg: ComputationGraph, param_node: torch.Tens
         return False
     src, dst = pn[cg.edge_index[0]], pn[cg.edge_index[1]]
     has = cg.edge_class >= 0
-    pe = param_graph_edge_of_class(cg, pg)
+    pe = param_graph_edge_of_class(cg, pg, pn)
     ok_param = (
         (pe[has] >= 0).all()
         and torch.equal(pg.edge_index[0, pe[has]], src[has])
