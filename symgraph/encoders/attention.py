@@ -36,6 +36,16 @@ Decoder attention (Llama, Mistral, GPT-2):
   q/k dimensions of a head only permute as pairs of equal cos/sin columns (none for Llama's distinct
   frequencies); the v dimensions keep S_dv and the heads still permute.
 
+Per-head score biases (T5's relative position bias, :func:`score_bias`): ``softmax(q k^T * s + b) v`` where
+``b`` is a value with one feature per head on the scores' head axis (``scores + b`` before the softmax, or SDPA's
+float ``attn_mask``). T5 computes ``b = relative_attention_bias(buckets).permute(2, 0, 1)`` once, from constant
+integer buckets (the embedding encoder: one fixed ``position`` node per bucket with an edge ``B[r, h]`` to bias
+feature ``h``), and every layer reads it. Each attention op that reads ``b`` gets a parameter-free edge ``b_h ->
+head h`` (colour ``rel_bias``) and ties ``b`` to its head nodes, so a head moves only with its bias column, and
+the heads of all layers that read one bias permute jointly: one ``S_H`` for all of them (tests/test_t5.py).
+Masks that mask something (a padding mask, any non-causal constant), biases that are not per head, subtractions
+and biases after the softmax are refused. Not with grouped-query attention or ``encoding="paper"``.
+
 Example
 -------
 >>> import torch.nn as nn, symgraph
@@ -54,13 +64,13 @@ Example
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..builder import Features, SymmetryDecl
+from ..builder import Features, SymmetryDecl, with_ops
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import declare_vocabulary
 from ..registry import encoder_for_function, register_encoder, register_function
@@ -72,7 +82,7 @@ from .linear import encode_dense
 from .norm import layernorm_features
 
 declare_vocabulary(
-    edges={"attention": ("q", "k", "v", "head", "in_proj", "bias_k", "bias_v"), "bias": ("attention",)},
+    edges={"attention": ("q", "k", "v", "head", "in_proj", "bias_k", "bias_v", "rel_bias"), "bias": ("attention",)},
     node_kinds=("qk", "attention", "attention_v", "attention_kv"),
 )
 
@@ -105,8 +115,20 @@ class SplitFeatures:
 
 
 @dataclass(frozen=True)
+class ScoreBias:
+    """A per-head value added to attention scores: ``nodes[h]`` (one feature node per head) is added to the
+    scores of head ``h`` (T5's relative position bias), after the structural ops ``ops``, times ``factor``
+    (the scaling applied to the scores after the addition)."""
+
+    nodes: torch.Tensor
+    ops: tuple = ()
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
 class Scores:
-    """Attention scores ``q k^T`` (optionally scaled and soft-maxed) of [H, d] q and k nodes."""
+    """Attention scores ``q k^T`` (optionally scaled, with per-head biases added, and soft-maxed) of [H, d] q
+    and k nodes."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -114,6 +136,7 @@ class Scores:
     head_axis: int | None
     scale: float = 1.0
     softmax: bool = False
+    bias: tuple[ScoreBias, ...] = ()
 
     def moved(self, op, perm):
         raise UnsupportedModuleError(op.name, "transposing attention scores")
@@ -357,8 +380,15 @@ def _kv_groups(where: str, kn: torch.Tensor, vn: torch.Tensor, H: int) -> int:
     return r
 
 
-def _attend(ctx, op, q, k, v, scale: float | None, causal: bool, gqa: bool = False) -> SplitFeatures | Features:
-    """softmax(q k^T * scale) v of traced q, k (not transposed) and v values."""
+def _attend(
+    ctx, op, q, k, v, scale: float | None, causal: bool, gqa: bool = False, bias: tuple[ScoreBias, ...] = ()
+) -> SplitFeatures | Features:
+    """softmax(q k^T * scale + biases) v of traced q, k (not transposed) and v values.
+
+    A per-head bias (:func:`score_bias`) gets a parameter-free edge ``bias feature h -> head h`` (colour
+    ``rel_bias`` with the bias's factor and structural ops) and is tied to the head nodes: the heads permute
+    only together with their bias, in every layer that reads the same bias value (T5 reuses layer 0's relative
+    position bias in all layers: one S_H for all of them)."""
     qn, qh, _ = _heads(q, op.name)
     kn, kh, _ = _heads(k, op.name)
     vn, vh, _ = _heads(v, op.name)
@@ -366,6 +396,8 @@ def _attend(ctx, op, q, k, v, scale: float | None, causal: bool, gqa: bool = Fal
     if gqa and kn.shape[0] != H and kn.shape[0] and H % kn.shape[0] == 0 and vn.shape[0] == kn.shape[0]:
         kn, vn = kn.repeat_interleave(H // kn.shape[0], 0), vn.repeat_interleave(H // kn.shape[0], 0)
     r = _kv_groups(op.name, kn, vn, H)
+    if r > 1 and bias:
+        raise UnsupportedModuleError(op.name, "grouped-query attention with a per-head bias on the scores")
     if r > 1:
         return _attend_grouped(ctx, op, qn, kn, vn, qh, vh, r, scale, causal)
     if qn.shape != kn.shape or qn.shape[0] != vn.shape[0] or not (qh == kh == vh):
@@ -383,10 +415,16 @@ def _attend(ctx, op, q, k, v, scale: float | None, causal: bool, gqa: bool = Fal
         qk = ctx.new_hidden(H * d, "qk", f"{label} q.k nodes", torch.cat([qn.reshape(-1), kn.reshape(-1)]), extra=extra)
         ctx.identity_edges(qn.reshape(-1), qk, ("attention", "q"))
         ctx.identity_edges(kn.reshape(-1), qk, ("attention", "k"))
-        # head nodes are sources (no in-edges): depth 0, like bias and position nodes
-        heads = b.add_nodes(H, "head", "attention", f"{label} heads", module=ctx.module_path(), level=0)
+        # head nodes are sources (no in-edges): depth 0, like bias and position nodes; after a per-head bias
+        level = max((b.level_of(t.nodes) + 1 for t in bias), default=0)
+        heads = b.add_nodes(H, "head", "attention", f"{label} heads", module=ctx.module_path(), level=level)
         ctx.identity_edges(heads.repeat_interleave(d), qk, ("attention", "head", "qk"))
         ctx.identity_edges(heads.repeat_interleave(vn.shape[1]), vn.reshape(-1), ("attention", "head", "v"))
+        for t in bias:
+            ctx.identity_edges(t.nodes, heads, with_ops(("attention", "rel_bias", float(t.factor)), t.ops))
+            b.declare(SymmetryDecl("tie", t.nodes, f"per-head score bias of {label}", other=heads, module=label))
+            for h in range(H):  # cuts the S_H its producer declared: a bias feature moves only with its head
+                b.declare(SymmetryDecl("perm", t.nodes[h : h + 1], f"score bias of head {h} of {label}"))
         ties = qk.view(H, d)
         b.declare(SymmetryDecl("tie", qn.reshape(-1), f"q with q.k in {label}", other=qk, module=label))
         declare_attention(ctx, ties, kn, vn, heads, label)
@@ -527,9 +565,8 @@ def encode_matmul(ctx, op, module, args):
     if isinstance(a, Scores):
         if not a.softmax:
             raise UnsupportedModuleError(op.name, "attention scores used without softmax")
-        return _attend(
-            ctx, op, _as_value(a.q, a.head_axis, a.shape), _as_value(a.k, a.head_axis, a.shape), c, a.scale, False
-        )
+        q, k = _as_value(a.q, a.head_axis, a.shape), _as_value(a.k, a.head_axis, a.shape)
+        return _attend(ctx, op, q, k, c, a.scale, False, bias=a.bias)
     if isinstance(a, Features | SplitFeatures) and isinstance(c, Features | SplitFeatures):
         qn, qh, qd = _heads(a, op.name)
         kn, kh, kd = _heads(c, op.name)
@@ -557,21 +594,77 @@ def encode_scores_scale(ctx, op, module, args):
     if not isinstance(c, int | float):
         raise UnsupportedModuleError(op.name, "scaling attention scores by a tensor")
     is_div = op.target in (operator.truediv, torch.div, "div")
-    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale / c if is_div else a.scale * c, a.softmax)
+    f = 1.0 / c if is_div else c
+    bias = tuple(replace(t, factor=t.factor * f) for t in a.bias)
+    return replace(a, scale=a.scale * f, bias=bias)
 
 
 @_chain(operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub")
 def encode_scores_add(ctx, op, module, args):
-    """A tensor added to attention scores (T5's relative position bias, an additive mask that is not a constant
-    causal one) is not encoded: the function of the heads would depend on it. Refused, naming it."""
+    """``scores + bias`` before the softmax, with ``bias`` one feature per head on the scores' head axis (T5's
+    relative position bias): see :func:`score_bias`. Anything else added to attention scores (a tensor that
+    is not per head, a mask other than a constant causal one, a subtraction) is refused, naming it."""
     args, _ = split_kwargs(args)
-    if not any(isinstance(a, Scores) for a in args[:2]):
+    a, c = args[0], args[1]
+    if not isinstance(a, Scores) and not isinstance(c, Scores):
         return NotImplemented
-    raise UnsupportedModuleError(
-        op.name,
-        "adding a tensor to attention scores (a relative position bias, or a mask other than a constant causal "
-        "one): not encoded",
-    )
+    is_sub = op.target in (operator.sub, torch.sub, "sub")
+    if isinstance(c, Scores):
+        if is_sub:
+            raise UnsupportedModuleError(op.name, "subtracting attention scores from a tensor: not encoded")
+        a, c = c, a
+    if is_sub or a.softmax or isinstance(c, Scores):
+        what = "subtracting a tensor from" if is_sub else "adding a tensor to"
+        raise UnsupportedModuleError(
+            op.name,
+            f"{what} attention scores {'after the softmax ' if a.softmax else ''}(not a per-head bias): not encoded",
+        )
+    return replace(a, bias=a.bias + (score_bias(ctx, op.name, c, a.head_axis, a.q.shape[0], len(a.shape)),))
+
+
+def _unsplit(value):
+    """A value whose feature axis a view split into axes of which only one has more than one entry (the export
+    front end's ``unsqueeze(0)`` of T5's ``[H, Tq, Tk]`` bias is a view to ``[1, H, Tq, Tk]``, which reads as
+    a split ``(1, H)``), with no axis moved since, as the plain features it is; anything else unchanged."""
+    from .shuffle import GroupedChannels  # shuffle extends this module's encoders: imported after it
+
+    if isinstance(value, GroupedChannels):
+        n = value.nodes.dim()
+        split = [value.first + k for k in range(n) if value.nodes.shape[k] != 1]
+        if len(split) == 1 and list(value.order) == sorted(value.order):
+            return Features(value.nodes.reshape(-1), value.shape, value.order.index(split[0]), None, 1, owned=False)
+    if isinstance(value, SplitFeatures):
+        axes = [a for k, a in enumerate(value.axes) if value.nodes.shape[k] != 1]
+        if len(axes) == 1 and list(value.axes) == sorted(value.axes):
+            return Features(value.nodes.reshape(-1), value.shape, axes[0], None, 1, owned=False)
+    return value
+
+
+def score_bias(ctx, where: str, value, head_axis: int | None, H: int, rank: int) -> ScoreBias:
+    """``value`` (added to attention scores of rank ``rank`` with ``H`` heads on ``head_axis``) as a per-head
+    bias: features whose feature axis is the heads' axis, one node per head, e.g. T5's relative position bias
+    ``relative_attention_bias(buckets).permute(2, 0, 1)`` (an embedding of constant bucket ids: fixed row
+    nodes, one per bucket, with edges ``B[r, h]`` to the bias feature ``h``, see
+    :func:`~symgraph.encoders.embedding.encode_embedding`). Its head ``h`` may depend on the positions in any
+    way and be computed once and read by several layers: the attention encoder joins feature ``h`` to head
+    ``h``'s node, so that heads move only with their bias (jointly in all layers that read it).
+    Anything else (a bias that is the same for all heads, a constant mask that masks something, a value
+    with its features on another axis) raises :class:`~symgraph.errors.UnsupportedModuleError`.
+    """
+    what = "adding a tensor to attention scores (a mask other than a constant causal one, or a bias that is not"
+    value = _unsplit(value)
+    if not isinstance(value, Features) or value.num_pos != 1 or head_axis is None:
+        raise UnsupportedModuleError(where, f"{what} one feature per head): not encoded")
+    ax = value.axis % len(value.shape) + (rank - len(value.shape))
+    if ax != head_axis or value.size != H or torch.unique(value.nodes).numel() != H:
+        raise UnsupportedModuleError(
+            where,
+            f"{what} one feature per head; got {value.size} features on axis {ax}, the {H} heads are on axis "
+            f"{head_axis}): not encoded",
+        )
+    if ctx.builder.encoding == "paper":
+        raise UnsupportedModuleError(where, "a per-head attention bias with encoding='paper' (no head nodes)")
+    return ScoreBias(value.nodes, tuple(value.ops))
 
 
 @_chain("softmax", torch.softmax, F.softmax)
@@ -583,7 +676,7 @@ def encode_softmax(ctx, op, module, args):
     dim = args[1] if len(args) > 1 else kw.get("dim", -1)
     if dim % len(a.shape) != len(a.shape) - 1:
         raise UnsupportedModuleError(op.name, "softmax of attention scores over the query axis")
-    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale, True)
+    return replace(a, softmax=True)
 
 
 @register_encoder(nn.Softmax)
@@ -591,20 +684,25 @@ def encode_softmax_module(ctx, op, module, args):
     a = args[0]
     if not isinstance(a, Scores) or (module.dim is not None and module.dim % len(a.shape) != len(a.shape) - 1):
         raise UnsupportedModuleError(op.target, "nn.Softmax of a value other than attention scores (last dim)")
-    return Scores(a.q, a.k, a.shape, a.head_axis, a.scale, True)
+    return replace(a, softmax=True)
 
 
 @register_function(F.scaled_dot_product_attention)
 def encode_sdpa(ctx, op, module, args):
     args, kw = split_kwargs(args)
     q, k, v = args[:3]
-    if (args[3] if len(args) > 3 else kw.get("attn_mask")) is not None:
-        raise UnsupportedModuleError(op.name, "scaled_dot_product_attention with an attention mask")
+    mask = args[3] if len(args) > 3 else kw.get("attn_mask")
     causal = bool(args[5] if len(args) > 5 else kw.get("is_causal", False))
     scale = args[6] if len(args) > 6 else kw.get("scale")
     gqa = bool(kw.get("enable_gqa", False))
-    d = _heads(q, op.name)[0].shape[1]
-    return _attend(ctx, op, q, k, v, float(scale) if scale is not None else d**-0.5, causal, gqa)
+    qn, qh, _ = _heads(q, op.name)
+    bias = ()
+    if mask is not None:  # an additive float mask (a boolean one is a mask, never a per-head feature value)
+        if not isinstance(_unsplit(mask), Features):
+            raise UnsupportedModuleError(op.name, "scaled_dot_product_attention with an attention mask")
+        bias = (score_bias(ctx, op.name, mask, qh, qn.shape[0], len(op.shape)),)
+    d = qn.shape[1]
+    return _attend(ctx, op, q, k, v, float(scale) if scale is not None else d**-0.5, causal, gqa, bias=bias)
 
 
 # ---------------------------------------------------------------------------------------------- nn.MultiheadAttention
