@@ -9,6 +9,7 @@ values of its inputs; encoders add nodes and edges to a :class:`~symgraph.builde
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +93,30 @@ class LazyInput:
 
 @dataclass(frozen=True)
 class ParamRef:
-    """A parameter or buffer reached through ``get_attr``."""
+    """A parameter or buffer reached through ``get_attr``.
+
+    ``tensor`` may be a view of the stored tensor that only inserts or removes dims of size 1 (timm's
+    ``x.mul(self.gamma.reshape(1, -1, 1, 1))``): its flat order is the stored one; ``stored`` is the tensor in
+    the state_dict's shape, for the parameter's slot.
+    """
 
     name: str
     tensor: torch.Tensor
+    state_shape: tuple[int, ...] | None = None
+
+    @property
+    def stored(self) -> torch.Tensor:
+        return self.tensor if self.state_shape is None else self.tensor.reshape(self.state_shape)
+
+    def reshaped(self, shape: tuple[int, ...]) -> ParamRef | None:
+        """This parameter viewed with ``shape`` when that only inserts/removes size-1 dims, else None."""
+        shape = tuple(int(s) for s in shape)
+        if [s for s in shape if s != 1] != [s for s in self.tensor.shape if s != 1]:
+            return None
+        if math.prod(shape) != self.tensor.numel():
+            return None
+        base = tuple(self.tensor.shape) if self.state_shape is None else self.state_shape
+        return ParamRef(self.name, self.tensor.reshape(shape), base)
 
 
 class _Tracer(fx.Tracer):

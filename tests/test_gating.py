@@ -62,12 +62,13 @@ class GLU(nn.Module):
 class LayerScaleBlock(nn.Module):
     """x + gamma * mlp(x) (timm's LayerScale) and ConvNeXt's [C, 1, 1] layer scale."""
 
-    def __init__(self, d=4, conv=False):
+    def __init__(self, d=4, conv=False, reshape=False):
         super().__init__()
-        self.conv = conv
+        self.conv, self.reshape = conv, reshape
         if conv:
             self.stem, self.dw = nn.Conv2d(2, d, 1), nn.Conv2d(d, d, 3, padding=1, groups=d)
-            self.gamma = nn.Parameter(torch.randn(d, 1, 1))
+            # timm's ConvNeXt stores gamma as [C] and reshapes it in forward
+            self.gamma = nn.Parameter(torch.randn(d) if reshape else torch.randn(d, 1, 1))
             self.head = nn.Linear(d, 2)
         else:
             self.stem, self.fc1, self.fc2 = nn.Linear(3, d), nn.Linear(d, 5), nn.Linear(5, d)
@@ -77,7 +78,8 @@ class LayerScaleBlock(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         if self.conv:
-            x = x + self.gamma * self.dw(x)
+            gamma = self.gamma.reshape(1, -1, 1, 1) if self.reshape else self.gamma
+            x = x + self.dw(x).mul(gamma)
             return self.head(x.mean((2, 3)))
         x = x + self.gamma * self.fc2(torch.relu(self.fc1(x)))
         return self.head(x)
@@ -105,6 +107,7 @@ CASES = {
     "glu": (lambda: GLU(), (4, 3), math.factorial(3)),
     "layer_scale": (lambda: LayerScaleBlock(), (4, 3), math.factorial(4) * math.factorial(5)),  # stream, fc1
     "layer_scale_conv": (lambda: LayerScaleBlock(conv=True), (2, 2, 4, 4), math.factorial(4)),
+    "layer_scale_reshaped": (lambda: LayerScaleBlock(conv=True, reshape=True), (2, 2, 4, 4), math.factorial(4)),
     "gated_residual": (lambda: GatedResidual(), (4, 3), math.factorial(4)),  # the stream ties f and g
 }
 
@@ -139,13 +142,28 @@ def test_declared_order_of_products(name):
     assert analytic_order(g) == expected
 
 
-def test_layer_scale_is_one_edge_per_entry_and_the_state_dict_round_trips():
-    model = _prep(LayerScaleBlock(conv=True))
+@pytest.mark.parametrize("reshape", [False, True])
+def test_layer_scale_is_one_edge_per_entry_and_the_state_dict_round_trips(reshape):
+    model = _prep(LayerScaleBlock(conv=True, reshape=reshape))
     g = symgraph.parameter_graph(model, input_shape=(1, 2, 4, 4))
     slot = next(s for s in g.slots if s.name == "gamma")
-    assert slot.location == "edge" and slot.numel == 4
+    assert slot.location == "edge" and slot.numel == 4 and slot.shape == tuple(model.gamma.shape)
     sd = g.to_state_dict()
-    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(sd[k], v) and sd[k].shape == v.shape for k, v in model.state_dict().items())
+
+
+class _ReshapedBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.b = nn.Conv2d(2, 3, 1), nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        return self.conv(x) * self.b.reshape(1, 3, 2, 1)  # not a per-channel view: must be refused
+
+
+def test_a_reshape_of_a_parameter_that_moves_entries_is_refused_by_name():
+    with pytest.raises(UnsupportedModuleError, match="reshape of the parameter 'b'"):
+        symgraph.parameter_graph(_ReshapedBias(), input_shape=(1, 2, 2, 1))
 
 
 def test_gate_and_gated_map_get_different_colours_and_alike_operands_the_same():

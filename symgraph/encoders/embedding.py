@@ -150,7 +150,7 @@ def _param_edges(ctx, p: ParamRef, feature_axis: int, dst: torch.Tensor, kind: s
     dst_flat = torch.empty(p.tensor.numel(), dtype=torch.long)
     src_flat[flat.reshape(-1)] = pos.view(P, 1).expand(P, D).reshape(-1)
     dst_flat[flat.reshape(-1)] = dst.view(1, D).expand(P, D).reshape(-1)
-    b.add_edges(src_flat, dst_flat, b.edge_color(("embedding", kind)), p.tensor, p.name)
+    b.add_edges(src_flat, dst_flat, b.edge_color(("embedding", kind)), p.stored, p.name)
 
 
 def _feature_axis_of_param(ctx, p: ParamRef, out_rank: int, x_axis: int, size: int) -> int:

@@ -112,7 +112,7 @@ def scale_by_parameter(ctx, op, x, p: ParamRef) -> Features:
     src[flat.reshape(-1)] = x.nodes
     dst[flat.reshape(-1)] = out
     bld = ctx.builder
-    bld.add_edges(src, dst, bld.edge_color(("scale", "parameter")), p.tensor, p.name)
+    bld.add_edges(src, dst, bld.edge_color(("scale", "parameter")), p.stored, p.name)
     bld.declare(SymmetryDecl("tie", x.nodes, f"{p.name} scales at {op.name}", other=out))
     return Features(out, tuple(op.shape), ax, None, 1, owned=op.num_users == 1)
 

@@ -128,6 +128,13 @@ def encode_flatten(ctx, op, module, args):
 def encode_view(ctx, op, module, args):
     args, kw = split_kwargs(args)
     x = args[0]
+    if isinstance(x, ParamRef):  # a parameter reshaped to broadcast (layer scale, per-channel offsets)
+        view = x.reshaped(tuple(op.shape))
+        if view is None:
+            raise UnsupportedModuleError(
+                op.name, f"reshape of the parameter '{x.name}' {tuple(x.tensor.shape)} -> {tuple(op.shape)}"
+            )
+        return view
     in_shape = x.shape
     out = tuple(op.shape)
     if tuple(in_shape) == out:
