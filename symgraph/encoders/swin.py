@@ -61,9 +61,7 @@ from .norm import layernorm_features
 
 # the bias edges are an attention role (gmn buckets them with attention, told apart by the key hash); offsets are
 # position nodes
-declare_vocabulary(
-    edges={"attention": ("rel_bias", "logit_scale", "cpb_in", "cpb_out")}, node_kinds=("position", "cpb_hidden")
-)
+declare_vocabulary(edges={"attention": ("rel_bias", "logit_scale", "cpb_in", "cpb_out")}, node_kinds=("position",))
 
 __all__ = [
     "encode_shifted_window_attention",
@@ -125,7 +123,7 @@ def continuous_position_bias_edges(ctx, path: str, mlp: nn.Module, heads: torch.
     coords = torch.cat(
         [b.add_nodes(1, "position", "position", f"{path} coordinate {a}", module=path, extra=(a,)) for a in "hw"]
     )
-    hidden = b.add_nodes(n, "hidden", "cpb_hidden", f"{path} cpb_mlp hidden", module=path, level=1, extra=ws)
+    hidden = b.add_nodes(n, "hidden", "linear", f"{path} cpb_mlp hidden", module=path, level=1, extra=("cpb", *ws))
     b.add_activation(hidden, "relu")
     b.add_dense(coords, hidden, b.edge_color(("attention", "cpb_in")), fc1.weight, f"{p}0.weight")
     if fc1.bias is not None:
