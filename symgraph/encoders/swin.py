@@ -24,12 +24,26 @@ channels: feature ``k * C + c`` is channel ``c`` at sub-grid ``k``. Each sub-gri
 (:meth:`~symgraph.trace.EncodeContext.materialize`): new nodes per channel with an edge from the channel coloured
 by the sub-grid, tied to the channel; the norm and the reduction are the LayerNorm and linear encoders'.
 
-Swin V2 (``ShiftedWindowAttentionV2``: cosine attention with ``logit_scale``, a continuous position bias MLP
-``cpb_mlp`` of fixed coordinates) raises :class:`~symgraph.errors.UnsupportedModuleError`.
+**Swin V2** (``ShiftedWindowAttentionV2``). Head ``h`` computes
+``softmax(exp(min(s_h, log 100)) * cos(q_h, k_h) + 16 sigmoid(P[idx(i, j), h]) + mask) v_h`` with ``s_h`` the
+parameter ``logit_scale[h]`` and ``P = cpb_mlp(c)`` the continuous position bias: the MLP
+``Linear(2, n) -> ReLU -> Linear(n, heads, no bias)`` applied to the fixed (log-spaced) coordinates ``c`` of
+every relative offset. Normalising q and k over the dims of a head commutes with permuting those dims (jointly
+for q and k, as the q/k pairing already ties them), so the ``qk``/``v``/``head`` nodes are V1's (their colour
+says "cosine" instead of the scale). ``logit_scale`` is one edge ``logit-scale node -> head h`` per head from a
+fixed node; the MLP is its parameters: two fixed ``position`` nodes (the two coordinates, told apart),
+``n`` hidden nodes (ReLU) reading them through ``cpb_mlp.0.weight`` and a fixed bias node through
+``cpb_mlp.0.bias``, and edges ``hidden j -> head h`` carrying ``cpb_mlp.2.weight``. The head colour records the
+``16 sigmoid`` and the window (which fixes the coordinates). So a head moves with its logit scale, its row of
+the last layer and its q/k/v, and the hidden units of each ``cpb_mlp`` are free (S_n: a true symmetry of the
+function, as for any MLP). The forward zeroes the k third of ``qkv.bias`` on a copy (the parameter keeps its
+values, zero from initialisation): those entries are encoded like the q and v biases (bias edges on the ``qk``
+nodes), which is sound (it can only forbid permutations) and loses nothing, since the q/k dims of a head move
+jointly anyway and nauty's order does not depend on the weights.
 
 Analytic symmetry: as multi-head attention (heads as blocks, each with its q/k dims jointly and its v dims; the
-offsets fixed); the output projection's units (tied to the residual stream by the residual encoder); patch
-merging: none of its own (ties), the reduction's output units.
+offsets fixed; in V2 also S_n on each ``cpb_mlp``'s hidden units); the output projection's units (tied to the
+residual stream by the residual encoder); patch merging: none of its own (ties), the reduction's output units.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..builder import Features, structural_op
+from ..builder import Features, SymmetryDecl, structural_op
 from ..errors import ShapeMismatchError, UnsupportedModuleError
 from ..graph import declare_vocabulary
 from ..registry import register_encoder_by_name
@@ -47,9 +61,15 @@ from .norm import layernorm_features
 
 # the bias edges are an attention role (gmn buckets them with attention, told apart by the key hash); offsets are
 # position nodes
-declare_vocabulary(edges={"attention": ("rel_bias",)}, node_kinds=("position",))
+declare_vocabulary(edges={"attention": ("rel_bias", "logit_scale", "cpb_in", "cpb_out")}, node_kinds=("position",))
 
-__all__ = ["encode_shifted_window_attention", "encode_patch_merging", "relative_position_bias_edges"]
+__all__ = [
+    "encode_shifted_window_attention",
+    "encode_patch_merging",
+    "relative_position_bias_edges",
+    "logit_scale_edges",
+    "continuous_position_bias_edges",
+]
 
 _TV = "torchvision.models.swin_transformer"
 
@@ -74,21 +94,61 @@ def relative_position_bias_edges(ctx, path: str, table: torch.Tensor, heads: tor
     b.add_edges(offsets.repeat_interleave(H), heads.repeat(R), b.edge_color(("attention", "rel_bias", ws)), table, name)
 
 
-@register_encoder_by_name(f"{_TV}.ShiftedWindowAttention")
+def logit_scale_edges(ctx, path: str, logit_scale: torch.Tensor, heads: torch.Tensor) -> None:
+    """Swin V2's ``logit_scale`` [H, 1, 1] as edges ``fixed node -> head h`` (the head's cosine-score scale)."""
+    b = ctx.builder
+    node = b.add_nodes(1, "bias", "attention", f"{path} logit scale", module=path)
+    name = f"{path}.logit_scale" if path else "logit_scale"
+    b.add_edges(node.expand(heads.numel()), heads, b.edge_color(("attention", "logit_scale")), logit_scale, name)
+
+
+def continuous_position_bias_edges(ctx, path: str, mlp: nn.Module, heads: torch.Tensor, ws: tuple) -> None:
+    """Swin V2's ``cpb_mlp`` (Linear(2, n) -> ReLU -> Linear(n, H, no bias)) of fixed coordinates: two fixed
+    coordinate nodes, ``n`` free hidden nodes, edges ``hidden j -> head h`` (see the module docstring)."""
+    b = ctx.builder
+    p = f"{path}.cpb_mlp." if path else "cpb_mlp."
+    fc1, act, fc2 = (list(mlp) + [None] * 3)[:3] if isinstance(mlp, nn.Sequential) and len(mlp) == 3 else [None] * 3
+    H = heads.numel()
+    if (
+        not isinstance(fc1, nn.Linear)
+        or not isinstance(act, nn.ReLU)
+        or not isinstance(fc2, nn.Linear)
+        or fc1.in_features != 2
+        or fc2.bias is not None
+        or fc2.in_features != fc1.out_features
+        or fc2.out_features != H
+    ):
+        raise UnsupportedModuleError(path, "a cpb_mlp other than Linear(2, n) -> ReLU -> Linear(n, heads, no bias)")
+    n = fc1.out_features
+    coords = torch.cat(
+        [b.add_nodes(1, "position", "position", f"{path} coordinate {a}", module=path, extra=(a,)) for a in "hw"]
+    )
+    hidden = b.add_nodes(n, "hidden", "linear", f"{path} cpb_mlp hidden", module=path, level=1, extra=("cpb", *ws))
+    b.add_activation(hidden, "relu")
+    b.add_dense(coords, hidden, b.edge_color(("attention", "cpb_in")), fc1.weight, f"{p}0.weight")
+    if fc1.bias is not None:
+        bnode = b.add_nodes(1, "bias", "attention", f"{path} cpb_mlp bias", module=path)
+        b.add_edges(bnode.expand(n), hidden, b.edge_color(("bias", "attention", "cpb")), fc1.bias, f"{p}0.bias")
+    b.add_dense(hidden, heads, b.edge_color(("attention", "cpb_out")), fc2.weight, f"{p}2.weight")
+    b.declare(SymmetryDecl("perm", hidden, f"S_{n} on the cpb_mlp hidden units of {path}", module=path))
+
+
+@register_encoder_by_name(f"{_TV}.ShiftedWindowAttention", f"{_TV}.ShiftedWindowAttentionV2")
 def encode_shifted_window_attention(ctx, op, module: nn.Module, args):
-    """torchvision's ``ShiftedWindowAttention`` as a leaf (see the module docstring)."""
+    """torchvision's ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` as leaves (see the module
+    docstring)."""
     path = op.target
-    if type(module).__qualname__ != "ShiftedWindowAttention":
-        raise UnsupportedModuleError(
-            path,
-            f"{type(module).__name__} (Swin V2: cosine attention with logit_scale and a position bias computed by "
-            "the MLP cpb_mlp from fixed coordinates) is not encoded",
-        )
+    v2 = type(module).__qualname__ == "ShiftedWindowAttentionV2"
+    if not v2 and type(module).__qualname__ != "ShiftedWindowAttention":
+        raise UnsupportedModuleError(path, f"{type(module).__name__}: a window attention other than Swin V1/V2")
+    if v2 and not (isinstance(getattr(module, "logit_scale", None), torch.Tensor) and hasattr(module, "cpb_mlp")):
+        raise UnsupportedModuleError(path, "ShiftedWindowAttentionV2 without a logit_scale parameter and a cpb_mlp")
     b = ctx.builder
     if b.encoding == "paper":
         raise UnsupportedModuleError(path, "Swin window attention in the paper's encoding (no head nodes)")
     x = _channels_last(ctx, args[0], "ShiftedWindowAttention")
-    qkv, proj, table = module.qkv, module.proj, module.relative_position_bias_table
+    qkv, proj = module.qkv, module.proj
+    table = None if v2 else module.relative_position_bias_table
     C, H = qkv.in_features, int(module.num_heads)
     d = C // H
     ws, shift = tuple(int(s) for s in module.window_size), tuple(int(s) for s in module.shift_size)
@@ -99,11 +159,14 @@ def encode_shifted_window_attention(ctx, op, module: nn.Module, args):
             f"{x.size} features, qkv {tuple(qkv.weight.shape)}, proj {tuple(proj.weight.shape)}",
             ctx.where(),
         )
-    if tuple(table.shape) != (R, H):
+    if v2 and tuple(module.logit_scale.shape) != (H, 1, 1):
+        raise ShapeMismatchError(f"logit_scale [{H}, 1, 1]", f"{tuple(module.logit_scale.shape)}", ctx.where())
+    if not v2 and tuple(table.shape) != (R, H):
         raise ShapeMismatchError(f"a relative position bias table [{R}, {H}]", f"{tuple(table.shape)}", ctx.where())
     p = f"{path}." if path else ""
     # what the parameter-free parts do (window, shift, mask, scale, dropout): in the node colour
-    extra = (("window", *ws), ("shift", *shift), float(d**-0.5), float(module.attention_dropout), float(module.dropout))
+    scale = ("cosine",) if v2 else float(d**-0.5)
+    extra = (("window", *ws), ("shift", *shift), scale, float(module.attention_dropout), float(module.dropout))
     qk = ctx.new_hidden(C, "qk", f"{path} q.k nodes", x.nodes, extra=extra)
     v = ctx.new_hidden(C, "attention_v", f"{path} v nodes", x.nodes, extra=extra)
     dsts = (qk, qk, v)
@@ -117,10 +180,15 @@ def encode_shifted_window_attention(ctx, op, module: nn.Module, args):
         bnode = b.add_nodes(1, "bias", "attention", f"{path} qkv bias", module=path)
         bcol = torch.tensor([b.edge_color(("bias", "attention", r)) for r in "qkv"], dtype=torch.int32)
         b.add_edges(bnode.expand(3 * C), torch.cat(dsts), bcol.repeat_interleave(C), qkv.bias, f"{p}qkv.bias")
-    heads = b.add_nodes(H, "head", "attention", f"{path} heads", module=path, level=0)
+    hextra = (("cpb", "16sigmoid", *ws),) if v2 else ()
+    heads = b.add_nodes(H, "head", "attention", f"{path} heads", module=path, level=0, extra=hextra)
     ctx.identity_edges(heads.repeat_interleave(d), qk, ("attention", "head", "qk"))
     ctx.identity_edges(heads.repeat_interleave(d), v, ("attention", "head", "v"))
-    relative_position_bias_edges(ctx, path, table, heads, ws)
+    if v2:
+        logit_scale_edges(ctx, path, module.logit_scale, heads)
+        continuous_position_bias_edges(ctx, path, module.cpb_mlp, heads, ws)
+    else:
+        relative_position_bias_edges(ctx, path, table, heads, ws)
     declare_attention(ctx, qk.view(H, d), qk.view(H, d), v.view(H, d), heads, path)
     vfeat = Features(v, tuple(x.shape), len(x.shape) - 1, None, 1)
     return encode_dense(
