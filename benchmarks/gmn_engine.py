@@ -12,6 +12,8 @@ mean-pool head):
 - ``gmn``: :class:`gmn.GMN` (its default engine: fused edge block, see :mod:`gmn.layers`);
 - ``gmn-autograd``: the same GMN on the plain autograd path of :class:`gmn.GMNLayer` (``fused=False``; what
   the engine was before);
+- ``gmn-edgemsg``: :class:`gmn.GMN` with ``message="edge"`` (the updated edge feature is the message, as in
+  ``ref``: the same function class as the reference, one per-edge MLP per layer);
 - ``gmn-checkpoint`` / ``gmn-compile`` / ``gmn-bf16``: the GMN with per-layer activation checkpointing, with
   ``torch.compile`` of each layer (inductor), under bf16 autocast;
 - ``ref``: a plain edge-MPNN written here: ``e <- e + MLP(v_src, v_dst, e)``, ``v <- v + MLP(v, sum_dst e)``
@@ -45,7 +47,7 @@ from torch import Tensor
 from symgraph.cli_util import CLIError, OneLineArgumentParser, add_device_argument, resolve_device, run_cli
 
 WORKLOADS = ("mlp", "resnet18", "siren", "zoo")
-MODELS = ("ref", "gmn", "gmn-autograd", "gmn-checkpoint", "gmn-compile", "gmn-bf16")
+MODELS = ("ref", "gmn", "gmn-edgemsg", "gmn-autograd", "gmn-checkpoint", "gmn-compile", "gmn-bf16")
 
 
 # ---------------------------------------------------------------------------------------------- reference model
@@ -129,6 +131,8 @@ def build_model(name: str, hidden: int, layers: int, mlp_layers: int):
     kw = dict(hidden_dim=hidden, num_layers=layers, mlp_layers=mlp_layers)
     if name == "gmn":
         return gmn.GMN(**kw)
+    if name == "gmn-edgemsg":
+        return gmn.GMN(**kw, message="edge")
     if name == "gmn-autograd":
         return gmn.GMN(**kw, fused=False)
     if name == "gmn-checkpoint":
@@ -287,7 +291,7 @@ def main(argv=None) -> int:
 def _main(argv: list[str]) -> int:
     ap = OneLineArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--models", default="ref,gmn", help=f"comma list from {', '.join(MODELS)}")
+    ap.add_argument("--models", default="ref,gmn,gmn-edgemsg", help=f"comma list from {', '.join(MODELS)}")
     ap.add_argument("--modes", default="train,infer")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)

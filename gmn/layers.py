@@ -172,6 +172,11 @@ class GMNLayer(nn.Module):
         Replace the default MLPs (signatures in the module docstring).
     mlp_layers : int
         Linear layers in each default MLP.
+    message : {"mlp", "edge"}
+        ``"mlp"`` (Eq. 1): the message along an edge is ``msg_fn(v_dst, v_src, e, u)``. ``"edge"``: the updated
+        edge feature itself is the message (``msg_fn`` is the identity, as in the reference edge-MPNN of
+        ``benchmarks/gmn_engine.py``), so ``node_fn`` reads ``(v, sum e, u)``: one per-edge MLP per layer
+        instead of two. Both are equivariant (the message is a function of the permuted edge's features).
     fused : bool
         Compute the default layer (two-layer ReLU MLPs, LayerNorm or no norm, residual) with the fused edge
         block of :mod:`gmn.fused` (the same function, faster and with less memory; not under autocast, where the
@@ -210,9 +215,15 @@ class GMNLayer(nn.Module):
         global_fn_inside: Callable[..., Tensor] | None = None,
         mlp_layers: int = 2,
         fused: bool = True,
+        message: str = "mlp",
     ):
         super().__init__()
         self.fused = bool(fused)
+        if message not in ("mlp", "edge"):
+            raise ValueError(f"Expected message 'mlp' or 'edge' (got {message!r})")
+        if message == "edge" and msg_fn is not None:
+            raise ValueError("Expected no msg_fn with message='edge' (the updated edge feature is the message)")
+        self.message = message
         order = tuple(order)
         if not set(order) <= {"edge", "node", "global"} or len(set(order)) != len(order):
             raise ValueError(f"Expected order made of distinct 'edge', 'node', 'global' (got {order!r})")
@@ -227,8 +238,12 @@ class GMNLayer(nn.Module):
         self.order, self.global_aggr, self.aggr, self.global_reduce = order, global_aggr, aggr, global_reduce
         self.residual, self.norm_kind = residual, norm
         self.edge_fn = edge_fn if edge_fn is not None else ConcatMLP(2 * dv + de + du, h, de, mlp_layers)
-        self.msg_fn = msg_fn if msg_fn is not None else ConcatMLP(2 * dv + de + du, h, h, mlp_layers)
-        self.node_fn = node_fn if node_fn is not None else ConcatMLP(dv + h + du, h, dv, mlp_layers)
+        if message == "edge":
+            self.msg_fn = None
+            self.node_fn = node_fn if node_fn is not None else ConcatMLP(dv + de + du, h, dv, mlp_layers)
+        else:
+            self.msg_fn = msg_fn if msg_fn is not None else ConcatMLP(2 * dv + de + du, h, h, mlp_layers)
+            self.node_fn = node_fn if node_fn is not None else ConcatMLP(dv + h + du, h, dv, mlp_layers)
         self.global_fn = None
         self.global_fn_inside = None
         if du > 0 and "global" in order:
@@ -276,7 +291,7 @@ class GMNLayer(nn.Module):
             return False
         if self.norm_kind not in ("layernorm", None) or torch.is_autocast_enabled(v.device.type):
             return False
-        for fn in (self.edge_fn, self.msg_fn):
+        for fn in (self.edge_fn, self.msg_fn) if self.message == "mlp" else (self.edge_fn,):
             if type(fn) is not ConcatMLP or fn.num_layers != 2 or type(fn.net[1]) is not nn.ReLU:
                 return False
         return self.edge_fn.out_dim == self.edge_dim
@@ -342,6 +357,22 @@ class GMNLayer(nn.Module):
             agg = agg / deg.clamp(min=1)[:, None]
         return agg
 
+    def _edge_sum(self, e: Tensor, dst: Tensor, n: int, inc: Incidence | None, chunks) -> Tensor:
+        """``message="edge"``: the sum (or mean) of the edge features into each receiver."""
+        if inc is not None:
+            agg = inc.scatter(e, "dst")
+        elif len(chunks) == 1:
+            agg = scatter_sum(e, dst, n)
+        else:
+            agg = None
+            for a, b in chunks:
+                part = scatter_sum(e[a:b], dst[a:b], n)
+                agg = part if agg is None else agg.add_(part)
+        if self.aggr == "mean":
+            cnt = torch.bincount(dst, minlength=n).to(agg.dtype).clamp(min=1)
+            agg = agg / cnt.view(-1, *([1] * (agg.dim() - 1)))
+        return agg
+
     def forward(
         self,
         v: Tensor,
@@ -392,7 +423,9 @@ class GMNLayer(nn.Module):
                 new_e = self._chunked_edge_call(self.edge_fn, v, e, u, src, dst, edge_batch, chunks)
                 e = self._update(e, new_e, self.edge_norm, self.residual)
             elif step == "node":
-                if fused:
+                if self.message == "edge":
+                    agg = self._edge_sum(e, dst, n, inc, chunks)
+                elif fused:
                     agg = self._fused_agg(v, e, u, dst, inc, batch, pairs, chunks)
                 else:
                     agg = None
@@ -451,5 +484,5 @@ class GMNLayer(nn.Module):
         return (
             f"{type(self).__name__}(node_dim={self.node_dim}, edge_dim={self.edge_dim}, "
             f"global_dim={self.global_dim}, order={self.order}, global_aggr={self.global_aggr!r}, "
-            f"aggr={self.aggr!r}, residual={self.residual}, norm={self.norm_kind!r})"
+            f"aggr={self.aggr!r}, residual={self.residual}, norm={self.norm_kind!r}, message={self.message!r})"
         )

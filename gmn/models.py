@@ -164,9 +164,11 @@ class GMN(nn.Module):
     param_tensors : int, optional
         Number of edge-stored parameter tensors per graph; required with ``"param"`` pooling (the head's
         input width depends on it).
-    aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers, fused
-        Passed to every :class:`GMNLayer`. ``global_reduce`` defaults to ``"mean"`` here (sums over
-        100k-edge graphs are large numbers); the layer's default is the paper's sum.
+    aggr, global_reduce, norm, residual, order, global_aggr, mlp_layers, fused, message
+        Passed to every :class:`GMNLayer` (``message="edge"``: the updated edge feature is the message, one
+        per-edge MLP per layer instead of two; the default ``"mlp"`` is Eq. 1's message function).
+        ``global_reduce`` defaults to ``"mean"`` here (sums over 100k-edge graphs are large numbers); the
+        layer's default is the paper's sum.
     checkpoint : bool
         Recompute each layer in the backward pass instead of keeping its activations (activation
         checkpointing: less memory in training, one more forward per layer).
@@ -209,6 +211,7 @@ class GMN(nn.Module):
         global_aggr: str = "after",
         mlp_layers: int = 2,
         fused: bool = True,
+        message: str = "mlp",
         checkpoint: bool = False,
         compile: bool = False,
         autocast_dtype: torch.dtype | None = None,
@@ -246,6 +249,7 @@ class GMN(nn.Module):
                 norm=norm,
                 mlp_layers=mlp_layers,
                 fused=fused,
+                message=message,
             )
             for _ in range(num_layers)
         )

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from .builder import GraphBuilder
-from .errors import ShapeMismatchError, TraceError, UnsupportedModuleError
+from .cli_util import one_line
+from .errors import ShapeMismatchError, SymgraphError, TraceError, UnsupportedModuleError
 from .graph import NeuralGraph
 from .trace import EncodeContext, ModelSpec, _example_inputs, encode_model, trace_model
 
@@ -69,6 +70,39 @@ def parameter_graph(
         raise ShapeMismatchError("encoding 'sound' or 'paper'", repr(encoding))
     if tracer not in TRACERS:
         raise ShapeMismatchError(f"tracer one of {TRACERS}", repr(tracer))
+    g = _parameter_graph(model, example_input, input_shape, encoding, tracer, example_kwargs)
+    params = dict(model.named_parameters())
+    extra = {s.name for s in g.slots if s.location == "extra"}  # (a tied second name shares its first's place)
+    unused = [k for k in (g.meta or {}).get("unencoded", ()) if k in params and k in extra]
+    if not unused or model.training:
+        return g
+    # parameters the eval-mode forward never reads may be read in train mode (GoogLeNet's and Inception-v3's
+    # auxiliary heads): their Φ would be left out, and train-mode outputs would change. Encode the train-mode
+    # forward instead, which reads them; a model whose train-mode forward cannot be encoded is refused.
+    # (torch.fx traces the mode the model is in; torch.export always traces eval mode, so the retry is fx's)
+    model.train()
+    try:
+        if tracer == "export":
+            raise TraceError("torch.export traces eval mode only")
+        g_train = _parameter_graph(model, example_input, input_shape, encoding, "fx", example_kwargs)
+    except SymgraphError as exc:
+        raise UnsupportedModuleError(
+            unused[0],
+            f"parameters not read in eval mode ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}) "
+            f"that the train-mode forward may read, and that forward cannot be encoded ({one_line(exc)})",
+            "Remove the unused parameters, or register an encoder for the op named.",
+        ) from None
+    finally:
+        model.train(False)
+    extra = {s.name for s in g_train.slots if s.location == "extra"}
+    still = [k for k in (g_train.meta or {}).get("unencoded", ()) if k in params and k in extra]
+    if len(still) == len(unused):
+        return g  # parameters unused in both modes: the eval graph is the graph of both
+    g_train.meta["mode"] = "train"
+    return g_train
+
+
+def _parameter_graph(model, example_input, input_shape, encoding, tracer, example_kwargs) -> NeuralGraph:
     spec, encode_root, used = _front_end(model, example_input, input_shape, tracer, example_kwargs)
     try:
         return encode_parameter_graph(model, spec, encoding, encode_root=encode_root, tracer=used)[0]

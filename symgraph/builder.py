@@ -60,6 +60,14 @@ def with_ops(key: tuple, ops: tuple) -> tuple:
     return (*key, (AFTER, *ops))
 
 
+def _one_to_one(ends: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether the node pairs ``(a[k], b[k])`` of all ``ends`` form a bijection between their two node sets."""
+    a = torch.cat([e[0] for e in ends])
+    b = torch.cat([e[1] for e in ends])
+    pairs = torch.unique(torch.stack([a, b]), dim=1)
+    return pairs.shape[1] == torch.unique(pairs[0]).numel() == torch.unique(pairs[1]).numel()
+
+
 def _storage_key(t: torch.Tensor) -> tuple | None:
     """Identity of a tensor's memory (storage, offset, shape, strides, dtype); None for meta or empty ones."""
     if t.device.type == "meta" or t.numel() == 0:
@@ -167,6 +175,8 @@ class GraphBuilder:
     #: later uses of a parameter already placed (a module applied several times): one slot per use, same name
     _aliases: list[ParamSlot] = field(default_factory=list)
     _by_storage: dict[tuple, str] = field(default_factory=dict)  # placed tensors, for tied state names
+    #: (first name, slot) for a tensor placed again under another state_dict name (tied weights)
+    _tied_uses: list[tuple[str, ParamSlot]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ nodes
     def add_nodes(
@@ -243,7 +253,8 @@ class GraphBuilder:
             self._place(
                 ParamSlot(
                     param_name, "edge", self.num_edges, count, tuple(param.shape), param.dtype, is_buffer=is_buffer
-                )
+                ),
+                self._tied_first(param, param_name),
             )
             self._note_storage(param, param_name)
             self._note_dtype(param.dtype)
@@ -322,7 +333,8 @@ class GraphBuilder:
                 param.dtype,
                 column=col,
                 is_buffer=is_buffer,
-            )
+            ),
+            self._tied_first(param, name),
         )
         self._note_storage(param, name)
         self._note_dtype(param.dtype)
@@ -360,7 +372,12 @@ class GraphBuilder:
         if key is not None:
             self._by_storage.setdefault(key, name)
 
-    def _place(self, slot: ParamSlot) -> None:
+    def _tied_first(self, param: torch.Tensor, name: str | None) -> str | None:
+        """The first state name ``param``'s tensor was placed under, when that is another name (tied weights)."""
+        placed = self._by_storage.get(_storage_key(param))
+        return placed if placed is not None and placed != name and placed in self._slots else None
+
+    def _place(self, slot: ParamSlot, tied_to: str | None = None) -> None:
         """Record ``slot``: the parameter's first use, or a later use of the same parameter (weight sharing).
 
         A later use (a module applied several times, one ``nn.Linear`` called twice) gets a slot of its own
@@ -373,6 +390,15 @@ class GraphBuilder:
         first = self._slots.get(slot.name)
         if first is None:
             self._slots[slot.name] = slot
+            other = self._slots.get(tied_to) if tied_to is not None else None
+            if other is not None and (other.location, other.numel, other.dtype) == (
+                slot.location,
+                slot.numel,
+                slot.dtype,
+            ):
+                # one tensor under two names (GPT-2's lm_head = wte, a user's ``c.weight = a.weight``): the
+                # second name's slot is joined to the first by share edges too (see ``_share``)
+                self._tied_uses.append((tied_to, slot))
             return
         if (first.location, first.shape, first.dtype, first.is_buffer) != (
             slot.location,
@@ -409,7 +435,7 @@ class GraphBuilder:
             else:
                 edge_weight[sl].copy_(blk.weight)
         symmetries = list(self.symmetries)
-        if self._aliases:
+        if self._aliases or self._tied_uses:
             edge_index, edge_color, edge_weight, ties = self._share(edge_index, edge_color, edge_weight)
             symmetries += ties
         ncols = max(len(self._node_columns), 1)
@@ -465,15 +491,24 @@ class GraphBuilder:
         ties: the analytic symmetry moves the uses together too. Returns the extended edge arrays and the ties.
         """
         ties, pairs = [], []
-        for a in self._aliases:
-            f = self._slots[a.name]
-            if a.location == "edge":
+        uses = [(a.name, a, False) for a in self._aliases] + [(first, a, True) for first, a in self._tied_uses]
+        for first_name, a, tied in uses:
+            f = self._slots[first_name]
+            if a.location == "edge" and f.location == "edge":
                 ends = [
                     (edge_index[r, f.start : f.start + f.numel], edge_index[r, a.start : a.start + a.numel])
                     for r in (0, 1)
                 ]
-            else:
+                if tied and not _one_to_one(ends):
+                    # a tied tensor read the other way round (an embedding table [V, D] from token nodes to
+                    # features, reused as a head weight [V, D] from features to outputs): pair the ends crosswise
+                    ends = [(ends[0][0], ends[1][1]), (ends[1][0], ends[0][1])]
+                    if not _one_to_one(ends):
+                        continue  # no node map carries one use onto the other: the group-level check refuses
+            elif a.location == "node" and f.location == "node":
                 ends = [(torch.arange(f.start, f.start + f.numel), torch.arange(a.start, a.start + a.numel))]
+            else:
+                continue  # stored on edges once and on nodes once: left to the group-level check
             use = torch.cat([torch.stack(e) for e in ends], dim=1)
             use = torch.unique(use[:, use[0] != use[1]], dim=1)
             if use.shape[1]:

@@ -497,6 +497,12 @@ def encode_model(model: nn.Module, spec: ModelSpec, builder: GraphBuilder) -> En
         else:
             module = None
             fn = encoder_for_function(op.target)
+            if fn is None and _is_namedtuple_class(op.target):
+                # a namedtuple of outputs (torchvision's GoogLeNetOutputs, InceptionOutputs): a tuple of values
+                pos = tuple(a for a in args if not isinstance(a, dict))
+                kw = next((a for a in args if isinstance(a, dict)), {})
+                ctx.values[op.name] = pos + tuple(kw[f] for f in op.target._fields[len(pos) :] if f in kw)
+                continue
             if fn is None:
                 name = op.target if isinstance(op.target, str) else getattr(op.target, "__name__", repr(op.target))
                 raise UnsupportedModuleError(
@@ -510,6 +516,10 @@ def encode_model(model: nn.Module, spec: ModelSpec, builder: GraphBuilder) -> En
             args = _materialized(ctx, args)
         ctx.values[op.name] = fn(ctx, op, module, args)
     return ctx
+
+
+def _is_namedtuple_class(t) -> bool:
+    return isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields")
 
 
 def _materialized(ctx: EncodeContext, a):

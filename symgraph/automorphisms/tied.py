@@ -5,7 +5,10 @@ A model can hold one tensor under several state_dict names (GPT-2's ``lm_head.we
 automorphism is only a symmetry of the *model* if Φ keeps the copies equal: it must map the set of edges that
 share entry ``k`` onto the set that shares some entry ``k'`` (the weight-sharing condition). This holds for the
 whole group when it holds for each generator (partition-preserving permutations are closed under composition),
-so checking the generators is exact.
+so checking the generators is exact. :class:`symgraph.builder.GraphBuilder` joins the second name's copy to the
+first by parameter-free share edges (ends paired as they are, or crosswise for a table read the other way
+round, such as an embedding reused as a head); where no one-to-one pairing of the ends exists it adds none,
+and this check (run by :func:`symgraph.automorphism_group`) refuses a group that breaks the tie.
 
 A module applied several times (ALBERT's shared layer, one ``nn.Linear`` called twice) holds one tensor under
 one name with one slot per use (:class:`symgraph.builder.GraphBuilder` joins the uses by share edges, so its
