@@ -13,7 +13,7 @@ the model to float precision.
 
 Constant arithmetic (SIREN's ``omega_0 * x``, ``x - 1``) is named the same way by :func:`constant_op_key`:
 ``mul(c)``, ``div(c)`` (``x / c``), ``rdiv(c)`` (``c / x``), ``add(c)``, ``sub(c)`` (``x - c``), ``rsub(c)``
-(``c - x``).
+(``c - x``), ``pow(c)`` (``x ** c``).
 
 Example
 -------
@@ -181,6 +181,7 @@ CONSTANT_OPS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "add": lambda x, c: x + c,
     "sub": lambda x, c: x - c,
     "rsub": lambda x, c: c - x,
+    "pow": lambda x, c: x**c,
 }
 
 

@@ -17,9 +17,11 @@ from . import (  # noqa: F401
     norm,
     pooling,
     residual,
+    scalar,
     shape,
     shuffle,
     swin,
+    token_mixing,
 )
 
 # what activation.py emits (new nodes for an elementwise op on a value used elsewhere); declared here until that
@@ -38,7 +40,9 @@ __all__ = [
     "norm",
     "pooling",
     "residual",
+    "scalar",
     "shape",
     "shuffle",
     "swin",
+    "token_mixing",
 ]

@@ -19,6 +19,7 @@ from ..activations import ACTIVATION_MODULES, ACTIVATIONS, Activation, constant_
 from ..builder import Features
 from ..registry import register_encoder, register_encoder_by_name, register_function
 from ..trace import split_kwargs
+from . import shape as _shape  # (registered first: ``x ** c`` on a tensor extends its shape arithmetic)
 
 
 def apply_elementwise(ctx, x: Features, act: str) -> Features:
@@ -104,3 +105,27 @@ HF_TANH_GELUS = ("transformers.activations.NewGELUActivation", "transformers.act
 def encode_hf_tanh_gelu(ctx, op, module, args):
     x = args[0] if _is_feat(args[0]) else ctx.features(args[0], axis=-1)
     return apply_elementwise(ctx, x, ACTIVATIONS["gelu"].key(("tanh",), {}))
+
+
+@register_function(operator.pow, torch.pow, "pow")
+def encode_pow(ctx, op, module, args):
+    """``x ** c`` with a constant exponent ``c`` (StarReLU's ``relu(x) ** 2``): an elementwise op carrying ``c``;
+    shape arithmetic is evaluated."""
+    args, kw = split_kwargs(args)
+    base, c = args[0], args[1] if len(args) > 1 else kw.get("exponent")
+    if _shape.is_plain(base, c) and callable(op.target):
+        return op.target(base, c)
+    if isinstance(c, bool) or not isinstance(c, int | float) or isinstance(base, int | float):
+        from ..errors import UnsupportedModuleError
+
+        raise UnsupportedModuleError(op.name, "'pow' with a tensor exponent is not encoded (a constant one is)")
+    x = base if _is_feat(base) else ctx.features(base, axis=-1)
+    return apply_elementwise(ctx, x, constant_op_key("pow", c))
+
+
+@register_function(torch.square, "square")
+def encode_square(ctx, op, module, args):
+    """``torch.square(x)`` (timm's SquaredReLU): ``x ** 2``."""
+    args, _ = split_kwargs(args)
+    x = args[0] if _is_feat(args[0]) else ctx.features(args[0], axis=-1)
+    return apply_elementwise(ctx, x, constant_op_key("pow", 2))

@@ -178,7 +178,12 @@ def parameter_operand(ctx, op, x, p: ParamRef, constant_what: str, flattened_wha
 
 
 def add_parameter(ctx, op, x, p: ParamRef) -> Features:
-    """``x + p`` for a learned parameter ``p`` (e.g. a positional embedding): see the module docstring."""
+    """``x + p`` for a learned parameter ``p`` (e.g. a positional embedding): see the module docstring; a scalar
+    ``p`` (one entry for every unit) is :func:`symgraph.encoders.scalar.scalar_parameter_op`."""
+    from .scalar import is_scalar_parameter, scalar_parameter_op
+
+    if is_scalar_parameter(p) and not (isinstance(x, Features) and x.size == 1):
+        return scalar_parameter_op(ctx, op, x, p, "add")
     x, ax, fa = parameter_operand(
         ctx, op, x, p, f"adding the constant tensor '{p.name}'", "adding a parameter to a flattened value"
     )

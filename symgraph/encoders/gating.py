@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import torch
 
+from ..activations import constant_op_key
 from ..builder import Features, SymmetryDecl
 from ..errors import UnsupportedModuleError
-from ..registry import register_encoder_by_name
-from ..trace import LazyInput, ParamRef
+from ..registry import register_encoder_by_name, register_function
+from ..trace import LazyInput, ParamRef, split_kwargs
 from .embedding import _param_layout, parameter_operand
+from .scalar import is_scalar_parameter, scalar_parameter_op
 from .shape import _passthrough
 
 __all__ = ["encode_product", "scale_by_parameter"]
@@ -97,7 +99,10 @@ def encode_product(ctx, op, a, b) -> Features:
 
 
 def scale_by_parameter(ctx, op, x, p: ParamRef) -> Features:
-    """``x * gamma`` for a learned per-feature ``gamma``: one edge per entry (see the module docstring)."""
+    """``x * gamma`` for a learned per-feature ``gamma``: one edge per entry (see the module docstring); a scalar
+    ``gamma`` (one entry for every unit) is :func:`symgraph.encoders.scalar.scalar_parameter_op`."""
+    if is_scalar_parameter(p) and not (isinstance(x, Features) and x.size == 1):
+        return scalar_parameter_op(ctx, op, x, p, "mul")
     x, ax, fa = parameter_operand(
         ctx, op, x, p, f"product with the constant tensor '{p.name}'", "scaling a flattened value by a parameter"
     )
@@ -115,6 +120,24 @@ def scale_by_parameter(ctx, op, x, p: ParamRef) -> Features:
     bld.add_edges(src, dst, bld.edge_color(("scale", "parameter")), p.stored, p.name)
     bld.declare(SymmetryDecl("tie", x.nodes, f"{p.name} scales at {op.name}", other=out))
     return Features(out, tuple(op.shape), ax, None, 1, owned=op.num_users == 1)
+
+
+@register_function(torch.addcmul, "addcmul")
+def encode_addcmul(ctx, op, module, args):
+    """``torch.addcmul(input, t1, t2, value=v)`` = ``input + v * t1 * t2`` (timm's ResMLP ``Affine``: a per-feature
+    scale and bias): the product (:func:`encode_product`), a constant factor, then the sum, each as encoded alone."""
+    from .activation import apply_elementwise
+    from .residual import encode_add
+
+    args, kw = split_kwargs(args)
+    if len(args) != 3 or set(kw) - {"value"}:
+        raise UnsupportedModuleError(op.name, "addcmul with arguments other than (input, tensor1, tensor2, value=)")
+    base, t1, t2 = args
+    prod = encode_product(ctx, op, t1, t2)
+    value = kw.get("value", 1)
+    if value != 1:
+        prod = apply_elementwise(ctx, prod, constant_op_key("mul", value))
+    return encode_add(ctx, op, None, (base, prod))
 
 
 @register_encoder_by_name("torchvision.ops.stochastic_depth.StochasticDepth", "timm.layers.drop.DropPath")
