@@ -240,6 +240,22 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def perturb_constant_parameters(model: nn.Module, seed: int = 0) -> int:
+    """Add noise to every parameter whose entries are all equal (zero-initialised heads of timm's MLP-Mixer and
+    ResMLP, LayerScale's constant init, BatchNorm's ones): with them, permuted units can compute identical
+    values and a function check proves nothing (the input-swap control would report "unchecked"). The
+    architecture, and so the graph and its group, is unchanged. Returns how many tensors were perturbed."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    count = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and p.is_floating_point() and bool((p == p.reshape(-1)[0]).all()):
+                scale = max(abs(float(p.reshape(-1)[0])), 1e-2) * 0.5
+                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+                count += 1
+    return count
+
+
 def _input_swap(graph) -> torch.Tensor | None:
     """Swap two input nodes (or, with one input, two output nodes): it moves fixed nodes, so it is not an
     automorphism, and a function check that does not see the output change proves nothing. None when the graph
@@ -271,6 +287,7 @@ def run_one(name: str, verify: int = 3, seed: int = 0, max_params: float = math.
             return row
         stage = "build model"
         model = build(name, seed)
+        row["constant_params_perturbed"] = perturb_constant_parameters(model, seed)
         stage = "graph and group"
         t0 = time.perf_counter()
         aut = automorphism_group(model)

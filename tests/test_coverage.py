@@ -41,6 +41,28 @@ def test_an_input_swap_that_is_not_caught_fails_the_row(monkeypatch):
     assert row["control_caught"] is False and row["status"] == "unchecked"
 
 
+def _zero_head_build(name, seed=0):
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    nn.init.zeros_(model[4].weight)  # timm's MLP-Mixer / ResMLP: zero-initialised classifier head
+    nn.init.zeros_(model[4].bias)
+    return model.eval()
+
+
+def test_a_zero_initialised_head_is_perturbed_so_the_check_is_not_vacuous(monkeypatch):
+    monkeypatch.setattr(coverage, "build", _zero_head_build)
+    monkeypatch.setattr(coverage, "count_parameters", lambda name: 49)
+    row = coverage.run_one("symgraph:mlp", verify=2)
+    assert row["constant_params_perturbed"] == 2 and row["status"] == "ok", row
+    # negative control: without the perturbation every output is 0 and the input swap goes unseen
+    monkeypatch.setattr(coverage, "perturb_constant_parameters", lambda model, seed=0: 0)
+    row = coverage.run_one("symgraph:mlp", verify=2)
+    assert row["max_output_change"] == 0.0 and row["status"] == "unchecked", row
+
+
 def test_errors_are_recorded_with_their_stage_not_raised():
     row = coverage.run_one("symgraph:no_such_model", verify=1)
     assert row["status"] == "error" and row["stage"] == "count" and "no_such_model" in row["error"]
