@@ -314,6 +314,8 @@ def encode_chunk(ctx, op, module, args):
     """``qkv.chunk(3, dim=-1)``: contiguous pieces of the feature axis."""
     args, kw = split_kwargs(args)
     x = args[0]
+    if isinstance(x, SplitFeatures):
+        return _chunk_split(op, x, args, kw)
     if not isinstance(x, Features) or x.num_pos != 1:
         raise UnsupportedModuleError(op.name, "chunk/split of a value other than plain features")
     dim = (args[2] if len(args) > 2 else kw.get("dim", 0)) % len(x.shape)
@@ -327,6 +329,24 @@ def encode_chunk(ctx, op, module, args):
         shape = list(x.shape)
         shape[dim] = p.numel()
         out.append(Features(p, tuple(shape), dim, None, 1, owned=False))
+    return tuple(out)
+
+
+def _chunk_split(op, x: SplitFeatures, args, kw) -> tuple:
+    """Pieces of a split feature axis (timm LeViT's ``view(B, N, H, -1).split([dk, dk, dv], dim=3)``: each head's
+    q, k and v dimensions side by side): the same nodes, sliced along that axis."""
+    dim = (args[2] if len(args) > 2 else kw.get("dim", 0)) % len(x.shape)
+    if dim not in x.axes:
+        raise UnsupportedModuleError(op.name, "chunk/split of split heads along a non-feature axis")
+    k = x.axes.index(dim)
+    n = args[1] if len(args) > 1 else kw.get("chunks", kw.get("split_size_or_sections"))
+    name = op.target if isinstance(op.target, str) else op.target.__name__
+    pieces = x.nodes.chunk(n, dim=k) if name == "chunk" else x.nodes.split(n, dim=k)
+    out = []
+    for p in pieces:
+        shape = list(x.shape)
+        shape[dim] = p.shape[k]
+        out.append(_wrap(p, tuple(shape), x.axes))
     return tuple(out)
 
 

@@ -160,6 +160,16 @@ def encode_view(ctx, op, module, args):
     )
 
 
+@register_function("reshape_as", reads_ops=True)
+def encode_reshape_as(ctx, op, module, args):
+    """``x.reshape_as(other)``: the reshape to ``other``'s shape (timm LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``),
+    by whichever encoder handles ``reshape`` of ``x``."""
+    from ..registry import encoder_for_function
+
+    args, _ = split_kwargs(args)
+    return encoder_for_function("reshape")(ctx, dataclasses.replace(op, target="reshape"), module, (args[0],))
+
+
 @register_encoder(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, reads_ops=True)
 def encode_identity_module(ctx, op, module, args):
     return _passthrough(ctx, op, args[0])
@@ -224,6 +234,8 @@ def encode_getattr(ctx, op, module, args):
     x, attr = args[0], args[1]
     if attr == "shape":
         return tuple(x.shape)
+    if attr == "device":  # where a value lives, not what it holds (timm LeViT's get_attention_biases(x.device))
+        return torch.device("cpu")
     raise UnsupportedModuleError(op.name, f"attribute '{attr}' of a traced value")
 
 
